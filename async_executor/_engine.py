@@ -1,0 +1,519 @@
+"""The engine: priority admission, the parallelism limit and each task's lifecycle.
+
+It is written once and runs inside an asyncio event loop: the caller's own (``async with
+AsyncExecutor()``) or a private loop thread (the sync façade). Every method here runs on
+that loop. Each task is a small state machine driven by loop callbacks, not a coroutine:
+spawn -> (pidfd readable | timeout -> TERM group -> grace -> KILL group) -> reap -> result.
+
+Results leave the engine in one of two ways: the ``results`` deque, which the façade's
+``sync()`` drains from any thread without a lock, or a future the async API awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import os
+import signal
+import time
+from collections import deque
+from typing import Any
+
+from . import _logs
+from ._limits import task_capacity
+from ._records import FailureReason, TaskInfo, TaskSpec, TaskState
+from ._spawn import RESOURCE_ERRNOS, Child, ExecLauncher, Launcher, reap, signal_group
+
+logger = logging.getLogger("async_executor.engine")
+
+#: Seconds between checks of running tasks' log sizes against the cap.
+LOG_SWEEP_INTERVAL = 1.0
+#: Seconds between polls for children we could not get a pidfd for.
+POLL_INTERVAL = 0.02
+#: Seconds to wait before retrying a launch that ran out of descriptors or processes.
+RESOURCE_RETRY = 0.05
+#: How long past the kill grace ``terminate()`` waits for a process that ignores SIGKILL.
+STUCK_MARGIN = 5.0
+
+
+class _Run:
+    """One launched task."""
+
+    __slots__ = (
+        "child",
+        "detail",
+        "future",
+        "kill_timer",
+        "log_path",
+        "reason",
+        "spec",
+        "started_at",
+        "timer",
+    )
+
+    def __init__(
+        self,
+        spec: TaskSpec,
+        child: Child,
+        started_at: float,
+        log_path: str | None,
+        future: asyncio.Future[TaskInfo] | None,
+    ) -> None:
+        self.spec = spec
+        self.child = child
+        self.started_at = started_at
+        self.log_path = log_path
+        self.future = future
+        self.reason: FailureReason | None = None
+        self.detail: str | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.kill_timer: asyncio.TimerHandle | None = None
+
+
+_Pending = tuple[int, int, TaskSpec, "asyncio.Future[TaskInfo] | None"]
+
+
+class Engine:
+    """Runs task specs as subprocesses, at most ``parallelism`` at once."""
+
+    def __init__(
+        self,
+        *,
+        parallelism: int,
+        log_dir: str | None,
+        log_max_bytes: int | None,
+        kill_grace: float,
+        report_running: bool = False,
+        launcher: Launcher | None = None,
+    ) -> None:
+        self.parallelism = parallelism
+        self.capacity = parallelism
+        self.log_dir = log_dir
+        self.log_max_bytes = log_max_bytes
+        self.kill_grace = kill_grace
+        self.report_running = report_running
+        self.loop: asyncio.AbstractEventLoop | None = None
+        #: Finished (and, with ``report_running``, started) tasks for the façade to drain.
+        self.results: deque[TaskInfo] = deque()
+        self._launcher = launcher
+        self._pending: list[_Pending] = []
+        self._seq = itertools.count()
+        self._runs: dict[Any, _Run] = {}
+        self._pending_keys: set[Any] = set()
+        self._polled: list[_Run] = []
+        self._poll_handle: asyncio.TimerHandle | None = None
+        self._retry_handle: asyncio.TimerHandle | None = None
+        self._sweep_handle: asyncio.TimerHandle | None = None
+        self._idle_waiters: list[asyncio.Future[None]] = []
+        self._devnull_w = -1
+        self.accepting = True
+        self.closed = False
+        self.counters = dict.fromkeys(
+            (
+                "launched",
+                "succeeded",
+                "failed",
+                "timed_out",
+                "terminated",
+                "spawn_failures",
+                "resource_waits",
+            ),
+            0,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind to the running loop and prepare to launch (called on the loop)."""
+        self.loop = loop
+        if self._launcher is None:
+            self._launcher = ExecLauncher()
+        self.capacity = task_capacity(self.parallelism)
+        if self.log_dir is not None:
+            os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
+        else:
+            self._devnull_w = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+
+    def detach(self) -> None:
+        """Release what ``attach`` took; the engine must be idle."""
+        for handle in (self._poll_handle, self._retry_handle, self._sweep_handle):
+            if handle is not None:
+                handle.cancel()
+        if self._launcher is not None:
+            self._launcher.close()
+        if self._devnull_w >= 0:
+            os.close(self._devnull_w)
+            self._devnull_w = -1
+
+    @property
+    def running_count(self) -> int:
+        return len(self._runs)
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    def has_key(self, key: Any) -> bool:
+        return key in self._runs or key in self._pending_keys
+
+    def pid_of(self, key: Any) -> int | None:
+        run = self._runs.get(key)
+        return run.child.pid if run is not None else None
+
+    # ------------------------------------------------------------------ admission
+
+    def submit(self, spec: TaskSpec, future: asyncio.Future[TaskInfo] | None = None) -> None:
+        """Accept one task (already validated and de-duplicated by the caller)."""
+        if not self.accepting:
+            self._finish_unstarted(
+                spec,
+                future,
+                FailureReason.NOT_STARTED,
+                "the executor stopped taking work before the task was handed over",
+            )
+            return
+        heapq.heappush(self._pending, (-spec.priority, next(self._seq), spec, future))
+        self._pending_keys.add(spec.key)
+        self._admit()
+
+    def submit_many(self, specs: list[TaskSpec]) -> None:
+        """Accept a batch handed over from another thread (one loop wake-up for all)."""
+        if not self.accepting:
+            self.reject(
+                specs,
+                FailureReason.NOT_STARTED,
+                "the executor stopped taking work before the task was handed over",
+            )
+            return
+        for spec in specs:
+            heapq.heappush(self._pending, (-spec.priority, next(self._seq), spec, None))
+            self._pending_keys.add(spec.key)
+        self._admit()
+
+    def reject(self, specs: list[TaskSpec], reason: FailureReason, detail: str) -> None:
+        """Report tasks that will never start (one failed event each)."""
+        for spec in specs:
+            self._finish_unstarted(spec, None, reason, detail)
+
+    def stop_task(self, key: Any) -> bool:
+        """Drop a pending task, or stop a running one's process group (reason ``TERMINATED``)."""
+        if self.revoke(key):
+            return True
+        run = self._runs.get(key)
+        if run is None:
+            return False
+        if run.reason is None:
+            run.reason = FailureReason.TERMINATED
+            run.detail = "cancelled"
+        self._stop(run)
+        return True
+
+    def revoke(self, key: Any) -> bool:
+        """Drop a task that has not started yet; it gets a ``REVOKED`` failure."""
+        if key not in self._pending_keys:
+            return False
+        for index, entry in enumerate(self._pending):
+            if entry[2].key == key:
+                self._pending[index] = self._pending[-1]
+                self._pending.pop()
+                heapq.heapify(self._pending)
+                self._finish_unstarted(entry[2], entry[3], FailureReason.REVOKED, "revoked before it started")
+                return True
+        return False  # pragma: no cover - _pending_keys and _pending agree
+
+    def _admit(self) -> None:
+        pending = self._pending
+        while pending and len(self._runs) < self.capacity and self._retry_handle is None:
+            _, _, spec, future = heapq.heappop(pending)
+            self._pending_keys.discard(spec.key)
+            try:
+                self._launch(spec, future)
+            except Exception as exc:  # a bug must fail this one task, never lose it or the engine
+                logger.exception("launching task %r failed", spec.key)
+                if spec.key not in self._runs:
+                    self._finish_unstarted(
+                        spec, future, FailureReason.SPAWN_FAILED, f"internal error: {exc!r}"
+                    )
+
+    def _launch(self, spec: TaskSpec, future: asyncio.Future[TaskInfo] | None) -> None:
+        assert self._launcher is not None
+        assert self.loop is not None
+        path: str | None = None
+        if self.log_dir is not None:
+            path = _logs.log_path(self.log_dir, spec.key, spec.try_number)
+            try:
+                out_fd = _logs.open_log(path)
+            except OSError as exc:
+                if self._resource_shortage(spec, future, exc):
+                    return
+                self._finish_unstarted(
+                    spec,
+                    future,
+                    FailureReason.SPAWN_FAILED,
+                    f"could not open log file {path}: {exc.strerror or exc}",
+                    path,
+                )
+                return
+        else:
+            out_fd = self._devnull_w
+        started_at = time.time()
+        try:
+            child = self._launcher.launch(spec.argv, spec.env, spec.cwd, out_fd)
+        except OSError as exc:
+            if not self._resource_shortage(spec, future, exc):
+                self.counters["spawn_failures"] += 1
+                where = f" in {spec.cwd!r}" if spec.cwd else ""
+                self._finish_unstarted(
+                    spec,
+                    future,
+                    FailureReason.SPAWN_FAILED,
+                    f"could not start {spec.argv[0]!r}{where}: {exc.strerror or exc}",
+                    path,
+                )
+            return
+        finally:
+            if path is not None:
+                os.close(out_fd)
+        self.counters["launched"] += 1
+        run = _Run(spec, child, started_at, path, future)
+        self._runs[spec.key] = run
+        if child.pidfd is not None:
+            self.loop.add_reader(child.pidfd, self._child_exited, run)
+        else:
+            self._polled.append(run)
+            if self._poll_handle is None:
+                self._poll_handle = self.loop.call_later(POLL_INTERVAL, self._poll)
+        if spec.timeout is not None:
+            run.timer = self.loop.call_later(spec.timeout, self._timed_out, run)
+        if self.log_max_bytes is not None and path is not None and self._sweep_handle is None:
+            self._sweep_handle = self.loop.call_later(LOG_SWEEP_INTERVAL, self._sweep_logs)
+        if self.report_running and future is None:
+            self.results.append(
+                TaskInfo(
+                    key=spec.key,
+                    state=TaskState.RUNNING,
+                    pid=child.pid,
+                    started_at=started_at,
+                    log_path=path,
+                    try_number=spec.try_number,
+                )
+            )
+
+    def _resource_shortage(
+        self, spec: TaskSpec, future: asyncio.Future[TaskInfo] | None, exc: OSError
+    ) -> bool:
+        """Out of descriptors/processes: put the task back and retry later, never fail it."""
+        if exc.errno not in RESOURCE_ERRNOS:
+            return False
+        assert self.loop is not None
+        self.counters["resource_waits"] += 1
+        heapq.heappush(self._pending, (-spec.priority, next(self._seq), spec, future))
+        self._pending_keys.add(spec.key)
+        if self._retry_handle is None:
+            logger.warning("out of resources launching %r (%s); admission waits", spec.key, exc.strerror)
+            self._retry_handle = self.loop.call_later(RESOURCE_RETRY, self._retry_admission)
+        return True
+
+    def _retry_admission(self) -> None:
+        self._retry_handle = None
+        self._admit()
+
+    # ------------------------------------------------------------------ exit, timeout, kill
+
+    def _child_exited(self, run: _Run) -> None:
+        """The task's main process has exited (it is a zombie until reaped here)."""
+        child = run.child
+        if child.pidfd is not None and self.loop is not None:
+            self.loop.remove_reader(child.pidfd)
+        if run.reason is not None:
+            # Being stopped: kill what is left of the group while the zombie leader still
+            # pins the process-group id (so it cannot have been reused).
+            signal_group(child.pgid, signal.SIGKILL)
+        status = reap(child)
+        if status is None:  # spurious wake-up; keep watching
+            if child.pidfd is not None and self.loop is not None:
+                self.loop.add_reader(child.pidfd, self._child_exited, run)
+            return
+        self._finish_run(run, *status)
+
+    def _poll(self) -> None:
+        """Fallback for children without a pidfd."""
+        self._poll_handle = None
+        polled, self._polled = self._polled, []
+        for run in polled:
+            if self._runs.get(run.spec.key) is not run:
+                continue
+            if _exited_unreaped(run.child.pid):
+                self._child_exited(run)
+            if self._runs.get(run.spec.key) is run:
+                self._polled.append(run)
+        if self._polled and self.loop is not None:
+            self._poll_handle = self.loop.call_later(POLL_INTERVAL, self._poll)
+
+    def _timed_out(self, run: _Run) -> None:
+        run.timer = None
+        if run.reason is None:
+            run.reason = FailureReason.TIMED_OUT
+            run.detail = f"timed out after {run.spec.timeout:g}s"
+            logger.info(
+                "task %r timed out after %ss; stopping its process group", run.spec.key, run.spec.timeout
+            )
+            self._stop(run)
+
+    def _stop(self, run: _Run) -> None:
+        """SIGTERM the task's whole process group; SIGKILL it after the grace period."""
+        assert self.loop is not None
+        signal_group(run.child.pgid, signal.SIGTERM)
+        if run.kill_timer is None:
+            run.kill_timer = self.loop.call_later(self.kill_grace, self._force_kill, run)
+
+    def _force_kill(self, run: _Run) -> None:
+        run.kill_timer = None
+        if self._runs.get(run.spec.key) is run:
+            signal_group(run.child.pgid, signal.SIGKILL)
+
+    def _sweep_logs(self) -> None:
+        self._sweep_handle = None
+        cap = self.log_max_bytes
+        if cap is None or not self._runs or self.loop is None:
+            return
+        for run in self._runs.values():
+            if run.log_path is not None:
+                _logs.enforce_cap(run.log_path, cap)
+        self._sweep_handle = self.loop.call_later(LOG_SWEEP_INTERVAL, self._sweep_logs)
+
+    # ------------------------------------------------------------------ results
+
+    def _finish_run(self, run: _Run, returncode: int | None, signum: int | None) -> None:
+        for handle in (run.timer, run.kill_timer):
+            if handle is not None:
+                handle.cancel()
+        if run.log_path is not None and self.log_max_bytes is not None:
+            _logs.enforce_cap(run.log_path, self.log_max_bytes)
+        succeeded = returncode == 0 and run.reason is None
+        if run.reason is FailureReason.TIMED_OUT:
+            self.counters["timed_out"] += 1
+        elif run.reason is FailureReason.TERMINATED:
+            self.counters["terminated"] += 1
+        detail = run.detail
+        if detail is None and returncode is None and signum is None:
+            detail = "exit status lost (reaped elsewhere)"
+        info = TaskInfo(
+            key=run.spec.key,
+            state=TaskState.SUCCESS if succeeded else TaskState.FAILED,
+            returncode=returncode,
+            signal=signum,
+            pid=run.child.pid,
+            started_at=run.started_at,
+            ended_at=time.time(),
+            log_path=run.log_path,
+            reason=run.reason,
+            detail=detail,
+            try_number=run.spec.try_number,
+        )
+        del self._runs[run.spec.key]
+        self._deliver(info, run.future)
+        if self._pending:
+            self._admit()
+
+    def _finish_unstarted(
+        self,
+        spec: TaskSpec,
+        future: asyncio.Future[TaskInfo] | None,
+        reason: FailureReason,
+        detail: str,
+        path: str | None = None,
+    ) -> None:
+        if reason is FailureReason.TERMINATED:
+            self.counters["terminated"] += 1
+        info = TaskInfo(
+            key=spec.key,
+            state=TaskState.FAILED,
+            reason=reason,
+            detail=detail,
+            ended_at=time.time(),
+            log_path=path,
+            try_number=spec.try_number,
+        )
+        self._deliver(info, future)
+
+    def _deliver(self, info: TaskInfo, future: asyncio.Future[TaskInfo] | None) -> None:
+        self.counters["succeeded" if info.state is TaskState.SUCCESS else "failed"] += 1
+        if future is None:
+            self.results.append(info)
+        elif not future.done():
+            future.set_result(info)
+        if not self._runs and not self._pending and self._idle_waiters:
+            for waiter in self._idle_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._idle_waiters.clear()
+
+    # ------------------------------------------------------------------ draining, terminating
+
+    async def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until nothing is pending or running; ``False`` if ``timeout`` ran out first."""
+        if not self._runs and not self._pending:
+            return True
+        assert self.loop is not None
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self._idle_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Stop taking work, let accepted tasks finish; terminate the rest after ``timeout``."""
+        self.accepting = False
+        if not await self.wait_idle(timeout):
+            logger.warning(
+                "end(): %d task(s) still running after %ss; terminating them",
+                len(self._runs) + len(self._pending),
+                timeout,
+            )
+            await self.terminate()
+        self.closed = True
+
+    async def terminate(self) -> None:
+        """Fail every pending task and stop every running one; return when all are reported."""
+        self.accepting = False
+        self.closed = True
+        pending, self._pending = self._pending, []
+        self._pending_keys.clear()
+        for _, _, spec, future in sorted(pending):
+            self._finish_unstarted(spec, future, FailureReason.TERMINATED, "terminated before it started")
+        for run in list(self._runs.values()):
+            if run.reason is None:
+                run.reason = FailureReason.TERMINATED
+                run.detail = "terminated by the executor"
+            self._stop(run)
+        if not await self.wait_idle(self.kill_grace + STUCK_MARGIN):
+            self._abandon_stuck()
+
+    def _abandon_stuck(self) -> None:
+        """Report tasks whose process survived SIGKILL (e.g. stuck in the kernel) and stop watching."""
+        for run in list(self._runs.values()):
+            logger.error(
+                "pid %d of task %r did not exit after SIGKILL; giving up on it", run.child.pid, run.spec.key
+            )
+            if run.child.pidfd is not None and self.loop is not None:
+                self.loop.remove_reader(run.child.pidfd)
+                os.close(run.child.pidfd)
+                run.child.pidfd = None
+            run.detail = f"{run.detail}; the process did not exit after SIGKILL"
+            self._finish_run(run, None, signal.SIGKILL)
+
+
+def _exited_unreaped(pid: int) -> bool:
+    """Has ``pid`` exited? Leaves it unreaped where the platform allows (Linux waitid)."""
+    waitid = getattr(os, "waitid", None)
+    if waitid is None:  # pragma: no cover - non-Linux
+        return True  # _child_exited reaps with WNOHANG and re-arms the poll if still running
+    try:
+        return waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True

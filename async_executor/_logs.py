@@ -1,0 +1,83 @@
+"""Per-task log files: naming, the size cap, and reading them back."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from pathlib import Path
+
+import orjson
+
+from ._validation import plain_key
+
+logger = logging.getLogger("async_executor.logs")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
+_TRUNCATED = b"\n[async-executor: output truncated at the log size cap]\n"
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
+
+
+def default_home() -> Path:
+    """``$ASYNC_EXECUTOR_HOME``, else ``$XDG_STATE_HOME/async-executor`` (``~/.local/state``)."""
+    home = os.environ.get("ASYNC_EXECUTOR_HOME")
+    if home:
+        return Path(home)
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "async-executor"
+
+
+def key_slug(key: object) -> str:
+    """A file-name-safe, collision-free name for a task key (readable prefix + hash)."""
+    blob = orjson.dumps(plain_key(key))
+    digest = hashlib.blake2b(blob, digest_size=6).hexdigest()
+    parts = key if isinstance(key, tuple) else (key,)
+    readable = _UNSAFE.sub("_", "__".join(str(p) for p in parts)).strip("._")[:80]
+    return f"{readable}.{digest}" if readable else digest
+
+
+def log_path(log_dir: str, key: object, try_number: int) -> str:
+    return os.path.join(log_dir, f"{key_slug(key)}.{try_number}.log")
+
+
+def open_log(path: str) -> int:
+    """Open (truncate) a task's log for the child to write to directly."""
+    return os.open(path, _OPEN_FLAGS, 0o600)
+
+
+def enforce_cap(path: str, cap: int) -> bool:
+    """Cut a log back to ``cap`` bytes (keeping the head, ending in a marker).
+
+    The child writes to the file directly (``O_APPEND``), so the cap is applied by the
+    engine's periodic sweep and once more at exit: a log can overshoot by what the task
+    writes between two sweeps. Returns ``True`` if the file was cut.
+    """
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return False
+    if size <= cap:
+        return False
+    keep = max(0, cap - len(_TRUNCATED))
+    try:
+        with open(path, "r+b") as handle:
+            handle.truncate(keep)
+            handle.seek(keep)
+            handle.write(_TRUNCATED[: cap - keep] if cap < len(_TRUNCATED) else _TRUNCATED)
+    except OSError as exc:
+        logger.warning("could not cap log %s: %s", path, exc)
+        return False
+    return True
+
+
+def read_log(path: str, limit: int | None = None) -> tuple[list[str], list[str]]:
+    """``(messages, log_lines)`` in the shape Airflow's ``get_task_log`` returns."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read() if limit is None else handle.read(limit)
+    except FileNotFoundError:
+        return [f"No captured output at {path}"], []
+    except OSError as exc:
+        return [f"Could not read captured output at {path}: {exc}"], []
+    return [f"Captured output of the task process at {path}"], [data.decode("utf-8", "replace")]

@@ -1,0 +1,106 @@
+"""Shared fixtures: real subprocesses, a started executor, and the anyio backends to test on."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from async_executor import AsyncExecutor, TaskInfo, TaskState
+
+PY = sys.executable
+
+try:
+    import uvloop  # noqa: F401
+
+    HAVE_UVLOOP = True
+except ImportError:  # pragma: no cover
+    HAVE_UVLOOP = False
+
+BACKENDS = [pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio")]
+if HAVE_UVLOOP:
+    BACKENDS.append(pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"))
+LOOPS = ["asyncio", "uvloop"] if HAVE_UVLOOP else ["asyncio"]
+
+
+@pytest.fixture(params=BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    """Every async test runs on asyncio with and without uvloop."""
+    return request.param
+
+
+@pytest.fixture(params=LOOPS)
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    return tmp_path / "logs"
+
+
+@pytest.fixture
+def executor(log_dir: Path, loop_kind: str) -> Iterator[AsyncExecutor]:
+    """A started sync-façade executor, terminated after the test whatever happens."""
+    ex = AsyncExecutor(parallelism=8, log_dir=log_dir, kill_grace=1.0, loop=loop_kind)
+    ex.start()
+    try:
+        yield ex
+    finally:
+        ex.terminate()
+
+
+def drain(ex: AsyncExecutor, timeout: float = 60.0) -> dict[Any, list[tuple[TaskState, TaskInfo]]]:
+    """Drive ``ex`` like a scheduler until nothing is queued or running; every event per key."""
+    events: dict[Any, list[tuple[TaskState, TaskInfo]]] = {}
+    deadline = time.monotonic() + timeout
+    while ex.queued_tasks or ex.running:
+        ex.heartbeat()
+        for key, event in ex.get_event_buffer().items():
+            events.setdefault(key, []).append(event)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"tasks did not finish in {timeout}s: {ex!r}")
+        time.sleep(0.002)
+    for key, event in ex.get_event_buffer().items():
+        events.setdefault(key, []).append(event)
+    return events
+
+
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def wait_for_file(path: Path, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.stat().st_size > 0:
+            time.sleep(0.05)
+            return path.read_text()
+        time.sleep(0.01)
+    raise AssertionError(f"{path} did not appear within {timeout}s")
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is ``pgid``."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry))
+    return members

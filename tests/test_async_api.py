@@ -1,0 +1,158 @@
+"""The same engine inside the caller's event loop: async with, submit, run, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import anyio
+import pytest
+
+from async_executor import AsyncExecutor, DuplicateTaskError, ExecutorClosedError, FailureReason, TaskState
+
+from .conftest import PY, drain, pid_alive
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_run_and_submit(log_dir: Path) -> None:
+    async with AsyncExecutor(parallelism=4, log_dir=log_dir) as ex:
+        info = await ex.run(("job", 1), [PY, "-c", "print('hello')"], timeout=30)
+        assert info.state == TaskState.SUCCESS and info.returncode == 0
+        assert ex.get_task_log(("job", 1))[1] == ["hello\n"]
+        handle = await ex.submit(("job", 2), ["true"])
+        assert (await handle.wait()).succeeded
+        assert handle.done() and handle.info is not None
+        assert "success" in repr(handle)
+        failed = await ex.run("bad", ["sh", "-c", "exit 4"])
+        assert failed.state == "failed" and failed.returncode == 4
+    # tasks submitted through the async API report through their handles, not the buffer
+    assert ex.get_event_buffer() == {}
+
+
+async def test_many_concurrent_tasks_and_parallelism(log_dir: Path) -> None:
+    async with AsyncExecutor(parallelism=16, log_dir=log_dir) as ex:
+        handles = [await ex.submit(i, ["sh", "-c", f"echo {i}"], priority=i % 3) for i in range(300)]
+        assert ex.statistics().running <= 16
+        infos = [await h.wait() for h in handles]
+    assert [i.key for i in infos] == list(range(300))
+    assert all(i.succeeded for i in infos)
+
+
+async def test_duplicate_submit_is_refused(log_dir: Path) -> None:
+    async with AsyncExecutor(parallelism=2, log_dir=log_dir) as ex:
+        handle = await ex.submit("same", ["sleep", "0.2"])
+        with pytest.raises(DuplicateTaskError):
+            await ex.submit("same", ["true"])
+        await handle.wait()
+        assert (await ex.run("same", ["true"])).try_number == 2
+
+
+async def test_timeout_in_async_api(log_dir: Path) -> None:
+    async with AsyncExecutor(parallelism=2, log_dir=log_dir, kill_grace=0.5) as ex:
+        info = await ex.run("slow", ["sleep", "30"], timeout=0.2)
+    assert info.reason is FailureReason.TIMED_OUT
+
+
+async def test_cancel_a_handle(log_dir: Path) -> None:
+    async with AsyncExecutor(parallelism=1, log_dir=log_dir, kill_grace=0.5) as ex:
+        running = await ex.submit("running", ["sleep", "30"])
+        pending = await ex.submit("pending", ["sleep", "30"])
+        await anyio.sleep(0.1)
+        pid = running.pid
+        assert pid is not None
+        assert pending.cancel() is True
+        assert running.cancel() is True
+        assert (await pending.wait()).reason is FailureReason.REVOKED
+        assert (await running.wait()).reason is FailureReason.TERMINATED
+        assert running.cancel() is False
+    assert not pid_alive(pid)
+
+
+async def test_exception_in_body_terminates_tasks(log_dir: Path) -> None:
+    handles = []
+    with pytest.raises(ZeroDivisionError):
+        async with AsyncExecutor(parallelism=2, log_dir=log_dir, kill_grace=0.5) as ex:
+            handles.append(await ex.submit("a", ["sleep", "30"]))
+            handles.append(await ex.submit("b", ["sleep", "30"]))
+            handles.append(await ex.submit("c", ["sleep", "30"]))
+            await anyio.sleep(0.1)
+            1 / 0  # noqa: B018
+    infos = [h.info for h in handles]
+    assert all(i is not None and i.reason is FailureReason.TERMINATED for i in infos)
+    with pytest.raises(ExecutorClosedError):
+        ex.queue_command("late", ["true"])
+
+
+async def test_cancellation_terminates_and_is_reraised(log_dir: Path) -> None:
+    pids: list[int] = []
+    with anyio.move_on_after(0.5) as scope:
+        async with AsyncExecutor(parallelism=2, log_dir=log_dir, kill_grace=0.5) as ex:
+            handle = await ex.submit("a", ["sleep", "30"])
+            await anyio.sleep(0.1)
+            pids.append(handle.pid or 0)
+            await handle.wait()
+    assert scope.cancelled_caught
+    assert handle.info is not None and handle.info.reason is FailureReason.TERMINATED
+    assert not pid_alive(pids[0])
+
+
+async def test_airflow_style_calls_inside_the_loop(log_dir: Path) -> None:
+    async with AsyncExecutor(parallelism=2, log_dir=log_dir) as ex:
+        ex.queue_command("q", ["true"])
+        ex.execute_async("e", ["true"])
+        while ex.queued_tasks or ex.running:
+            ex.heartbeat()
+            await anyio.sleep(0.01)
+        assert set(ex.get_event_buffer()) == {"q", "e"}
+        with pytest.raises(RuntimeError, match=r"await executor\.aterminate"):
+            ex.terminate()
+        with pytest.raises(RuntimeError, match=r"await executor\.aend"):
+            ex.end()
+
+
+async def test_aend_runs_queued_and_aterminate_is_idempotent(log_dir: Path) -> None:
+    ex = AsyncExecutor(parallelism=2, log_dir=log_dir)
+    async with ex:
+        ex.queue_command("queued", ["true"])
+        await ex.aend()
+        await ex.aend()
+        await ex.aterminate()
+    assert ex.get_event_buffer()["queued"][0] == TaskState.SUCCESS
+
+
+async def test_submit_needs_async_mode(log_dir: Path) -> None:
+    ex = AsyncExecutor(log_dir=log_dir)
+    ex.start()
+    try:
+        with pytest.raises(RuntimeError, match="submit"):
+            await ex.submit("x", ["true"])
+    finally:
+        ex.end()
+
+
+def test_async_with_outside_a_loop_is_an_error(log_dir: Path) -> None:
+    async def enter() -> None:
+        async with AsyncExecutor(log_dir=log_dir):
+            pass
+
+    coro = enter()
+    with pytest.raises(RuntimeError):
+        coro.send(None)
+    coro.close()
+
+
+def test_sync_facade_and_async_api_share_one_engine(log_dir: Path) -> None:
+    """The same command gives the same outcome through both drivers."""
+
+    async def via_async() -> tuple[int | None, list[str]]:
+        async with AsyncExecutor(log_dir=log_dir / "a") as ex:
+            info = await ex.run("k", ["sh", "-c", "echo same; exit 5"])
+            return info.returncode, ex.get_task_log("k")[1]
+
+    ex = AsyncExecutor(log_dir=log_dir / "s")
+    ex.start()
+    ex.queue_command("k", ["sh", "-c", "echo same; exit 5"])
+    sync_info = drain(ex)["k"][0][1]
+    ex.end()
+    assert asyncio.run(via_async()) == (sync_info.returncode, ex.get_task_log("k")[1]) == (5, ["same\n"])

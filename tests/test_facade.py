@@ -1,0 +1,230 @@
+"""The Airflow-style interface of the sync façade: heartbeat, sync, event buffer, gauges."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+
+from async_executor import AsyncExecutor, ExecutorStatistics, FailureReason, TaskInfo, TaskState
+
+from .conftest import drain
+
+
+class TIKey(NamedTuple):
+    dag_id: str
+    task_id: str
+    run_id: str
+    try_number: int
+    map_index: int
+
+
+def test_issue_example_scheduler_loop(log_dir: Path, loop_kind: str) -> None:
+    """The loop from the issue: 1,000 tasks, priorities, heartbeat + get_event_buffer."""
+    ex = AsyncExecutor(parallelism=64, log_dir=log_dir, loop=loop_kind)
+    ex.start()
+    try:
+        for i in range(1000):
+            ex.queue_command(("job", i), ["sh", "-c", f"echo {i}; sleep 0.01"], priority=i % 3)
+        events = drain(ex)
+    finally:
+        ex.end()
+    assert len(events) == 1000
+    assert all(len(evs) == 1 for evs in events.values())
+    assert all(evs[0][0] == TaskState.SUCCESS == "success" for evs in events.values())
+    assert ex.get_task_log(("job", 417)) == (
+        [f"Captured output of the task process at {events['job', 417][0][1].log_path}"],
+        ["417\n"],
+    )
+
+
+def test_heartbeat_launches_highest_priority_first(executor: AsyncExecutor, tmp_path: Path) -> None:
+    order = tmp_path / "order"
+    ex = AsyncExecutor(parallelism=1, log_dir=tmp_path / "logs", loop="asyncio")
+    ex.start()
+    try:
+        for i, prio in enumerate([1, 5, 3, 5, 0, 9]):
+            ex.queue_command(f"t{i}", ["sh", "-c", f"echo t{i} >> {order}"], priority=prio)
+        drain(ex)
+    finally:
+        ex.end()
+    # highest priority first; equal priorities keep their queueing order
+    assert order.read_text().split() == ["t5", "t1", "t3", "t2", "t0", "t4"]
+
+
+def test_heartbeat_fills_only_open_slots(log_dir: Path) -> None:
+    ex = AsyncExecutor(parallelism=3, log_dir=log_dir)
+    ex.start()
+    try:
+        for i in range(5):
+            ex.queue_command(i, ["sleep", "0.5"], priority=i)
+        assert ex.slots_available == -2
+        assert ex.slots_occupied == 5
+        ex.heartbeat()
+        assert ex.running == {4, 3, 2}
+        assert set(ex.queued_tasks) == {0, 1}
+        ex.heartbeat()
+        assert len(ex.running) == 3  # nothing finished yet: no slot opened
+        drain(ex)
+        assert ex.slots_available == 3
+    finally:
+        ex.end()
+
+
+def test_sync_is_nonblocking_and_moves_results(executor: AsyncExecutor) -> None:
+    executor.execute_async("a", ["true"])
+    executor.execute_async("b", ["sh", "-c", "exit 3"])
+    executor.execute_async("c", ["sleep", "30"])
+    deadline = time.monotonic() + 10
+    while len(executor.event_buffer) < 2 and time.monotonic() < deadline:
+        executor.sync()
+        time.sleep(0.005)
+    buffer = executor.get_event_buffer()
+    assert set(buffer) == {"a", "b"}
+    assert buffer["a"][1].returncode == 0
+    state, info = buffer["b"]
+    assert state == TaskState.FAILED
+    assert info.returncode == 3
+    assert info.reason is None  # the command itself failed
+    assert executor.running == {"c"}
+    assert executor.has_task("c") and not executor.has_task("a")
+    assert executor.get_event_buffer() == {}
+
+
+def test_event_buffer_filter_by_key_and_dag_id(executor: AsyncExecutor) -> None:
+    k1 = TIKey("dag_a", "t1", "r", 1, -1)
+    k2 = TIKey("dag_b", "t1", "r", 1, -1)
+    for key in (k1, k2, "plain"):
+        executor.queue_command(key, ["true"])
+    while executor.queued_tasks or executor.running:
+        executor.heartbeat()
+        time.sleep(0.005)
+    assert set(executor.get_event_buffer(["dag_a"])) == {k1}
+    assert set(executor.get_event_buffer(["plain"])) == {"plain"}
+    assert set(executor.get_event_buffer()) == {k2}
+
+
+def test_ti_key_try_number_names_the_log(executor: AsyncExecutor) -> None:
+    key = TIKey("dag", "task", "run", 3, -1)
+    executor.queue_command(key, ["echo", "third try"])
+    info = drain(executor)[key][0][1]
+    assert info.try_number == 3
+    assert info.log_path is not None and info.log_path.endswith(".3.log")
+    assert executor.get_task_log(key, 3)[1] == ["third try\n"]
+    messages, lines = executor.get_task_log(key, 1)
+    assert lines == [] and "No captured output" in messages[0]
+
+
+def test_result_records(executor: AsyncExecutor) -> None:
+    executor.queue_command("ok", ["true"])
+    executor.queue_command("killed", ["sh", "-c", "kill -9 $$"])
+    events = drain(executor)
+    ok = events["ok"][0][1]
+    assert isinstance(ok, TaskInfo)
+    assert ok.succeeded and ok.pid and ok.started_at and ok.ended_at and ok.duration is not None
+    assert ok.duration >= 0
+    killed = events["killed"][0][1]
+    assert killed.state == "failed" and killed.signal == 9 and killed.returncode is None
+    with pytest.raises(AttributeError):
+        ok.state = TaskState.FAILED  # type: ignore[misc]
+
+
+def test_report_running_events(log_dir: Path) -> None:
+    ex = AsyncExecutor(parallelism=2, log_dir=log_dir, report_running=True)
+    ex.start()
+    try:
+        ex.execute_async("slow", ["sleep", "0.5"])
+        deadline = time.monotonic() + 10
+        while "slow" not in ex.event_buffer and time.monotonic() < deadline:
+            ex.sync()
+            time.sleep(0.005)
+        state, info = ex.get_event_buffer()["slow"]
+        assert state == TaskState.RUNNING and info.pid
+        events = drain(ex)
+        assert [s for s, _ in events["slow"]] == [TaskState.SUCCESS]
+    finally:
+        ex.end()
+
+
+def test_revoke_and_cleanup_stuck_queued(log_dir: Path) -> None:
+    ex = AsyncExecutor(parallelism=1, log_dir=log_dir)
+    ex.start()
+    try:
+        ex.queue_command("queued-1", ["true"])
+        ex.queue_command("queued-2", ["true"])
+        ex.execute_async("running", ["sleep", "0.5"])
+        ex.execute_async("pending", ["true"])  # handed to the engine, waits for the slot
+        assert ex.revoke_task("queued-1") is True
+        assert ex.revoke_task("nope") is False
+        assert ex.cleanup_stuck_queued_tasks(["queued-2", "pending", "running"]) == ["queued-2", "pending"]
+        events = drain(ex)
+    finally:
+        ex.end()
+    for key in ("queued-1", "queued-2", "pending"):
+        assert len(events[key]) == 1
+        state, info = events[key][0]
+        assert state == TaskState.FAILED and info.reason is FailureReason.REVOKED and info.pid is None
+    assert events["running"][0][0] == TaskState.SUCCESS
+
+
+def test_send_callback(log_dir: Path) -> None:
+    ex = AsyncExecutor(log_dir=log_dir)
+    with pytest.raises(ValueError, match="no callback sink"):
+        ex.send_callback({"x": 1})
+    received: list[Any] = []
+
+    class Sink:
+        def send(self, request: Any) -> None:
+            received.append(request)
+
+    AsyncExecutor(log_dir=log_dir, callback_sink=Sink()).send_callback("r1")
+    AsyncExecutor(log_dir=log_dir, callback_sink=received.append).send_callback("r2")
+    assert received == ["r1", "r2"]
+
+
+def test_flags_gauges_repr_and_statistics(executor: AsyncExecutor) -> None:
+    assert executor.is_local and executor.serve_logs and executor.is_production
+    assert not executor.is_single_threaded and not executor.supports_pickling
+    assert not executor.supports_sentry and not executor.change_sensor_mode_to_reschedule
+    assert executor.sentry_integration == "" and not executor.supports_multi_team
+    assert executor.get_cli_commands() == []
+    assert executor.try_adopt_task_instances(["a", ("b", 1)]) == ["a", ("b", 1)]
+    executor.execute_async("s", ["sleep", "5"])
+    executor.queue_command("q", ["true"])
+    assert "running 1/8 queued 1" in repr(executor)
+    time.sleep(0.2)
+    stats = executor.statistics()
+    assert isinstance(stats, ExecutorStatistics)
+    assert stats.running == 1 and stats.queued == 1 and stats.launched == 1 and stats.parallelism == 8
+    assert stats.loop in ("asyncio", "uvloop")
+
+
+def test_end_runs_queued_tasks_and_waits(log_dir: Path) -> None:
+    ex = AsyncExecutor(parallelism=2, log_dir=log_dir)
+    ex.start()
+    for i in range(5):
+        ex.queue_command(i, ["sh", "-c", "sleep 0.1"])
+    ex.end()
+    events = ex.get_event_buffer()
+    assert sorted(events) == [0, 1, 2, 3, 4]
+    assert all(state == TaskState.SUCCESS for state, _ in events.values())
+    assert not ex.running and not ex.queued_tasks
+
+
+def test_capture_false_discards_output(tmp_path: Path) -> None:
+    ex = AsyncExecutor(capture=False)
+    ex.start()
+    try:
+        ex.queue_command("x", ["echo", "hi"])
+        events = drain(ex)
+    finally:
+        ex.end()
+    assert events["x"][0][1].log_path is None
+    assert "not captured" in ex.get_task_log("x")[0][0]
+
+
+def test_default_log_dir_honours_home_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASYNC_EXECUTOR_HOME", str(tmp_path / "home"))
+    assert AsyncExecutor().log_dir == str(tmp_path / "home" / "logs")

@@ -1,0 +1,174 @@
+"""Spawning: sessions, stdin, log files, env, cwd, and commands that cannot start."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from async_executor import AsyncExecutor, Child, ExecLauncher, FailureReason, TaskState
+
+from .conftest import PY, drain
+
+
+def log_of(ex: AsyncExecutor, key: str) -> str:
+    return "".join(ex.get_task_log(key)[1])
+
+
+def test_each_task_gets_its_own_session_and_devnull_stdin(executor: AsyncExecutor) -> None:
+    script = (
+        "import os,sys; print(os.getsid(0) == os.getpid() == os.getpgid(0)); print(repr(sys.stdin.read()))"
+    )
+    executor.queue_command("a", [PY, "-c", script])
+    executor.queue_command("b", [PY, "-c", script])
+    events = drain(executor)
+    assert events["a"][0][1].pid != events["b"][0][1].pid
+    for key in ("a", "b"):
+        assert log_of(executor, key) == "True\n''\n"
+
+
+def test_stdout_and_stderr_go_to_one_log_file(executor: AsyncExecutor) -> None:
+    executor.queue_command("both", ["sh", "-c", "echo out; echo err >&2; echo out2"])
+    info = drain(executor)["both"][0][1]
+    assert info.log_path is not None
+    assert Path(info.log_path).read_text() == "out\nerr\nout2\n"
+    assert stat.S_IMODE(os.stat(info.log_path).st_mode) == 0o600
+
+
+def test_log_size_cap_keeps_the_head(tmp_path: Path) -> None:
+    ex = AsyncExecutor(parallelism=2, log_dir=tmp_path, log_max_bytes=4096)
+    ex.start()
+    try:
+        # ~1 MB of output, well past the cap; the parent never holds it in memory
+        ex.queue_command(
+            "big", [PY, "-c", "import sys\nfor i in range(20000): print(f'line {i:05d} ' + 'x'*40)"]
+        )
+        events = drain(ex)
+    finally:
+        ex.end()
+    data = Path(events["big"][0][1].log_path or "").read_bytes()
+    assert len(data) <= 4096
+    assert data.startswith(b"line 00000 ")
+    assert data.endswith(b"[async-executor: output truncated at the log size cap]\n")
+
+
+def test_env_merges_over_the_parent_environment(
+    executor: AsyncExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executor.queue_command("env", ["sh", "-c", 'echo "$AE_TEST_VAR:$HOME"'], env={"AE_TEST_VAR": "set"})
+    executor.execute_async(
+        "cfg", ["sh", "-c", 'echo "$AE_TEST_VAR"'], executor_config={"env": {"AE_TEST_VAR": "x"}}
+    )
+    drain(executor)
+    assert log_of(executor, "env") == f"set:{os.environ['HOME']}\n"
+    assert log_of(executor, "cfg") == "x\n"
+
+
+def test_env_path_decides_where_the_program_is_found(executor: AsyncExecutor, tmp_path: Path) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    tool = bindir / "ae-only-here"
+    tool.write_text("#!/bin/sh\necho found me\n")
+    tool.chmod(0o755)
+    executor.queue_command("found", ["ae-only-here"], env={"PATH": f"{bindir}:/usr/bin:/bin"})
+    executor.queue_command("missing", ["ae-only-here"])
+    events = drain(executor)
+    assert events["found"][0][0] == TaskState.SUCCESS
+    assert log_of(executor, "found") == "found me\n"
+    assert events["missing"][0][1].reason is FailureReason.SPAWN_FAILED
+
+
+def test_cwd(executor: AsyncExecutor, tmp_path: Path) -> None:
+    executor.queue_command("cwd", ["pwd"], cwd=tmp_path)
+    executor.execute_async("cfg", ["pwd"], executor_config={"cwd": str(tmp_path)})
+    drain(executor)
+    assert log_of(executor, "cwd") == f"{tmp_path}\n"
+    assert log_of(executor, "cfg") == f"{tmp_path}\n"
+
+
+def test_commands_that_cannot_start_fail_without_harming_others(
+    executor: AsyncExecutor, tmp_path: Path
+) -> None:
+    not_exec = tmp_path / "not-executable"
+    not_exec.write_text("#!/bin/sh\ntrue\n")
+    executor.queue_command("missing", ["/no/such/program"])
+    executor.queue_command("missing-on-path", ["no-such-program-ae"])
+    executor.queue_command("not-exec", [str(not_exec)])
+    executor.queue_command("missing-cwd", ["true"], cwd=tmp_path / "nope")
+    executor.queue_command("fine", ["true"])
+    events = drain(executor)
+    assert events["fine"][0][0] == TaskState.SUCCESS
+    expected = {
+        "missing": "No such file or directory",
+        "missing-on-path": "No such file or directory",
+        "not-exec": "Permission denied",
+        "missing-cwd": "No such file or directory",
+    }
+    for key, why in expected.items():
+        assert len(events[key]) == 1
+        state, info = events[key][0]
+        assert state == TaskState.FAILED
+        assert info.reason is FailureReason.SPAWN_FAILED
+        assert info.detail is not None and why in info.detail, info.detail
+        assert info.pid is None
+    assert executor.statistics().spawn_failures == 4
+
+
+def test_a_launcher_bug_fails_only_that_task(tmp_path: Path) -> None:
+    class Flaky(ExecLauncher):
+        def launch(
+            self, argv: tuple[str, ...], env: Mapping[str, str] | None, cwd: str | None, out_fd: int
+        ) -> Child:
+            if argv[-1] == "boom":
+                raise RuntimeError("launcher bug")
+            return super().launch(argv, env, cwd, out_fd)
+
+    ex = AsyncExecutor(parallelism=2, log_dir=tmp_path, launcher=Flaky())
+    ex.start()
+    try:
+        ex.queue_command("boom", ["echo", "boom"])
+        ex.queue_command("ok", ["echo", "ok"])
+        events = drain(ex)
+    finally:
+        ex.end()
+    assert events["ok"][0][0] == TaskState.SUCCESS
+    assert events["boom"][0][1].reason is FailureReason.SPAWN_FAILED
+    assert "launcher bug" in (events["boom"][0][1].detail or "")
+
+
+def test_unwritable_log_dir_fails_the_task_clearly(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    ex = AsyncExecutor(parallelism=2, log_dir=logs)
+    ex.start()
+    try:
+        logs.chmod(0o500)
+        if os.access(logs, os.W_OK):  # root ignores permissions: use a missing directory instead
+            logs.chmod(0o700)
+            logs.rename(tmp_path / "moved")
+        ex.queue_command("x", ["true"])
+        info = drain(ex)["x"][0][1]
+    finally:
+        ex.end()
+        if logs.exists():
+            logs.chmod(0o700)
+    assert info.reason is FailureReason.SPAWN_FAILED
+    assert "could not open log file" in (info.detail or "")
+
+
+def test_exit_codes_and_signals(executor: AsyncExecutor) -> None:
+    executor.queue_command("rc7", ["sh", "-c", "exit 7"])
+    executor.queue_command("term", ["sh", "-c", "kill -TERM $$"])
+    events = drain(executor)
+    assert events["rc7"][0][1].returncode == 7
+    assert events["term"][0][1].signal == 15 and events["term"][0][1].returncode is None
+
+
+def test_start_fails_clearly_when_log_dir_cannot_be_made(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    ex = AsyncExecutor(log_dir=blocker / "logs")
+    with pytest.raises(OSError):
+        ex.start()
