@@ -24,14 +24,12 @@ from typing import Any
 from . import _logs
 from ._limits import task_capacity
 from ._records import FailureReason, TaskInfo, TaskSpec, TaskState
-from ._spawn import RESOURCE_ERRNOS, Child, ExecLauncher, Launcher, reap, signal_group
+from ._spawn import RESOURCE_ERRNOS, Backend, LocalBackend
 
 logger = logging.getLogger("async_executor.engine")
 
 #: Seconds between checks of running tasks' log sizes against the cap.
 LOG_SWEEP_INTERVAL = 1.0
-#: Seconds between polls for children we could not get a pidfd for.
-POLL_INTERVAL = 0.02
 #: Seconds to wait before retrying a launch that ran out of descriptors or processes.
 RESOURCE_RETRY = 0.05
 #: How long past the kill grace ``terminate()`` waits for a process that ignores SIGKILL.
@@ -39,14 +37,14 @@ STUCK_MARGIN = 5.0
 
 
 class _Run:
-    """One launched task."""
+    """One task handed to the backend: spawning until ``pid`` is set, then running."""
 
     __slots__ = (
-        "child",
         "detail",
         "future",
         "kill_timer",
         "log_path",
+        "pid",
         "reason",
         "spec",
         "started_at",
@@ -56,16 +54,15 @@ class _Run:
     def __init__(
         self,
         spec: TaskSpec,
-        child: Child,
         started_at: float,
         log_path: str | None,
         future: asyncio.Future[TaskInfo] | None,
     ) -> None:
         self.spec = spec
-        self.child = child
         self.started_at = started_at
         self.log_path = log_path
         self.future = future
+        self.pid: int | None = None
         self.reason: FailureReason | None = None
         self.detail: str | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -86,7 +83,7 @@ class Engine:
         log_max_bytes: int | None,
         kill_grace: float,
         report_running: bool = False,
-        launcher: Launcher | None = None,
+        backend: Backend | None = None,
     ) -> None:
         self.parallelism = parallelism
         self.capacity = parallelism
@@ -97,17 +94,16 @@ class Engine:
         self.loop: asyncio.AbstractEventLoop | None = None
         #: Finished (and, with ``report_running``, started) tasks for the façade to drain.
         self.results: deque[TaskInfo] = deque()
-        self._launcher = launcher
+        self.backend: Backend = backend if backend is not None else LocalBackend()
         self._pending: list[_Pending] = []
         self._seq = itertools.count()
+        #: Tasks handed to the backend (spawning or running): they hold parallelism slots.
         self._runs: dict[Any, _Run] = {}
         self._pending_keys: set[Any] = set()
-        self._polled: list[_Run] = []
-        self._poll_handle: asyncio.TimerHandle | None = None
         self._retry_handle: asyncio.TimerHandle | None = None
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
-        self._devnull_w = -1
+        self._admitting = False
         self.accepting = True
         self.closed = False
         self.counters = dict.fromkeys(
@@ -128,24 +124,17 @@ class Engine:
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind to the running loop and prepare to launch (called on the loop)."""
         self.loop = loop
-        if self._launcher is None:
-            self._launcher = ExecLauncher()
         self.capacity = task_capacity(self.parallelism)
         if self.log_dir is not None:
             os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
-        else:
-            self._devnull_w = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        self.backend.open(loop, self)
 
     def detach(self) -> None:
         """Release what ``attach`` took; the engine must be idle."""
-        for handle in (self._poll_handle, self._retry_handle, self._sweep_handle):
+        for handle in (self._retry_handle, self._sweep_handle):
             if handle is not None:
                 handle.cancel()
-        if self._launcher is not None:
-            self._launcher.close()
-        if self._devnull_w >= 0:
-            os.close(self._devnull_w)
-            self._devnull_w = -1
+        self.backend.close()
 
     @property
     def running_count(self) -> int:
@@ -160,7 +149,7 @@ class Engine:
 
     def pid_of(self, key: Any) -> int | None:
         run = self._runs.get(key)
-        return run.child.pid if run is not None else None
+        return run.pid if run is not None else None
 
     # ------------------------------------------------------------------ admission
 
@@ -224,169 +213,76 @@ class Engine:
         return False  # pragma: no cover - _pending_keys and _pending agree
 
     def _admit(self) -> None:
-        pending = self._pending
-        while pending and len(self._runs) < self.capacity and self._retry_handle is None:
-            _, _, spec, future = heapq.heappop(pending)
-            self._pending_keys.discard(spec.key)
-            try:
+        if self._admitting:  # re-entered from a synchronous backend event; the outer loop goes on
+            return
+        self._admitting = True
+        try:
+            pending = self._pending
+            while pending and len(self._runs) < self.capacity and self._retry_handle is None:
+                _, _, spec, future = heapq.heappop(pending)
+                self._pending_keys.discard(spec.key)
                 self._launch(spec, future)
-            except Exception as exc:  # a bug must fail this one task, never lose it or the engine
-                logger.exception("launching task %r failed", spec.key)
-                if spec.key not in self._runs:
-                    self._finish_unstarted(
-                        spec, future, FailureReason.SPAWN_FAILED, f"internal error: {exc!r}"
-                    )
+        finally:
+            self._admitting = False
 
     def _launch(self, spec: TaskSpec, future: asyncio.Future[TaskInfo] | None) -> None:
-        assert self._launcher is not None
-        assert self.loop is not None
-        path: str | None = None
-        if self.log_dir is not None:
-            path = _logs.log_path(self.log_dir, spec.key, spec.try_number)
-            try:
-                out_fd = _logs.open_log(path)
-            except OSError as exc:
-                if self._resource_shortage(spec, future, exc):
-                    return
-                self._finish_unstarted(
-                    spec,
-                    future,
-                    FailureReason.SPAWN_FAILED,
-                    f"could not open log file {path}: {exc.strerror or exc}",
-                    path,
-                )
-                return
-        else:
-            out_fd = self._devnull_w
-        started_at = time.time()
+        path = None
         try:
-            child = self._launcher.launch(spec.argv, spec.env, spec.cwd, out_fd)
-        except OSError as exc:
-            if not self._resource_shortage(spec, future, exc):
-                self.counters["spawn_failures"] += 1
-                where = f" in {spec.cwd!r}" if spec.cwd else ""
+            if self.log_dir is not None:
+                path = _logs.log_path(self.log_dir, spec.key, spec.try_number)
+            run = _Run(spec, time.time(), path, future)
+            self._runs[spec.key] = run
+            self.backend.spawn(run, spec.argv, spec.env, spec.cwd, path)
+        except Exception as exc:  # a bug must fail this one task, never lose it or the engine
+            logger.exception("launching task %r failed", spec.key)
+            if self._runs.get(spec.key) is not None and self._runs[spec.key].pid is None:
+                del self._runs[spec.key]
                 self._finish_unstarted(
-                    spec,
-                    future,
-                    FailureReason.SPAWN_FAILED,
-                    f"could not start {spec.argv[0]!r}{where}: {exc.strerror or exc}",
-                    path,
+                    spec, future, FailureReason.SPAWN_FAILED, f"internal error: {exc!r}", path
                 )
-            return
-        finally:
-            if path is not None:
-                os.close(out_fd)
+
+    # ------------------------------------------------------------------ backend events
+
+    def spawned(self, run: _Run, pid: int) -> None:
+        """The backend started the task's process."""
+        assert self.loop is not None
+        run.pid = pid
         self.counters["launched"] += 1
-        run = _Run(spec, child, started_at, path, future)
-        self._runs[spec.key] = run
-        if child.pidfd is not None:
-            self.loop.add_reader(child.pidfd, self._child_exited, run)
-        else:
-            self._polled.append(run)
-            if self._poll_handle is None:
-                self._poll_handle = self.loop.call_later(POLL_INTERVAL, self._poll)
-        if spec.timeout is not None:
+        spec = run.spec
+        if run.reason is not None:  # terminated or cancelled while it was being spawned
+            self._stop(run)
+        elif spec.timeout is not None:
             run.timer = self.loop.call_later(spec.timeout, self._timed_out, run)
-        if self.log_max_bytes is not None and path is not None and self._sweep_handle is None:
+        if self.log_max_bytes is not None and run.log_path is not None and self._sweep_handle is None:
             self._sweep_handle = self.loop.call_later(LOG_SWEEP_INTERVAL, self._sweep_logs)
-        if self.report_running and future is None:
+        if self.report_running and run.future is None:
             self.results.append(
                 TaskInfo(
                     key=spec.key,
                     state=TaskState.RUNNING,
-                    pid=child.pid,
-                    started_at=started_at,
-                    log_path=path,
+                    pid=pid,
+                    started_at=run.started_at,
+                    log_path=run.log_path,
                     try_number=spec.try_number,
                 )
             )
 
-    def _resource_shortage(
-        self, spec: TaskSpec, future: asyncio.Future[TaskInfo] | None, exc: OSError
-    ) -> bool:
-        """Out of descriptors/processes: put the task back and retry later, never fail it."""
-        if exc.errno not in RESOURCE_ERRNOS:
-            return False
-        assert self.loop is not None
-        self.counters["resource_waits"] += 1
-        heapq.heappush(self._pending, (-spec.priority, next(self._seq), spec, future))
-        self._pending_keys.add(spec.key)
-        if self._retry_handle is None:
-            logger.warning("out of resources launching %r (%s); admission waits", spec.key, exc.strerror)
-            self._retry_handle = self.loop.call_later(RESOURCE_RETRY, self._retry_admission)
-        return True
+    def spawn_failed(self, run: _Run, exc: OSError, detail: str) -> None:
+        """The backend could not start the task: retry later if out of resources, else fail it."""
+        spec = run.spec
+        if self._runs.get(spec.key) is run:
+            del self._runs[spec.key]
+        if exc.errno in RESOURCE_ERRNOS and run.reason is None:
+            self._requeue_for_resources(spec, run.future, exc)
+        else:
+            self.counters["spawn_failures"] += 1
+            reason = run.reason or FailureReason.SPAWN_FAILED
+            self._finish_unstarted(spec, run.future, reason, detail, run.log_path)
+        if self._pending:
+            self._admit()
 
-    def _retry_admission(self) -> None:
-        self._retry_handle = None
-        self._admit()
-
-    # ------------------------------------------------------------------ exit, timeout, kill
-
-    def _child_exited(self, run: _Run) -> None:
-        """The task's main process has exited (it is a zombie until reaped here)."""
-        child = run.child
-        if child.pidfd is not None and self.loop is not None:
-            self.loop.remove_reader(child.pidfd)
-        if run.reason is not None:
-            # Being stopped: kill what is left of the group while the zombie leader still
-            # pins the process-group id (so it cannot have been reused).
-            signal_group(child.pgid, signal.SIGKILL)
-        status = reap(child)
-        if status is None:  # spurious wake-up; keep watching
-            if child.pidfd is not None and self.loop is not None:
-                self.loop.add_reader(child.pidfd, self._child_exited, run)
-            return
-        self._finish_run(run, *status)
-
-    def _poll(self) -> None:
-        """Fallback for children without a pidfd."""
-        self._poll_handle = None
-        polled, self._polled = self._polled, []
-        for run in polled:
-            if self._runs.get(run.spec.key) is not run:
-                continue
-            if _exited_unreaped(run.child.pid):
-                self._child_exited(run)
-            if self._runs.get(run.spec.key) is run:
-                self._polled.append(run)
-        if self._polled and self.loop is not None:
-            self._poll_handle = self.loop.call_later(POLL_INTERVAL, self._poll)
-
-    def _timed_out(self, run: _Run) -> None:
-        run.timer = None
-        if run.reason is None:
-            run.reason = FailureReason.TIMED_OUT
-            run.detail = f"timed out after {run.spec.timeout:g}s"
-            logger.info(
-                "task %r timed out after %ss; stopping its process group", run.spec.key, run.spec.timeout
-            )
-            self._stop(run)
-
-    def _stop(self, run: _Run) -> None:
-        """SIGTERM the task's whole process group; SIGKILL it after the grace period."""
-        assert self.loop is not None
-        signal_group(run.child.pgid, signal.SIGTERM)
-        if run.kill_timer is None:
-            run.kill_timer = self.loop.call_later(self.kill_grace, self._force_kill, run)
-
-    def _force_kill(self, run: _Run) -> None:
-        run.kill_timer = None
-        if self._runs.get(run.spec.key) is run:
-            signal_group(run.child.pgid, signal.SIGKILL)
-
-    def _sweep_logs(self) -> None:
-        self._sweep_handle = None
-        cap = self.log_max_bytes
-        if cap is None or not self._runs or self.loop is None:
-            return
-        for run in self._runs.values():
-            if run.log_path is not None:
-                _logs.enforce_cap(run.log_path, cap)
-        self._sweep_handle = self.loop.call_later(LOG_SWEEP_INTERVAL, self._sweep_logs)
-
-    # ------------------------------------------------------------------ results
-
-    def _finish_run(self, run: _Run, returncode: int | None, signum: int | None) -> None:
+    def exited(self, run: _Run, returncode: int | None, signum: int | None) -> None:
+        """The task's process has exited and been reaped."""
         for handle in (run.timer, run.kill_timer):
             if handle is not None:
                 handle.cancel()
@@ -405,7 +301,7 @@ class Engine:
             state=TaskState.SUCCESS if succeeded else TaskState.FAILED,
             returncode=returncode,
             signal=signum,
-            pid=run.child.pid,
+            pid=run.pid,
             started_at=run.started_at,
             ended_at=time.time(),
             log_path=run.log_path,
@@ -413,10 +309,65 @@ class Engine:
             detail=detail,
             try_number=run.spec.try_number,
         )
-        del self._runs[run.spec.key]
+        if self._runs.get(run.spec.key) is run:
+            del self._runs[run.spec.key]
         self._deliver(info, run.future)
         if self._pending:
             self._admit()
+
+    def _requeue_for_resources(
+        self, spec: TaskSpec, future: asyncio.Future[TaskInfo] | None, exc: OSError
+    ) -> None:
+        """Out of descriptors/processes: put the task back and retry later, never fail it."""
+        assert self.loop is not None
+        self.counters["resource_waits"] += 1
+        heapq.heappush(self._pending, (-spec.priority, next(self._seq), spec, future))
+        self._pending_keys.add(spec.key)
+        if self._retry_handle is None:
+            logger.warning("out of resources launching %r (%s); admission waits", spec.key, exc.strerror)
+            self._retry_handle = self.loop.call_later(RESOURCE_RETRY, self._retry_admission)
+
+    def _retry_admission(self) -> None:
+        self._retry_handle = None
+        self._admit()
+
+    # ------------------------------------------------------------------ timeout, stop, kill
+
+    def _timed_out(self, run: _Run) -> None:
+        run.timer = None
+        if run.reason is None:
+            run.reason = FailureReason.TIMED_OUT
+            run.detail = f"timed out after {run.spec.timeout:g}s"
+            logger.info(
+                "task %r timed out after %ss; stopping its process group", run.spec.key, run.spec.timeout
+            )
+            self._stop(run)
+
+    def _stop(self, run: _Run) -> None:
+        """SIGTERM the task's whole process group; SIGKILL it after the grace period."""
+        assert self.loop is not None
+        if run.pid is None:
+            return  # still spawning: spawned() stops it as soon as it has a pid
+        self.backend.stop(run)
+        if run.kill_timer is None:
+            run.kill_timer = self.loop.call_later(self.kill_grace, self._force_kill, run)
+
+    def _force_kill(self, run: _Run) -> None:
+        run.kill_timer = None
+        if self._runs.get(run.spec.key) is run:
+            self.backend.kill(run)
+
+    def _sweep_logs(self) -> None:
+        self._sweep_handle = None
+        cap = self.log_max_bytes
+        if cap is None or not self._runs or self.loop is None:
+            return
+        for run in self._runs.values():
+            if run.log_path is not None:
+                _logs.enforce_cap(run.log_path, cap)
+        self._sweep_handle = self.loop.call_later(LOG_SWEEP_INTERVAL, self._sweep_logs)
+
+    # ------------------------------------------------------------------ results
 
     def _finish_unstarted(
         self,
@@ -495,25 +446,11 @@ class Engine:
             self._abandon_stuck()
 
     def _abandon_stuck(self) -> None:
-        """Report tasks whose process survived SIGKILL (e.g. stuck in the kernel) and stop watching."""
+        """Report tasks whose process survived SIGKILL (e.g. stuck in the kernel); stop watching."""
         for run in list(self._runs.values()):
             logger.error(
-                "pid %d of task %r did not exit after SIGKILL; giving up on it", run.child.pid, run.spec.key
+                "pid %s of task %r did not exit after SIGKILL; giving up on it", run.pid, run.spec.key
             )
-            if run.child.pidfd is not None and self.loop is not None:
-                self.loop.remove_reader(run.child.pidfd)
-                os.close(run.child.pidfd)
-                run.child.pidfd = None
+            self.backend.abandon(run)
             run.detail = f"{run.detail}; the process did not exit after SIGKILL"
-            self._finish_run(run, None, signal.SIGKILL)
-
-
-def _exited_unreaped(pid: int) -> bool:
-    """Has ``pid`` exited? Leaves it unreaped where the platform allows (Linux waitid)."""
-    waitid = getattr(os, "waitid", None)
-    if waitid is None:  # pragma: no cover - non-Linux
-        return True  # _child_exited reaps with WNOHANG and re-arms the poll if still running
-    try:
-        return waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
+            self.exited(run, None, signal.SIGKILL)

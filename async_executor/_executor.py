@@ -28,7 +28,7 @@ from ._engine import Engine
 from ._exceptions import DuplicateTaskError, ExecutorClosedError, ExecutorNotStartedError
 from ._loopthread import LoopThread
 from ._records import ExecutorStatistics, FailureReason, TaskInfo, TaskSpec, TaskState
-from ._spawn import Launcher
+from ._spawn import Launcher, LocalBackend
 from ._validation import build_spec, check_key, check_parallelism, check_timeout
 
 logger = logging.getLogger("async_executor")
@@ -150,7 +150,7 @@ class AsyncExecutor:
             log_max_bytes=log_max_bytes,
             kill_grace=grace,
             report_running=report_running,
-            launcher=launcher,
+            backend=LocalBackend(launcher),
         )
 
     # ------------------------------------------------------------------ starting

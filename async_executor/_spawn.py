@@ -6,12 +6,16 @@ group, and ``os.pidfd_open`` telling the event loop when the child exits. Tasks 
 ``cwd`` fall back to ``subprocess.Popen`` (vfork on 3.10+), because ``posix_spawn`` has no
 chdir action in Python. Exec errors surface synchronously as ``OSError``.
 
-The launcher is a seam: anything with ``launch()`` returning a :class:`Child` can replace
-:class:`ExecLauncher` (a warm fork server is the planned second one).
+Two seams. A :class:`Launcher` starts one process (``ExecLauncher`` today; a warm fork
+server is the planned second). A :class:`Backend` owns processes for the engine: spawn,
+stop, kill, and report ``spawned`` / ``spawn_failed`` / ``exited`` events. ``LocalBackend``
+does that in this process with a pidfd per child; ``_supervisor.SupervisorBackend`` does it
+in a small supervisor process that outlives the executor, so exit statuses are never lost.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
@@ -19,7 +23,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 
@@ -37,7 +41,8 @@ class Child:
     """A launched task process: its pid (also its process-group id) and exit handle."""
 
     pid: int
-    #: A pidfd that becomes readable when the process exits (``None`` without pidfd support).
+    #: A pidfd that becomes readable when the process exits (``None`` until the backend opens
+    #: one, or where the platform has none: then the backend polls).
     pidfd: int | None
     popen: subprocess.Popen[bytes] | None = None
 
@@ -101,7 +106,7 @@ class ExecLauncher:
             if resolved is None:
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
             pid = os.posix_spawn(resolved, argv, environ, file_actions=actions, setsid=True)
-        return Child(pid, _pidfd(pid))
+        return Child(pid, None)
 
     def _launch_popen(self, argv: tuple[str, ...], environ: dict[str, str], cwd: str, out_fd: int) -> Child:
         popen = subprocess.Popen(  # argv list, never a shell
@@ -114,7 +119,7 @@ class ExecLauncher:
             start_new_session=True,
             close_fds=True,
         )
-        return Child(popen.pid, _pidfd(popen.pid), popen)
+        return Child(popen.pid, None, popen)
 
 
 def _pidfd(pid: int) -> int | None:
@@ -122,10 +127,11 @@ def _pidfd(pid: int) -> int | None:
         return None
     try:
         return os.pidfd_open(pid)
-    except OSError as exc:  # ENOSYS on old kernels; EMFILE is handled by the caller's budget
-        if exc.errno == errno.ENOSYS:
-            return None
-        raise
+    except OSError as exc:
+        # ENOSYS on old kernels, or EMFILE right after the spawn: the child exists, so it
+        # must not be lost; the backend polls for it instead.
+        logger.debug("no pidfd for pid %d (%s); polling for its exit", pid, exc)
+        return None
 
 
 def signal_group(pgid: int, signum: int) -> bool:
@@ -173,3 +179,209 @@ def signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"signal {signum}"
+
+
+def proc_start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (``/proc/PID/stat`` field 22).
+
+    Together with the pid it identifies a process: a reused pid has another start time.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    return int(data.rsplit(b")", 1)[1].split()[19])
+
+
+class ProcessEvents(Protocol):
+    """What a backend reports to the engine (always on the engine's loop)."""
+
+    def spawned(self, token: Any, pid: int) -> None: ...
+
+    def spawn_failed(self, token: Any, exc: OSError, detail: str) -> None: ...
+
+    def exited(self, token: Any, returncode: int | None, signum: int | None) -> None: ...
+
+
+class Backend(Protocol):
+    """Owns task processes for the engine; tokens are the engine's opaque per-task objects."""
+
+    name: str
+
+    def open(self, loop: asyncio.AbstractEventLoop, events: ProcessEvents) -> None: ...
+
+    def spawn(
+        self,
+        token: Any,
+        argv: tuple[str, ...],
+        env: Mapping[str, str] | None,
+        cwd: str | None,
+        log_path: str | None,
+    ) -> None:
+        """Start a task; report ``spawned`` or ``spawn_failed`` (now or later), then ``exited``."""
+        ...
+
+    def stop(self, token: Any) -> None:
+        """SIGTERM the task's process group; once its leader exits, SIGKILL what is left."""
+        ...
+
+    def kill(self, token: Any) -> None:
+        """SIGKILL the task's process group now."""
+        ...
+
+    def abandon(self, token: Any) -> None:
+        """Stop watching a task whose process will not die."""
+        ...
+
+    def close(self) -> None: ...
+
+
+#: Seconds between polls for children we could not get a pidfd for.
+POLL_INTERVAL = 0.02
+_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
+
+
+class LocalBackend:
+    """Task processes as children of this process, each watched through a pidfd."""
+
+    name = "local"
+
+    def __init__(self, launcher: Launcher | None = None) -> None:
+        self._launcher = launcher
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._events: ProcessEvents | None = None
+        self._children: dict[Any, Child] = {}
+        self._stopping: set[Any] = set()
+        self._polled: list[Any] = []
+        self._poll_handle: asyncio.TimerHandle | None = None
+        self._devnull_w = -1
+
+    def open(self, loop: asyncio.AbstractEventLoop, events: ProcessEvents) -> None:
+        self._loop, self._events = loop, events
+        if self._launcher is None:
+            self._launcher = ExecLauncher()
+        self._devnull_w = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        if self._poll_handle is not None:
+            self._poll_handle.cancel()
+        if self._launcher is not None:
+            self._launcher.close()
+        if self._devnull_w >= 0:
+            os.close(self._devnull_w)
+            self._devnull_w = -1
+
+    def pid_of(self, token: Any) -> int | None:
+        child = self._children.get(token)
+        return child.pid if child is not None else None
+
+    def spawn(
+        self,
+        token: Any,
+        argv: tuple[str, ...],
+        env: Mapping[str, str] | None,
+        cwd: str | None,
+        log_path: str | None,
+    ) -> None:
+        assert self._launcher is not None
+        assert self._events is not None
+        if log_path is not None:
+            try:
+                out_fd = os.open(log_path, _LOG_FLAGS, 0o600)
+            except OSError as exc:
+                self._events.spawn_failed(
+                    token, exc, f"could not open log file {log_path}: {exc.strerror or exc}"
+                )
+                return
+        else:
+            out_fd = self._devnull_w
+        try:
+            child = self._launcher.launch(argv, env, cwd, out_fd)
+        except OSError as exc:
+            where = f" in {cwd!r}" if cwd else ""
+            self._events.spawn_failed(
+                token, exc, f"could not start {argv[0]!r}{where}: {exc.strerror or exc}"
+            )
+            return
+        finally:
+            if log_path is not None:
+                os.close(out_fd)
+        child.pidfd = _pidfd(child.pid)  # after the log's descriptor is released
+        self._children[token] = child
+        self._watch(token, child)
+        self._events.spawned(token, child.pid)
+
+    def _watch(self, token: Any, child: Child) -> None:
+        assert self._loop is not None
+        if child.pidfd is not None:
+            self._loop.add_reader(child.pidfd, self._exited, token)
+        else:
+            self._polled.append(token)
+            if self._poll_handle is None:
+                self._poll_handle = self._loop.call_later(POLL_INTERVAL, self._poll)
+
+    def stop(self, token: Any) -> None:
+        child = self._children.get(token)
+        if child is not None:
+            self._stopping.add(token)
+            signal_group(child.pgid, signal.SIGTERM)
+
+    def kill(self, token: Any) -> None:
+        child = self._children.get(token)
+        if child is not None:
+            signal_group(child.pgid, signal.SIGKILL)
+
+    def abandon(self, token: Any) -> None:
+        child = self._children.pop(token, None)
+        self._stopping.discard(token)
+        if child is not None and child.pidfd is not None and self._loop is not None:
+            self._loop.remove_reader(child.pidfd)
+            _close_pidfd(child)
+
+    def _exited(self, token: Any) -> None:
+        """The task's main process has exited (a zombie until reaped here)."""
+        child = self._children.get(token)
+        if child is None:
+            return
+        if child.pidfd is not None and self._loop is not None:
+            self._loop.remove_reader(child.pidfd)
+        if token in self._stopping:
+            # Being stopped: kill what is left of the group while the zombie leader still
+            # pins the process-group id (so it cannot have been reused).
+            signal_group(child.pgid, signal.SIGKILL)
+        status = reap(child)
+        if status is None:  # spurious wake-up; keep watching
+            if child.pidfd is not None and self._loop is not None:
+                self._loop.add_reader(child.pidfd, self._exited, token)
+            return
+        del self._children[token]
+        self._stopping.discard(token)
+        assert self._events is not None
+        self._events.exited(token, *status)
+
+    def _poll(self) -> None:
+        """Fallback for children without a pidfd."""
+        self._poll_handle = None
+        polled, self._polled = self._polled, []
+        for token in polled:
+            child = self._children.get(token)
+            if child is None:
+                continue
+            if _exited_unreaped(child.pid):
+                self._exited(token)
+            if token in self._children:
+                self._polled.append(token)
+        if self._polled and self._loop is not None:
+            self._poll_handle = self._loop.call_later(POLL_INTERVAL, self._poll)
+
+
+def _exited_unreaped(pid: int) -> bool:
+    """Has ``pid`` exited? Leaves it unreaped where the platform allows (Linux waitid)."""
+    waitid = getattr(os, "waitid", None)
+    if waitid is None:  # pragma: no cover - non-Linux: reap() with WNOHANG decides
+        return True
+    try:
+        return waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
