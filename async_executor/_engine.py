@@ -25,6 +25,7 @@ from . import _logs
 from ._limits import task_capacity
 from ._records import FailureReason, TaskInfo, TaskSpec, TaskState
 from ._spawn import RESOURCE_ERRNOS, Backend, LocalBackend
+from ._validation import plain_key
 
 logger = logging.getLogger("async_executor.engine")
 
@@ -104,6 +105,7 @@ class Engine:
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._admitting = False
+        self._tagged = False
         self.accepting = True
         self.closed = False
         self.counters = dict.fromkeys(
@@ -121,13 +123,20 @@ class Engine:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Bind to the running loop and prepare to launch (called on the loop)."""
+    async def start(self) -> None:
+        """Bind to the running loop and get the backend ready; a clear error if it cannot."""
+        loop = asyncio.get_running_loop()
         self.loop = loop
         self.capacity = task_capacity(self.parallelism)
         if self.log_dir is not None:
             os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
+        self._tagged = self.backend.name != "local"
         self.backend.open(loop, self)
+        try:
+            await self.backend.wait_ready()
+        except BaseException:
+            self.backend.close()
+            raise
 
     def detach(self) -> None:
         """Release what ``attach`` took; the engine must be idle."""
@@ -232,7 +241,8 @@ class Engine:
                 path = _logs.log_path(self.log_dir, spec.key, spec.try_number)
             run = _Run(spec, time.time(), path, future)
             self._runs[spec.key] = run
-            self.backend.spawn(run, spec.argv, spec.env, spec.cwd, path)
+            tag = [plain_key(spec.key), spec.try_number] if self._tagged else None
+            self.backend.spawn(run, spec.argv, spec.env, spec.cwd, path, tag)
         except Exception as exc:  # a bug must fail this one task, never lose it or the engine
             logger.exception("launching task %r failed", spec.key)
             if self._runs.get(spec.key) is not None and self._runs[spec.key].pid is None:
@@ -281,7 +291,9 @@ class Engine:
         if self._pending:
             self._admit()
 
-    def exited(self, run: _Run, returncode: int | None, signum: int | None) -> None:
+    def exited(
+        self, run: _Run, returncode: int | None, signum: int | None, detail: str | None = None
+    ) -> None:
         """The task's process has exited and been reaped."""
         for handle in (run.timer, run.kill_timer):
             if handle is not None:
@@ -293,7 +305,7 @@ class Engine:
             self.counters["timed_out"] += 1
         elif run.reason is FailureReason.TERMINATED:
             self.counters["terminated"] += 1
-        detail = run.detail
+        detail = run.detail or detail
         if detail is None and returncode is None and signum is None:
             detail = "exit status lost (reaped elsewhere)"
         info = TaskInfo(

@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
@@ -28,7 +29,8 @@ from ._engine import Engine
 from ._exceptions import DuplicateTaskError, ExecutorClosedError, ExecutorNotStartedError
 from ._loopthread import LoopThread
 from ._records import ExecutorStatistics, FailureReason, TaskInfo, TaskSpec, TaskState
-from ._spawn import Launcher, LocalBackend
+from ._spawn import Backend, Launcher, LocalBackend
+from ._supervisor import SupervisorBackend
 from ._validation import build_spec, check_key, check_parallelism, check_timeout
 
 logger = logging.getLogger("async_executor")
@@ -37,6 +39,16 @@ T = TypeVar("T")
 EventBuffer = dict[Any, tuple[TaskState, TaskInfo]]
 
 _NEW, _STARTED, _CLOSED = "new", "started", "closed"
+
+
+class _DefaultState:
+    """The default ``state_path``: ``journal.sqlite`` in the state home (see ``_logs.default_home``)."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT_STATE"
+
+
+DEFAULT_STATE = _DefaultState()
 _live: weakref.WeakSet[AsyncExecutor] = weakref.WeakSet()
 
 
@@ -116,6 +128,7 @@ class AsyncExecutor:
         loop: str = "auto",
         report_running: bool = False,
         launcher: Launcher | None = None,
+        state_path: str | os.PathLike[str] | _DefaultState | None = DEFAULT_STATE,
     ) -> None:
         self.parallelism = check_parallelism(parallelism)
         if loop not in ("auto", "asyncio", "uvloop"):
@@ -144,13 +157,25 @@ class AsyncExecutor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread_id: int | None = None
         self._loop_name = ""
+        if isinstance(state_path, _DefaultState):
+            state_path = _logs.default_home() / "journal.sqlite"
+        self.state_path: str | None = os.fspath(state_path) if state_path is not None else None
+        self.executor_id = uuid.uuid4().hex[:16]
+        if self.state_path is not None:
+            if launcher is not None:
+                raise ValueError("a custom launcher runs in this process: pass state_path=None with it")
+            backend: Backend = SupervisorBackend(
+                os.path.dirname(os.path.abspath(self.state_path)), self.executor_id
+            )
+        else:
+            backend = LocalBackend(launcher)
         self._engine = Engine(
             parallelism=self.parallelism,
             log_dir=self.log_dir,
             log_max_bytes=log_max_bytes,
             kill_grace=grace,
             report_running=report_running,
-            backend=LocalBackend(launcher),
+            backend=backend,
         )
 
     # ------------------------------------------------------------------ starting
@@ -162,7 +187,7 @@ class AsyncExecutor:
         thread = LoopThread(self._loop_kind)
         loop = thread.start()
         try:
-            thread.call(self._engine.attach, loop)
+            thread.run(self._engine.start)
         except BaseException:
             thread.stop()
             raise
@@ -180,7 +205,7 @@ class AsyncExecutor:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             raise RuntimeError("async with AsyncExecutor() needs a running asyncio event loop") from None
-        self._engine.attach(loop)
+        await self._engine.start()
         self._loop, self._loop_thread_id = loop, threading.get_ident()
         self._loop_name = type(loop).__module__.split(".")[0]
         self._state = _STARTED

@@ -201,7 +201,9 @@ class ProcessEvents(Protocol):
 
     def spawn_failed(self, token: Any, exc: OSError, detail: str) -> None: ...
 
-    def exited(self, token: Any, returncode: int | None, signum: int | None) -> None: ...
+    def exited(
+        self, token: Any, returncode: int | None, signum: int | None, detail: str | None = None
+    ) -> None: ...
 
 
 class Backend(Protocol):
@@ -211,6 +213,10 @@ class Backend(Protocol):
 
     def open(self, loop: asyncio.AbstractEventLoop, events: ProcessEvents) -> None: ...
 
+    async def wait_ready(self) -> None:
+        """Return once the backend can spawn; raise a clear error if it never will."""
+        ...
+
     def spawn(
         self,
         token: Any,
@@ -218,8 +224,12 @@ class Backend(Protocol):
         env: Mapping[str, str] | None,
         cwd: str | None,
         log_path: str | None,
+        tag: Any = None,
     ) -> None:
-        """Start a task; report ``spawned`` or ``spawn_failed`` (now or later), then ``exited``."""
+        """Start a task; report ``spawned`` or ``spawn_failed`` (now or later), then ``exited``.
+
+        ``tag`` is opaque JSON data naming the task in durable exit records.
+        """
         ...
 
     def stop(self, token: Any) -> None:
@@ -263,6 +273,9 @@ class LocalBackend:
             self._launcher = ExecLauncher()
         self._devnull_w = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
 
+    async def wait_ready(self) -> None:
+        """Ready as soon as it is open: it spawns in this process."""
+
     def close(self) -> None:
         if self._poll_handle is not None:
             self._poll_handle.cancel()
@@ -283,6 +296,7 @@ class LocalBackend:
         env: Mapping[str, str] | None,
         cwd: str | None,
         log_path: str | None,
+        tag: Any = None,
     ) -> None:
         assert self._launcher is not None
         assert self._events is not None

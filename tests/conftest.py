@@ -34,9 +34,17 @@ def anyio_backend(request: pytest.FixtureRequest) -> Any:
     return request.param
 
 
-@pytest.fixture(params=LOOPS)
-def loop_kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+# Each sync-façade test runs in two modes that together cover both loops and both backends:
+# tasks spawned in this process (no journal), and tasks owned by the supervisor process.
+MODES = [pytest.param({"loop": "asyncio", "state_path": None}, id="asyncio-local")]
+MODES.append(pytest.param({"loop": "uvloop" if HAVE_UVLOOP else "asyncio"}, id="uvloop-supervisor"))
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    options = dict(request.param)
+    options.setdefault("state_path", tmp_path / "state" / "journal.sqlite")
+    return options
 
 
 @pytest.fixture
@@ -45,9 +53,9 @@ def log_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def executor(log_dir: Path, loop_kind: str) -> Iterator[AsyncExecutor]:
+def executor(log_dir: Path, mode: dict[str, Any]) -> Iterator[AsyncExecutor]:
     """A started sync-façade executor, terminated after the test whatever happens."""
-    ex = AsyncExecutor(parallelism=8, log_dir=log_dir, kill_grace=1.0, loop=loop_kind)
+    ex = AsyncExecutor(parallelism=8, log_dir=log_dir, kill_grace=1.0, **mode)
     ex.start()
     try:
         yield ex
@@ -104,3 +112,16 @@ def group_members(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(entry))
     return members
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Executors created with the default state path write under a private directory."""
+    home = tmp_path_factory.mktemp("state-home")
+    old = os.environ.get("ASYNC_EXECUTOR_HOME")
+    os.environ["ASYNC_EXECUTOR_HOME"] = str(home)
+    yield
+    if old is None:
+        del os.environ["ASYNC_EXECUTOR_HOME"]
+    else:
+        os.environ["ASYNC_EXECUTOR_HOME"] = old

@@ -21,9 +21,9 @@ class TIKey(NamedTuple):
     map_index: int
 
 
-def test_issue_example_scheduler_loop(log_dir: Path, loop_kind: str) -> None:
+def test_issue_example_scheduler_loop(log_dir: Path, mode: dict[str, Any]) -> None:
     """The loop from the issue: 1,000 tasks, priorities, heartbeat + get_event_buffer."""
-    ex = AsyncExecutor(parallelism=64, log_dir=log_dir, loop=loop_kind)
+    ex = AsyncExecutor(parallelism=64, log_dir=log_dir, **mode)
     ex.start()
     try:
         for i in range(1000):

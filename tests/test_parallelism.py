@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,10 +31,12 @@ update(-1)
 
 
 @pytest.mark.parametrize("parallelism", [1, 3, 8])
-def test_children_never_see_more_than_parallelism(tmp_path: Path, parallelism: int, loop_kind: str) -> None:
+def test_children_never_see_more_than_parallelism(
+    tmp_path: Path, parallelism: int, mode: dict[str, Any]
+) -> None:
     counter = tmp_path / "counter"
     counter.write_text("0 0")
-    ex = AsyncExecutor(parallelism=parallelism, log_dir=tmp_path / "logs", loop=loop_kind)
+    ex = AsyncExecutor(parallelism=parallelism, log_dir=tmp_path / "logs", **mode)
     ex.start()
     try:
         for i in range(4 * parallelism + 2):
@@ -56,7 +59,7 @@ def test_out_of_descriptors_waits_instead_of_failing(tmp_path: Path) -> None:
 import os, resource, threading, time
 from async_executor import AsyncExecutor, TaskState
 resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
-ex = AsyncExecutor(parallelism=64, log_dir={str(tmp_path / "logs")!r})
+ex = AsyncExecutor(parallelism=64, log_dir={str(tmp_path / "logs")!r}, state_path=None)
 ex.start()
 hog = []
 try:

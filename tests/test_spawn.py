@@ -126,7 +126,7 @@ def test_a_launcher_bug_fails_only_that_task(tmp_path: Path) -> None:
                 raise RuntimeError("launcher bug")
             return super().launch(argv, env, cwd, out_fd)
 
-    ex = AsyncExecutor(parallelism=2, log_dir=tmp_path, launcher=Flaky())
+    ex = AsyncExecutor(parallelism=2, log_dir=tmp_path, launcher=Flaky(), state_path=None)
     ex.start()
     try:
         ex.queue_command("boom", ["echo", "boom"])

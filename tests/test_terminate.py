@@ -6,6 +6,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,8 +56,8 @@ def assert_gone(pids: list[int], within: float) -> None:
 
 
 @pytest.mark.parametrize("script", [STUBBORN, POLITE_PARENT], ids=["ignores-term", "leaves-grandchild"])
-def test_timeout_kills_the_whole_group(tmp_path: Path, script: str, loop_kind: str) -> None:
-    ex = AsyncExecutor(parallelism=2, log_dir=tmp_path / "logs", kill_grace=0.5, loop=loop_kind)
+def test_timeout_kills_the_whole_group(tmp_path: Path, script: str, mode: dict[str, Any]) -> None:
+    ex = AsyncExecutor(parallelism=2, log_dir=tmp_path / "logs", kill_grace=0.5, **mode)
     ex.start()
     try:
         ex.queue_command("slow", [PY, "-c", script, str(tmp_path / "pids")], timeout=1.0)
@@ -81,9 +82,9 @@ def test_timeout_through_executor_config(executor: AsyncExecutor) -> None:
     assert info.reason is FailureReason.TIMED_OUT and info.signal == signal.SIGTERM
 
 
-def test_terminate_stops_everything_within_grace(tmp_path: Path, loop_kind: str) -> None:
+def test_terminate_stops_everything_within_grace(tmp_path: Path, mode: dict[str, Any]) -> None:
     grace = 1.0
-    ex = AsyncExecutor(parallelism=4, log_dir=tmp_path / "logs", kill_grace=grace, loop=loop_kind)
+    ex = AsyncExecutor(parallelism=4, log_dir=tmp_path / "logs", kill_grace=grace, **mode)
     ex.start()
     for i in range(2):
         ex.queue_command(("stubborn", i), [PY, "-c", STUBBORN, str(tmp_path / f"s{i}")])

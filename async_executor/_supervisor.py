@@ -1,0 +1,493 @@
+"""The supervisor: a small process that owns task processes so exit statuses outlive the executor.
+
+An executor with a journal does not spawn tasks itself. It starts one supervisor process
+(its own session, so signals aimed at the executor's process group miss it), and asks it to
+spawn, stop and kill tasks over a socketpair. The supervisor hosts a :class:`LocalBackend`
+(posix_spawn + pidfd, exactly the in-process path) and relays its events back. It also
+appends every exit, with the task's tag, to an exits file *before* reporting it: if the
+executor is killed, the supervisor keeps reaping, keeps writing, and exits once its last
+child has. A later executor reads the file (statuses of tasks that ended while no executor
+was alive) and can connect to a supervisor that still runs (adoption), through an abstract
+Unix socket that only accepts peers of the same user.
+
+Messages are newline-delimited JSON objects (orjson), batched per loop iteration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from ._limits import raise_nofile_limit
+from ._spawn import LocalBackend, ProcessEvents, proc_start_ticks, signal_group
+
+logger = logging.getLogger("async_executor.supervisor")
+
+Message = dict[str, Any]
+_READ_SIZE = 1 << 18
+
+
+class Channel:
+    """Newline-delimited JSON messages over a non-blocking stream socket on an event loop."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        on_message: Callable[[Message], None],
+        on_close: Callable[[], None],
+    ) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._on_message = on_message
+        self._on_close = on_close
+        self._inbuf = b""
+        self._out: list[bytes] = []
+        self._pending = b""
+        self._flush_scheduled = False
+        self._writing = False
+        self.closed = False
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def send(self, message: Message) -> None:
+        """Queue ``message``; everything queued in one loop iteration goes out in one write."""
+        if self.closed:
+            return
+        self._out.append(orjson.dumps(message))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.closed:
+            return
+        if self._out:
+            self._pending += b"\n".join(self._out) + b"\n"
+            self._out.clear()
+        self._write()
+
+    def _write(self) -> None:
+        while self._pending:
+            try:
+                sent = self._sock.send(self._pending)
+            except BlockingIOError:
+                if not self._writing:
+                    self._writing = True
+                    self._loop.add_writer(self._sock.fileno(), self._writable)
+                return
+            except OSError:
+                self.close()
+                return
+            self._pending = self._pending[sent:]
+        if self._writing:
+            self._writing = False
+            self._loop.remove_writer(self._sock.fileno())
+
+    def _writable(self) -> None:
+        self._write()
+
+    def flush_blocking(self, timeout: float = 5.0) -> None:
+        """Write everything queued now, waiting if the socket is full (used when closing)."""
+        if self.closed:
+            return
+        if self._out:
+            self._pending += b"\n".join(self._out) + b"\n"
+            self._out.clear()
+        if self._pending:
+            self._sock.settimeout(timeout)
+            try:
+                self._sock.sendall(self._pending)
+            except OSError:
+                pass
+            finally:
+                self._pending = b""
+                self._sock.setblocking(False)
+
+    def _readable(self) -> None:
+        try:
+            data = self._sock.recv(_READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            return
+        lines = (self._inbuf + data).split(b"\n")
+        self._inbuf = lines.pop()
+        for line in lines:
+            if line:
+                self._on_message(orjson.loads(line))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._loop.remove_reader(self._sock.fileno())
+        if self._writing:
+            self._loop.remove_writer(self._sock.fileno())
+        self._sock.close()
+        self._on_close()
+
+
+def socket_name(executor_id: str) -> str:
+    """The abstract-namespace socket a supervisor listens on for adopting executors."""
+    return f"\0async-executor-{os.getuid()}-{executor_id}"
+
+
+def peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
+
+
+# ---------------------------------------------------------------------------- the process
+
+
+class Supervisor(ProcessEvents):
+    """Runs in the supervisor process: spawns for its owner, records every exit."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, control: socket.socket, exits_path: str, listen_name: str
+    ) -> None:
+        self.loop = loop
+        self.backend = LocalBackend()
+        self.backend.open(loop, self)
+        self.children: dict[int, Message] = {}
+        self.owner: Channel | None = Channel(loop, control, self._message, self._owner_lost)
+        self.exits_fd = os.open(exits_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(listen_name)
+        self.listener.listen(8)
+        self.listener.setblocking(False)
+        loop.add_reader(self.listener.fileno(), self._accept)
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.closing = False
+
+    # messages from the owner
+    def _message(self, message: Message) -> None:
+        op = message["op"]
+        if op == "spawn":
+            task = message["id"]
+            self.children[task] = {"id": task, "tag": message.get("tag")}
+            env = message.get("env")
+            self.backend.spawn(task, tuple(message["argv"]), env, message.get("cwd"), message.get("log"))
+        elif op == "stop":
+            self.backend.stop(message["id"])
+        elif op == "kill":
+            self.backend.kill(message["id"])
+        elif op == "forget":
+            self.backend.abandon(message["id"])
+            self.children.pop(message["id"], None)
+        elif op == "hello":
+            self._send({"op": "ready", "pid": os.getpid()})
+        elif op == "bye":
+            self.closing = True
+            self._maybe_exit()
+        else:
+            logger.error("supervisor: unknown message %r", message)
+
+    def _send(self, message: Message) -> None:
+        if self.owner is not None:
+            self.owner.send(message)
+
+    def _owner_lost(self) -> None:
+        self.owner = None
+        if not self.closing:
+            logger.warning("supervisor: executor went away with %d task(s) running", len(self.children))
+        self._maybe_exit()
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        if peer_uid(conn) != os.getuid():
+            conn.close()
+            return
+        if self.owner is not None:
+            self.owner.close()
+        self.closing = False
+        self.owner = Channel(self.loop, conn, self._message, self._owner_lost)
+        self._send({"op": "children", "children": list(self.children.values())})
+
+    # events from the backend
+    def spawned(self, token: Any, pid: int) -> None:
+        child = self.children[token]
+        child["pid"] = pid
+        child["start"] = proc_start_ticks(pid)
+        self._send({"op": "started", **child})
+
+    def spawn_failed(self, token: Any, exc: OSError, detail: str) -> None:
+        self.children.pop(token, None)
+        self._send({"op": "failed", "id": token, "errno": exc.errno, "detail": detail})
+        self._maybe_exit()
+
+    def exited(
+        self, token: Any, returncode: int | None, signum: int | None, detail: str | None = None
+    ) -> None:
+        child = self.children.pop(token, {"id": token})
+        record = {**child, "rc": returncode, "sig": signum, "t": _now()}
+        os.write(self.exits_fd, orjson.dumps(record) + b"\n")  # before telling anyone
+        self._send({"op": "exit", **record})
+        self._maybe_exit()
+
+    def _maybe_exit(self) -> None:
+        if not self.children and (self.owner is None or self.closing) and not self.done.done():
+            self.done.set_result(None)
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
+
+
+async def _serve(control_fd: int, exits_path: str, listen_name: str) -> None:
+    loop = asyncio.get_running_loop()
+    control = socket.socket(fileno=control_fd)
+    supervisor = Supervisor(loop, control, exits_path, listen_name)
+    await supervisor.done
+    if supervisor.owner is not None:
+        supervisor.owner.flush_blocking()
+    supervisor.backend.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="async_executor._supervisor")
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--exits", required=True)
+    parser.add_argument("--listen", required=True)
+    args = parser.parse_args(argv)
+    raise_nofile_limit()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor[%(process)d] %(message)s")
+    try:
+        import uvloop
+
+        runner: Callable[..., Any] = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    runner(_serve(args.control_fd, args.exits, "\0" + args.listen))
+
+
+# ---------------------------------------------------------------------------- executor side
+
+
+#: How long start() waits for a new supervisor to say it is ready.
+READY_TIMEOUT = 30.0
+
+
+class SupervisorBackend:
+    """The engine's backend when tasks must outlive the executor: a supervisor owns them."""
+
+    name = "supervisor"
+
+    def __init__(self, state_dir: str, executor_id: str) -> None:
+        self.state_dir = state_dir
+        self.executor_id = executor_id
+        self.exits_path = os.path.join(state_dir, f"exits-{executor_id}.jsonl")
+        self._log_path = os.path.join(state_dir, f"supervisor-{executor_id}.log")
+        self.supervisor_pid: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._events: ProcessEvents | None = None
+        self._channel: Channel | None = None
+        self._ids = 0
+        self._tokens: dict[int, Any] = {}
+        self._token_ids: dict[Any, int] = {}
+        self._pids: dict[int, int] = {}
+        self._ready: asyncio.Future[None] | None = None
+
+    def open(self, loop: asyncio.AbstractEventLoop, events: ProcessEvents) -> None:
+        self._loop, self._events = loop, events
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        log_fd = os.open(
+            self._log_path,
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+            0o600,
+        )
+        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        boot = (
+            f"import sys; sys.path.insert(0, {package_root!r}); "
+            "from async_executor._supervisor import main; main()"
+        )
+        try:
+            self.supervisor_pid = os.posix_spawn(
+                sys.executable,
+                [
+                    sys.executable,
+                    "-c",
+                    boot,
+                    "--control-fd",
+                    "3",
+                    "--exits",
+                    self.exits_path,
+                    "--listen",
+                    socket_name(self.executor_id)[1:],
+                ],
+                dict(os.environ),
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, devnull, 0),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 2),
+                    (os.POSIX_SPAWN_DUP2, theirs.fileno(), 3),
+                ],
+                setsid=True,
+            )
+        finally:
+            theirs.close()
+            os.close(log_fd)
+            os.close(devnull)
+        self._channel = Channel(loop, ours, self._message, self._lost)
+        self._ready = loop.create_future()
+        self._channel.send({"op": "hello"})
+
+    async def wait_ready(self) -> None:
+        """Wait for the supervisor's handshake: a clear error at start() if it cannot run."""
+        assert self._ready is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), READY_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise RuntimeError(
+                f"the task supervisor did not start within {READY_TIMEOUT}s; see {self._log_path}"
+            ) from None
+
+    def spawn(
+        self,
+        token: Any,
+        argv: tuple[str, ...],
+        env: Mapping[str, str] | None,
+        cwd: str | None,
+        log_path: str | None,
+        tag: Any = None,
+    ) -> None:
+        assert self._channel is not None
+        self._ids += 1
+        task = self._ids
+        self._tokens[task] = token
+        self._token_ids[token] = task
+        if self._channel.closed:
+            self._fail_spawn(task, "the task supervisor is not running")
+            return
+        self._channel.send(
+            {"op": "spawn", "id": task, "argv": argv, "env": env, "cwd": cwd, "log": log_path, "tag": tag}
+        )
+
+    def stop(self, token: Any) -> None:
+        self._command("stop", token)
+
+    def kill(self, token: Any) -> None:
+        self._command("kill", token)
+
+    def abandon(self, token: Any) -> None:
+        task = self._token_ids.pop(token, None)
+        if task is not None:
+            self._tokens.pop(task, None)
+            self._pids.pop(task, None)
+            self._command_id("forget", task)
+
+    def close(self) -> None:
+        if self._channel is not None and not self._channel.closed:
+            self._channel.send({"op": "bye"})
+            self._channel.flush_blocking()
+            self._channel.close()
+        if self.supervisor_pid is not None:
+            _reap_later(self.supervisor_pid)
+
+    def _command(self, op: str, token: Any) -> None:
+        task = self._token_ids.get(token)
+        if task is not None:
+            self._command_id(op, task)
+
+    def _command_id(self, op: str, task: int) -> None:
+        if self._channel is not None:
+            self._channel.send({"op": op, "id": task})
+
+    def _message(self, message: Message) -> None:
+        assert self._events is not None
+        op = message["op"]
+        if op == "ready":
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(None)
+            return
+        task = message.get("id")
+        if not isinstance(task, int) or task not in self._tokens:
+            return
+        token = self._tokens[task]
+        if op == "started":
+            self._pids[task] = message["pid"]
+            self._events.spawned(token, message["pid"])
+        elif op == "failed":
+            self._forget(task)
+            code = message.get("errno") or errno.EIO
+            self._events.spawn_failed(token, OSError(code, os.strerror(code)), message["detail"])
+        elif op == "exit":
+            self._forget(task)
+            self._events.exited(token, message.get("rc"), message.get("sig"))
+
+    def _forget(self, task: int) -> None:
+        token = self._tokens.pop(task, None)
+        self._token_ids.pop(token, None)
+        self._pids.pop(task, None)
+
+    def _fail_spawn(self, task: int, detail: str) -> None:
+        assert self._events is not None
+        token = self._tokens.get(task)
+        self._forget(task)
+        self._events.spawn_failed(token, OSError(errno.EIO, detail), detail)
+
+    def _lost(self) -> None:
+        """The supervisor died: its tasks are orphans now; kill them and fail them."""
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(
+                RuntimeError(f"the task supervisor exited during start; see {self._log_path}")
+            )
+        if not self._tokens:
+            return
+        logger.error(
+            "the task supervisor (pid %s) died; failing %d task(s)", self.supervisor_pid, len(self._tokens)
+        )
+        assert self._events is not None
+        for task in list(self._tokens):
+            pid = self._pids.get(task)
+            token = self._tokens[task]
+            self._forget(task)
+            if pid is None:
+                self._events.spawn_failed(
+                    token,
+                    OSError(errno.EIO, "supervisor died"),
+                    "the task supervisor died before the task started",
+                )
+            else:
+                signal_group(pid, signal.SIGKILL)
+                self._events.exited(token, None, None, "the task supervisor died; the task was killed")
+
+
+def _reap_later(pid: int) -> None:
+    """Collect the supervisor's exit status without blocking (it exits once idle)."""
+    import threading
+
+    def wait() -> None:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+    threading.Thread(target=wait, name="async-executor-supervisor-reaper", daemon=True).start()
+
+
+if __name__ == "__main__":
+    main()
