@@ -19,7 +19,7 @@ import os
 import signal
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 from . import _logs
 from ._limits import task_capacity
@@ -41,6 +41,7 @@ class _Run:
     """One task handed to the backend: spawning until ``pid`` is set, then running."""
 
     __slots__ = (
+        "backend",
         "detail",
         "future",
         "kill_timer",
@@ -68,6 +69,24 @@ class _Run:
         self.detail: str | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.kill_timer: asyncio.TimerHandle | None = None
+        #: The backend that owns the process (adopted tasks belong to an earlier supervisor).
+        self.backend: Backend | None = None
+
+
+class Recorder(Protocol):
+    """Where the engine reports each task's transitions (the journal, when there is one)."""
+
+    def accepted(self, spec: TaskSpec) -> None: ...
+
+    def started(
+        self, spec: TaskSpec, pid: int, proc_start: int | None, log_path: str | None, started_at: float
+    ) -> None: ...
+
+    def finished(self, info: TaskInfo) -> None: ...
+
+    async def wait_durable(self) -> None:
+        """Return once everything recorded so far is on disk."""
+        ...
 
 
 _Pending = tuple[int, int, TaskSpec, "asyncio.Future[TaskInfo] | None"]
@@ -86,6 +105,8 @@ class Engine:
         report_running: bool = False,
         backend: Backend | None = None,
     ) -> None:
+        #: Set by the executor when it keeps a journal.
+        self.recorder: Recorder | None = None
         self.parallelism = parallelism
         self.capacity = parallelism
         self.log_dir = log_dir
@@ -104,6 +125,9 @@ class Engine:
         self._retry_handle: asyncio.TimerHandle | None = None
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
+        #: Outcomes waiting for their journal commit before they are reported.
+        self._undurable: list[tuple[TaskInfo, asyncio.Future[TaskInfo] | None]] = []
+        self._durable_task: asyncio.Task[None] | None = None
         self._admitting = False
         self._tagged = False
         self.accepting = True
@@ -172,6 +196,8 @@ class Engine:
                 "the executor stopped taking work before the task was handed over",
             )
             return
+        if self.recorder is not None:
+            self.recorder.accepted(spec)
         heapq.heappush(self._pending, (-spec.priority, next(self._seq), spec, future))
         self._pending_keys.add(spec.key)
         self._admit()
@@ -185,10 +211,32 @@ class Engine:
                 "the executor stopped taking work before the task was handed over",
             )
             return
+        recorder = self.recorder
         for spec in specs:
+            if recorder is not None:
+                recorder.accepted(spec)
             heapq.heappush(self._pending, (-spec.priority, next(self._seq), spec, None))
             self._pending_keys.add(spec.key)
         self._admit()
+
+    def adopt(
+        self,
+        spec: TaskSpec,
+        pid: int,
+        started_at: float,
+        log_path: str | None,
+        backend: Backend,
+        timeout: float | None,
+    ) -> _Run:
+        """Take over a running task that an earlier executor started (its backend owns it)."""
+        assert self.loop is not None
+        run = _Run(spec, started_at, log_path, None)
+        run.pid = pid
+        run.backend = backend
+        self._runs[spec.key] = run
+        if timeout is not None:
+            run.timer = self.loop.call_later(max(0.0, timeout), self._timed_out, run)
+        return run
 
     def reject(self, specs: list[TaskSpec], reason: FailureReason, detail: str) -> None:
         """Report tasks that will never start (one failed event each)."""
@@ -217,6 +265,7 @@ class Engine:
                 self._pending[index] = self._pending[-1]
                 self._pending.pop()
                 heapq.heapify(self._pending)
+                self._pending_keys.discard(key)
                 self._finish_unstarted(entry[2], entry[3], FailureReason.REVOKED, "revoked before it started")
                 return True
         return False  # pragma: no cover - _pending_keys and _pending agree
@@ -240,6 +289,7 @@ class Engine:
             if self.log_dir is not None:
                 path = _logs.log_path(self.log_dir, spec.key, spec.try_number)
             run = _Run(spec, time.time(), path, future)
+            run.backend = self.backend
             self._runs[spec.key] = run
             tag = [plain_key(spec.key), spec.try_number] if self._tagged else None
             self.backend.spawn(run, spec.argv, spec.env, spec.cwd, path, tag)
@@ -253,12 +303,14 @@ class Engine:
 
     # ------------------------------------------------------------------ backend events
 
-    def spawned(self, run: _Run, pid: int) -> None:
+    def spawned(self, run: _Run, pid: int, proc_start: int | None = None) -> None:
         """The backend started the task's process."""
         assert self.loop is not None
         run.pid = pid
         self.counters["launched"] += 1
         spec = run.spec
+        if self.recorder is not None:
+            self.recorder.started(spec, pid, proc_start, run.log_path, run.started_at)
         if run.reason is not None:  # terminated or cancelled while it was being spawned
             self._stop(run)
         elif spec.timeout is not None:
@@ -323,7 +375,7 @@ class Engine:
         )
         if self._runs.get(run.spec.key) is run:
             del self._runs[run.spec.key]
-        self._deliver(info, run.future)
+        self.deliver(info, run.future)
         if self._pending:
             self._admit()
 
@@ -360,14 +412,14 @@ class Engine:
         assert self.loop is not None
         if run.pid is None:
             return  # still spawning: spawned() stops it as soon as it has a pid
-        self.backend.stop(run)
+        (run.backend or self.backend).stop(run)
         if run.kill_timer is None:
             run.kill_timer = self.loop.call_later(self.kill_grace, self._force_kill, run)
 
     def _force_kill(self, run: _Run) -> None:
         run.kill_timer = None
         if self._runs.get(run.spec.key) is run:
-            self.backend.kill(run)
+            (run.backend or self.backend).kill(run)
 
     def _sweep_logs(self) -> None:
         self._sweep_handle = None
@@ -400,15 +452,58 @@ class Engine:
             log_path=path,
             try_number=spec.try_number,
         )
-        self._deliver(info, future)
+        self.deliver(info, future)
 
-    def _deliver(self, info: TaskInfo, future: asyncio.Future[TaskInfo] | None) -> None:
+    def deliver(self, info: TaskInfo, future: asyncio.Future[TaskInfo] | None = None) -> None:
+        """Report a terminal outcome: through ``future`` if given, else the results deque.
+
+        With a journal, the outcome becomes visible only once its record is committed, so a
+        crash can never make a reported outcome be reported again by the next executor.
+        Commits stay grouped: one commit covers every outcome that waited for it.
+        """
         self.counters["succeeded" if info.state is TaskState.SUCCESS else "failed"] += 1
+        if self.recorder is None:
+            self._publish(info, future)
+            return
+        self.recorder.finished(info)
+        self._undurable.append((info, future))
+        if self._durable_task is None and self.loop is not None:
+            self._durable_task = self.loop.create_task(self._publish_when_durable())
+
+    async def _publish_when_durable(self) -> None:
+        assert self.recorder is not None
+        try:
+            while self._undurable:
+                batch, self._undurable = self._undurable, []
+                try:
+                    await self.recorder.wait_durable()
+                except Exception:  # a broken journal must not swallow outcomes
+                    logger.exception(
+                        "could not commit %d outcome(s) to the journal; reporting them anyway", len(batch)
+                    )
+                for info, future in batch:
+                    self._publish(info, future)
+        finally:
+            self._durable_task = None
+            self._check_idle()
+
+    async def wait_published(self) -> None:
+        """Wait until every outcome delivered so far has been committed and reported."""
+        while self._durable_task is not None:
+            await asyncio.shield(self._durable_task)
+
+    def _publish(self, info: TaskInfo, future: asyncio.Future[TaskInfo] | None) -> None:
         if future is None:
             self.results.append(info)
         elif not future.done():
             future.set_result(info)
-        if not self._runs and not self._pending and self._idle_waiters:
+        self._check_idle()
+
+    def _is_idle(self) -> bool:
+        return not self._runs and not self._pending and not self._undurable and self._durable_task is None
+
+    def _check_idle(self) -> None:
+        if self._idle_waiters and self._is_idle():
             for waiter in self._idle_waiters:
                 if not waiter.done():
                     waiter.set_result(None)
@@ -417,8 +512,8 @@ class Engine:
     # ------------------------------------------------------------------ draining, terminating
 
     async def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until nothing is pending or running; ``False`` if ``timeout`` ran out first."""
-        if not self._runs and not self._pending:
+        """Wait until nothing is pending, running or unreported; ``False`` on timeout."""
+        if self._is_idle():
             return True
         assert self.loop is not None
         waiter: asyncio.Future[None] = self.loop.create_future()
@@ -428,6 +523,23 @@ class Engine:
         except asyncio.TimeoutError:
             return False
         return True
+
+    def take_pending(self) -> list[TaskSpec]:
+        """Remove and return every task still waiting for a slot."""
+        pending, self._pending = self._pending, []
+        self._pending_keys.clear()
+        return [spec for _, _, spec, _ in sorted(pending)]
+
+    def detach_all(self) -> list[Any]:
+        """Forget every running task without stopping it (its supervisor keeps it); return keys."""
+        keys = []
+        for run in list(self._runs.values()):
+            for handle in (run.timer, run.kill_timer):
+                if handle is not None:
+                    handle.cancel()
+            keys.append(run.spec.key)
+        self._runs.clear()
+        return keys
 
     async def drain(self, timeout: float | None = None) -> None:
         """Stop taking work, let accepted tasks finish; terminate the rest after ``timeout``."""
@@ -463,6 +575,6 @@ class Engine:
             logger.error(
                 "pid %s of task %r did not exit after SIGKILL; giving up on it", run.pid, run.spec.key
             )
-            self.backend.abandon(run)
+            (run.backend or self.backend).abandon(run)
             run.detail = f"{run.detail}; the process did not exit after SIGKILL"
             self.exited(run, None, signal.SIGKILL)

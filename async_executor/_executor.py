@@ -25,12 +25,14 @@ from typing import Any, TypeVar
 import anyio
 
 from . import _logs
+from ._durable import Adoptable, JournalRecorder, adopt, info_from_exit, recover
 from ._engine import Engine
 from ._exceptions import DuplicateTaskError, ExecutorClosedError, ExecutorNotStartedError
+from ._journal import Journal, JournalRow
 from ._loopthread import LoopThread
 from ._records import ExecutorStatistics, FailureReason, TaskInfo, TaskSpec, TaskState
-from ._spawn import Backend, Launcher, LocalBackend
-from ._supervisor import SupervisorBackend
+from ._spawn import Backend, Launcher, LocalBackend, proc_start_ticks
+from ._supervisor import AttachedSupervisor, Message, SupervisorBackend, socket_name
 from ._validation import build_spec, check_key, check_parallelism, check_timeout
 
 logger = logging.getLogger("async_executor")
@@ -129,6 +131,8 @@ class AsyncExecutor:
         report_running: bool = False,
         launcher: Launcher | None = None,
         state_path: str | os.PathLike[str] | _DefaultState | None = DEFAULT_STATE,
+        retention_seconds: float | None = 7 * 86400,
+        retention_tasks: int | None = 100_000,
     ) -> None:
         self.parallelism = check_parallelism(parallelism)
         if loop not in ("auto", "asyncio", "uvloop"):
@@ -161,7 +165,16 @@ class AsyncExecutor:
             state_path = _logs.default_home() / "journal.sqlite"
         self.state_path: str | None = os.fspath(state_path) if state_path is not None else None
         self.executor_id = uuid.uuid4().hex[:16]
+        self._journal: Journal | None = None
+        self._adoptable: dict[Any, Adoptable] = {}
+        self._foreign_live: set[Any] = set()
+        self._attached: list[AttachedSupervisor] = []
+        #: Keys left running by ``end(detach=True)`` for a later executor to adopt.
+        self.detached: list[Any] = []
         if self.state_path is not None:
+            self._journal = Journal(
+                self.state_path, keep_seconds=retention_seconds, keep_tasks=retention_tasks
+            )
             if launcher is not None:
                 raise ValueError("a custom launcher runs in this process: pass state_path=None with it")
             backend: Backend = SupervisorBackend(
@@ -187,7 +200,7 @@ class AsyncExecutor:
         thread = LoopThread(self._loop_kind)
         loop = thread.start()
         try:
-            thread.run(self._engine.start)
+            thread.run(self._start_on_loop)
         except BaseException:
             thread.stop()
             raise
@@ -195,6 +208,7 @@ class AsyncExecutor:
         self._loop_thread_id = thread.thread.ident
         self._state = _STARTED
         _live.add(self)
+        self.sync()  # outcomes recovered from earlier executors are in the buffer right away
         logger.debug("started %r", self)
 
     async def __aenter__(self) -> AsyncExecutor:
@@ -205,10 +219,11 @@ class AsyncExecutor:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             raise RuntimeError("async with AsyncExecutor() needs a running asyncio event loop") from None
-        await self._engine.start()
+        await self._start_on_loop()
         self._loop, self._loop_thread_id = loop, threading.get_ident()
         self._loop_name = type(loop).__module__.split(".")[0]
         self._state = _STARTED
+        self.sync()
         return self
 
     async def __aexit__(
@@ -235,6 +250,9 @@ class AsyncExecutor:
         if key in self.queued_tasks or key in self.running:
             logger.error("refusing to queue task %r: it is already queued or running", key)
             return False
+        if key in self._adoptable or key in self._foreign_live:
+            logger.error("refusing to queue task %r: an earlier executor's process still runs it", key)
+            return False
         self.queued_tasks[key] = build_spec(
             key, command, priority=priority, queue=queue, options=options, try_number=self._peek_try(key)
         )
@@ -251,8 +269,7 @@ class AsyncExecutor:
         """Hand one task to the engine now (it starts as soon as a slot is free)."""
         self._require_started()
         check_key(key)
-        if key in self.queued_tasks or key in self.running:
-            raise DuplicateTaskError(f"task {key!r} is already queued or running")
+        self._refuse_duplicate(key)
         if executor_config is not None and not isinstance(executor_config, Mapping):
             raise TypeError(f"executor_config must be a mapping, not {type(executor_config).__name__}")
         spec = build_spec(
@@ -333,17 +350,24 @@ class AsyncExecutor:
         send = getattr(sink, "send", None)
         (send if send is not None else sink)(request)
 
-    def end(self, timeout: float | None = None) -> None:
-        """Stop taking work, run what was accepted; after ``timeout`` seconds terminate the rest."""
+    def end(self, timeout: float | None = None, *, detach: bool = False) -> None:
+        """Stop taking work, run what was accepted; after ``timeout`` seconds terminate the rest.
+
+        With ``detach=True`` (needs a journal), tasks still running after ``timeout`` are left
+        running under their supervisor instead, for the next executor to adopt; their keys
+        are in ``detached`` and they get no event from this executor.
+        """
         if self._state == _NEW:
             self._state = _CLOSED
         if self._state == _CLOSED:
             return
         self._require_other_thread("aend")
         timeout = check_timeout(timeout)
+        if detach and self._journal is None:
+            raise ValueError("end(detach=True) needs a journal (state_path) so that tasks can be adopted")
         specs = self._take_queued()
         assert self._thread is not None
-        self._thread.run(self._end_on_loop, specs, timeout)
+        self._thread.run(self._end_on_loop, specs, timeout, detach)
         self._close_thread()
 
     def terminate(self) -> None:
@@ -382,8 +406,56 @@ class AsyncExecutor:
         return [key for key in keys if self.revoke_task(key)]
 
     def try_adopt_task_instances(self, keys: Iterable[Any]) -> list[Any]:
-        """Adopt tasks of an earlier executor; without a journal none can be: all are returned."""
-        return list(keys)
+        """Adopt tasks an earlier executor left running; return the keys that could not be.
+
+        Adoptable tasks were found at ``start()`` in the journal and verified: pid *and*
+        process start time, still owned by that executor's supervisor. Adopted tasks are
+        watched, keep their remaining timeout, stop with ``terminate()`` and report once.
+        """
+        keys = list(keys)
+        if self._journal is None or self._state != _STARTED:
+            if keys:
+                logger.info(
+                    "adoption needs a started executor with a journal; %d task(s) not adopted", len(keys)
+                )
+            return keys
+        adopted = set(self._adopt(keys))
+        rest = [key for key in keys if key not in adopted]
+        for key in rest:
+            why = "running under another live executor" if key in self._foreign_live else "no running process"
+            logger.info("cannot adopt %r: %s", key, why)
+        return rest
+
+    def adopt_all(self) -> list[Any]:
+        """Adopt every task earlier executors left running; return their keys."""
+        if self._journal is None or self._state != _STARTED:
+            return []
+        return self._adopt(None)
+
+    def flush(self) -> None:
+        """Wait until every transition so far is committed to the journal (no-op without one).
+
+        ``sync()`` and ``heartbeat()`` never wait for the disk; call this when you need to
+        know that what was handed over will survive a crash of this process.
+        """
+        if self._journal is None or self._state != _STARTED:
+            return
+        self._require_other_thread("journal_flush")
+        assert self._thread is not None
+        self._thread.run(self._journal.flush)
+
+    async def journal_flush(self) -> None:
+        """Async ``flush()``."""
+        if self._journal is not None and self._state == _STARTED:
+            await self._journal.flush()
+
+    def cancel_task(self, key: Any) -> bool:
+        """Stop one task: drop it if not started (``revoked``), else stop its process group."""
+        if self.revoke_task(key):
+            return True
+        if key not in self.running or self._state != _STARTED:
+            return False
+        return self._call(self._engine.stop_task, key)
 
     def get_task_log(self, key: Any, try_number: int | None = None) -> tuple[list[str], list[str]]:
         """``(messages, log_lines)`` from the task's captured stdout/stderr."""
@@ -431,8 +503,7 @@ class AsyncExecutor:
         """Accept a task and return its handle; it starts as soon as a slot is free."""
         self._require_in_loop()
         check_key(key)
-        if key in self.queued_tasks or key in self.running or self._engine.has_key(key):
-            raise DuplicateTaskError(f"task {key!r} is already queued or running")
+        self._refuse_duplicate(key)
         spec = build_spec(key, command, priority=priority, options=options, try_number=self._peek_try(key))
         self._tries[key] = spec.try_number
         assert self._loop is not None
@@ -481,17 +552,130 @@ class AsyncExecutor:
         self.running.update(spec.key for spec in specs)
         return specs
 
-    async def _end_on_loop(self, specs: list[TaskSpec], timeout: float | None) -> None:
+    async def _start_on_loop(self) -> None:
+        """Open the journal, recover what dead executors left, start the engine."""
+        journal = self._journal
+        recovery = None
+        if journal is not None:
+            await journal.open()
+            try:
+                await journal.register_executor(
+                    self.executor_id,
+                    pid=os.getpid(),
+                    proc_start=proc_start_ticks(os.getpid()),
+                    supervisor_socket=socket_name(self.executor_id)[1:],
+                )
+                recovery = await recover(journal, self.executor_id, self._state_dir(), self._late_exit)
+            except BaseException:
+                await journal.close()
+                raise
+        try:
+            await self._engine.start()
+        except BaseException:
+            if journal is not None:
+                await journal.close()
+            raise
+        if journal is not None and recovery is not None:
+            self._engine.recorder = JournalRecorder(journal, self.executor_id)
+            self._adoptable, self._foreign_live = recovery.adoptable, recovery.foreign_live
+            self._attached = recovery.supervisors
+            loop = asyncio.get_running_loop()
+            for supervisor in self._attached:
+                supervisor.open(loop, self._engine)
+            for info in recovery.events:
+                self._report_recovered(info)
+            await self._engine.wait_idle()  # recovered outcomes committed and in the results
+            if recovery.events or recovery.adoptable:
+                logger.info(
+                    "recovered %d outcome(s) and %d adoptable task(s) from earlier executors",
+                    len(recovery.events),
+                    len(recovery.adoptable),
+                )
+
+    def _report_recovered(self, info: TaskInfo) -> None:
+        """An outcome of an earlier executor's task: journaled, then reported (exactly once)."""
+        self._engine.deliver(info)
+
+    def _late_exit(self, row: JournalRow, message: Message) -> None:
+        """A task of an earlier executor ended before anyone adopted it."""
+        if self._adoptable.pop(row.key, None) is not None:
+            self._report_recovered(info_from_exit(row, message, "ended before it was adopted"))
+
+    async def _adopt_on_loop(self, keys: list[Any] | None) -> list[Any]:
+        """Adopt ``keys`` (``None``: all); outcomes of tasks that ended first are reported."""
+        adopted = []
+        for key in list(self._adoptable) if keys is None else keys:
+            adoptable = self._adoptable.pop(key, None)
+            if adoptable is None:
+                continue
+            adopt(self._engine, adoptable)
+            adopted.append(key)
+        await self._engine.wait_published()
+        return adopted
+
+    def _adopt(self, keys: list[Any] | None) -> list[Any]:
+        if threading.get_ident() == self._loop_thread_id or self._thread is None:
+            raise RuntimeError("inside the event loop, use await executor.aadopt()")
+        adopted = self._thread.run(self._adopt_on_loop, keys)
+        self.running.update(adopted)
+        self.sync()
+        return adopted
+
+    async def aadopt(self, keys: Iterable[Any] | None = None) -> list[Any]:
+        """Async adoption (``keys=None`` adopts all); returns the adopted keys."""
+        self._require_in_loop_started()
+        adopted = await self._adopt_on_loop(None if keys is None else list(keys))
+        self.running.update(adopted)
+        self.sync()
+        return adopted
+
+    async def _close_durable(self, *, keep_exits: bool) -> None:
+        for supervisor in self._attached:
+            supervisor.close()
+        if self._journal is not None:
+            # Ended: a later executor in this same process must treat our rows as recoverable.
+            await self._journal.register_executor(
+                self.executor_id, pid=0, proc_start=None, supervisor_socket=socket_name(self.executor_id)[1:]
+            )
+            await self._journal.close()
+            backend = self._engine.backend
+            if not keep_exits and isinstance(backend, SupervisorBackend):
+                try:
+                    os.unlink(backend.exits_path)  # every status in it is in the journal now
+                except FileNotFoundError:
+                    pass
+
+    def _state_dir(self) -> str:
+        assert self.state_path is not None
+        return os.path.dirname(os.path.abspath(self.state_path))
+
+    async def _end_on_loop(self, specs: list[TaskSpec], timeout: float | None, detach: bool = False) -> None:
         if specs:
             self._engine.submit_many(specs)
-        await self._engine.drain(timeout)
+        if detach:
+            self._engine.accepting = False
+            if not await self._engine.wait_idle(timeout):
+                self.detached = self._engine.detach_all()
+                self._engine.reject(
+                    self._engine.take_pending(),
+                    FailureReason.NOT_STARTED,
+                    "the executor ended before the task started",
+                )
+                logger.info(
+                    "end(): left %d task(s) running for the next executor to adopt", len(self.detached)
+                )
+            self._engine.closed = True
+        else:
+            await self._engine.drain(timeout)
         self._engine.detach()
+        await self._close_durable(keep_exits=bool(self.detached))
 
     async def _terminate_on_loop(self, specs: list[TaskSpec]) -> None:
         self._engine.accepting = False
         self._engine.reject(specs, FailureReason.TERMINATED, "terminated before it started")
         await self._engine.terminate()
         self._engine.detach()
+        await self._close_durable(keep_exits=False)
 
     def _close_thread(self) -> None:
         self._state = _CLOSED
@@ -512,6 +696,12 @@ class AsyncExecutor:
             return func(*args)
         return self._thread.call(func, *args)
 
+    def _refuse_duplicate(self, key: Any) -> None:
+        if key in self.queued_tasks or key in self.running or self._engine.has_key(key):
+            raise DuplicateTaskError(f"task {key!r} is already queued or running")
+        if key in self._adoptable or key in self._foreign_live:
+            raise DuplicateTaskError(f"task {key!r} still runs under an earlier executor's supervisor")
+
     def _require_open(self) -> None:
         if self._state == _CLOSED:
             raise ExecutorClosedError("the executor has ended or been terminated; it takes no more tasks")
@@ -521,6 +711,11 @@ class AsyncExecutor:
             if self._state == _CLOSED:
                 self._require_open()
             raise ExecutorNotStartedError("call start() (or use async with) before running tasks")
+
+    def _require_in_loop_started(self) -> None:
+        self._require_started()
+        if threading.get_ident() != self._loop_thread_id:
+            raise RuntimeError("aadopt() must run in the executor's event loop")
 
     def _require_in_loop(self) -> None:
         self._require_started()

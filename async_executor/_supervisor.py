@@ -47,6 +47,7 @@ class Channel:
         sock: socket.socket,
         on_message: Callable[[Message], None],
         on_close: Callable[[], None],
+        received: bytes = b"",
     ) -> None:
         self._loop = loop
         self._sock = sock
@@ -60,6 +61,8 @@ class Channel:
         self.closed = False
         sock.setblocking(False)
         loop.add_reader(sock.fileno(), self._readable)
+        if received:  # bytes read before the channel existed (possibly ending mid-message)
+            self._feed(received)
 
     def send(self, message: Message) -> None:
         """Queue ``message``; everything queued in one loop iteration goes out in one write."""
@@ -126,6 +129,9 @@ class Channel:
         if not data:
             self.close()
             return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         lines = (self._inbuf + data).split(b"\n")
         self._inbuf = lines.pop()
         for line in lines:
@@ -224,10 +230,13 @@ class Supervisor(ProcessEvents):
         self._send({"op": "children", "children": list(self.children.values())})
 
     # events from the backend
-    def spawned(self, token: Any, pid: int) -> None:
+    def spawned(self, token: Any, pid: int, proc_start: int | None = None) -> None:
         child = self.children[token]
         child["pid"] = pid
         child["start"] = proc_start_ticks(pid)
+        child["t0"] = _now()
+        # Durable before anyone hears of it: a started task is never unknown to recovery.
+        os.write(self.exits_fd, orjson.dumps({"ev": "spawn", **child}) + b"\n")
         self._send({"op": "started", **child})
 
     def spawn_failed(self, token: Any, exc: OSError, detail: str) -> None:
@@ -239,7 +248,7 @@ class Supervisor(ProcessEvents):
         self, token: Any, returncode: int | None, signum: int | None, detail: str | None = None
     ) -> None:
         child = self.children.pop(token, {"id": token})
-        record = {**child, "rc": returncode, "sig": signum, "t": _now()}
+        record = {**child, "ev": "exit", "rc": returncode, "sig": signum, "t": _now()}
         os.write(self.exits_fd, orjson.dumps(record) + b"\n")  # before telling anyone
         self._send({"op": "exit", **record})
         self._maybe_exit()
@@ -400,6 +409,15 @@ class SupervisorBackend:
             self._command_id("forget", task)
 
     def close(self) -> None:
+        """Let the supervisor go: it exits once idle, or keeps detached tasks for adoption."""
+        if self._tokens:
+            logger.info(
+                "leaving %d task(s) with the supervisor (pid %s) for a later executor",
+                len(self._tokens),
+                self.supervisor_pid,
+            )
+        self._tokens.clear()  # detached on purpose: closing the channel must not fail them
+        self._token_ids.clear()
         if self._channel is not None and not self._channel.closed:
             self._channel.send({"op": "bye"})
             self._channel.flush_blocking()
@@ -429,7 +447,7 @@ class SupervisorBackend:
         token = self._tokens[task]
         if op == "started":
             self._pids[task] = message["pid"]
-            self._events.spawned(token, message["pid"])
+            self._events.spawned(token, message["pid"], message.get("start"))
         elif op == "failed":
             self._forget(task)
             code = message.get("errno") or errno.EIO
@@ -474,6 +492,137 @@ class SupervisorBackend:
             else:
                 signal_group(pid, signal.SIGKILL)
                 self._events.exited(token, None, None, "the task supervisor died; the task was killed")
+
+
+class AttachedSupervisor:
+    """A connection to the supervisor of an earlier (dead) executor, for adoption.
+
+    It owns tasks that executor started: the engine adopts them one by one (``bind``);
+    the exits of tasks nobody adopted (yet) go to ``on_unadopted_exit``.
+    """
+
+    name = "attached-supervisor"
+
+    def __init__(self, executor_id: str, on_unadopted_exit: Callable[[Message], None]) -> None:
+        self.executor_id = executor_id
+        #: The tasks it still runs, by supervisor task id: ``{"id", "tag", "pid", "start"}``.
+        self.children: dict[int, Message] = {}
+        self._on_unadopted_exit = on_unadopted_exit
+        self._sock: socket.socket | None = None
+        self._early = b""
+        self._channel: Channel | None = None
+        self._events: ProcessEvents | None = None
+        self._tokens: dict[int, Any] = {}
+        self._token_ids: dict[Any, int] = {}
+
+    def connect(self, timeout: float = 5.0) -> bool:
+        """Connect and read the list of running tasks; ``False`` if the supervisor is gone.
+
+        Blocking, with a timeout: it runs once, while the executor starts.
+        """
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(socket_name(self.executor_id))
+            if peer_uid(sock) != os.getuid():
+                raise ConnectionRefusedError("the supervisor belongs to another user")
+            buffer = b""
+            while b"\n" not in buffer:
+                chunk = sock.recv(_READ_SIZE)
+                if not chunk:
+                    raise ConnectionResetError("the supervisor closed the connection")
+                buffer += chunk
+        except OSError as exc:
+            logger.info("the supervisor of executor %s is not reachable: %s", self.executor_id, exc)
+            sock.close()
+            return False
+        first, _, self._early = buffer.partition(b"\n")
+        self.children = {child["id"]: child for child in orjson.loads(first).get("children", [])}
+        self._sock = sock
+        return True
+
+    def open(self, loop: asyncio.AbstractEventLoop, events: ProcessEvents) -> None:
+        assert self._sock is not None
+        self._events = events
+        early, self._early = self._early, b""  # what arrived right behind the greeting
+        self._channel = Channel(loop, self._sock, self._message, self._lost, received=early)
+
+    async def wait_ready(self) -> None:
+        """Connected in ``connect()``: nothing to wait for."""
+
+    def close_socket(self) -> None:
+        """Drop a connection that was never opened on a loop (nothing to adopt)."""
+        if self._sock is not None and self._channel is None:
+            self._sock.close()
+            self._sock = None
+
+    def bind(self, token: Any, task: int) -> None:
+        self._tokens[task] = token
+        self._token_ids[token] = task
+
+    def spawn(
+        self,
+        token: Any,
+        argv: tuple[str, ...],
+        env: Mapping[str, str] | None,
+        cwd: str | None,
+        log_path: str | None,
+        tag: Any = None,
+    ) -> None:
+        raise RuntimeError("an adopted supervisor does not start new tasks")
+
+    def stop(self, token: Any) -> None:
+        self._send("stop", token)
+
+    def kill(self, token: Any) -> None:
+        self._send("kill", token)
+
+    def abandon(self, token: Any) -> None:
+        task = self._token_ids.pop(token, None)
+        if task is not None:
+            self._tokens.pop(task, None)
+            if self._channel is not None:
+                self._channel.send({"op": "forget", "id": task})
+
+    def close(self) -> None:
+        """Let go of the supervisor: it keeps running what is left, for a later executor."""
+        if self._channel is not None and not self._channel.closed:
+            self._channel.flush_blocking()
+            self._channel.close()
+
+    def _send(self, op: str, token: Any) -> None:
+        task = self._token_ids.get(token)
+        if task is not None and self._channel is not None:
+            self._channel.send({"op": op, "id": task})
+
+    def _message(self, message: Message) -> None:
+        if message.get("op") != "exit":
+            return
+        task = message.get("id")
+        if not isinstance(task, int):
+            return
+        self.children.pop(task, None)
+        token = self._tokens.pop(task, None)
+        if token is None:
+            self._on_unadopted_exit(message)
+            return
+        self._token_ids.pop(token, None)
+        assert self._events is not None
+        self._events.exited(token, message.get("rc"), message.get("sig"))
+
+    def _lost(self) -> None:
+        if not self._tokens:
+            return
+        logger.error(
+            "the adopted supervisor of executor %s died; failing %d task(s)",
+            self.executor_id,
+            len(self._tokens),
+        )
+        assert self._events is not None
+        for task, token in list(self._tokens.items()):
+            self._tokens.pop(task)
+            self._token_ids.pop(token, None)
+            self._events.exited(token, None, None, "the task supervisor died; exit status unknown")
 
 
 def _reap_later(pid: int) -> None:

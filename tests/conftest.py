@@ -74,6 +74,7 @@ def drain(ex: AsyncExecutor, timeout: float = 60.0) -> dict[Any, list[tuple[Task
         if time.monotonic() > deadline:
             raise AssertionError(f"tasks did not finish in {timeout}s: {ex!r}")
         time.sleep(0.002)
+    ex.sync()
     for key, event in ex.get_event_buffer().items():
         events.setdefault(key, []).append(event)
     return events

@@ -1,0 +1,299 @@
+"""Durability with real crashes: an executor process is SIGKILLed, a fresh one recovers.
+
+Across both lives every accepted task ends with exactly one terminal event, statuses are the
+real ones (recorded by the supervisor while no executor was alive), and nothing runs twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import hypothesis.strategies as st
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from async_executor import AsyncExecutor, FailureReason, TaskState
+from async_executor._journal import Journal
+from async_executor._records import TaskSpec
+
+from .conftest import PY, drain, pid_alive
+
+# A process that runs an executor: hands over every task, makes the hand-over durable,
+# says "accepted", then drives the executor and appends each event it sees to a file.
+LIFE_ONE = r"""
+import json, os, sys, time
+from async_executor import AsyncExecutor
+state, logs, markers, events_path, count, parallelism, template = sys.argv[1:8]
+ex = AsyncExecutor(parallelism=int(parallelism), log_dir=logs, state_path=state, kill_grace=0.5)
+ex.start()
+for i in range(int(count)):
+    script = f"echo $$ >> {markers}/{i}; " + template.format(i=i, sleep=f"0.{i % 5}", rc=i % 3)
+    ex.execute_async(("t", i), ["sh", "-c", script], executor_config=json.loads(sys.argv[8]))
+ex.flush()
+print("accepted", flush=True)
+fd = os.open(events_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+while True:
+    ex.heartbeat()
+    for key, (state_, info) in ex.get_event_buffer().items():
+        os.write(fd, (json.dumps([list(key), state_, info.returncode, info.reason]) + "\n").encode())
+    time.sleep(0.002)
+"""
+
+
+def start_life_one(tmp_path: Path, count: int, parallelism: int, template: str = "sleep {sleep}; exit {rc}",
+                   options: dict[str, Any] | None = None) -> subprocess.Popen[str]:
+    (tmp_path / "markers").mkdir(exist_ok=True)
+    proc = subprocess.Popen(
+        [PY, "-c", LIFE_ONE, str(tmp_path / "state" / "journal.sqlite"), str(tmp_path / "logs"),
+         str(tmp_path / "markers"), str(tmp_path / "events-1"), str(count), str(parallelism), template,
+         json.dumps(options or {})],
+        stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "accepted"
+    return proc
+
+
+def kill(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.stdout is not None
+    proc.stdout.close()
+
+
+def life_one_events(tmp_path: Path) -> dict[Any, list[tuple[str, int | None]]]:
+    events: dict[Any, list[tuple[str, int | None]]] = {}
+    path = tmp_path / "events-1"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            key, state, rc, _reason = json.loads(line)
+            events.setdefault(tuple(key), []).append((state, rc))
+    return events
+
+
+def second_life(tmp_path: Path, **options: Any) -> AsyncExecutor:
+    ex = AsyncExecutor(parallelism=8, log_dir=tmp_path / "logs", state_path=tmp_path / "state" / "journal.sqlite",
+                       kill_grace=0.5, **options)
+    ex.start()
+    return ex
+
+
+def runs_of(tmp_path: Path, i: int) -> int:
+    path = tmp_path / "markers" / str(i)
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_exit_status_recorded_while_no_executor_is_alive(tmp_path: Path) -> None:
+    proc = start_life_one(tmp_path, count=3, parallelism=3)  # exits 0, 1, 2 after 0.0-0.2 s
+    kill(proc)  # before any result was seen, most likely; either way each key reports once
+    time.sleep(0.6)  # the tasks end while no executor runs
+    seen = life_one_events(tmp_path)
+    ex = second_life(tmp_path)
+    try:
+        recovered = ex.get_event_buffer()
+        ex.sync()
+        recovered.update(ex.get_event_buffer())
+    finally:
+        ex.end()
+    for i in range(3):
+        key = ("t", i)
+        total = len(seen.get(key, [])) + (key in recovered)
+        assert total == 1, (key, seen, recovered)
+        if key in recovered:
+            state, info = recovered[key]
+            assert info.returncode == i % 3  # the real status, not a guess
+            assert state == (TaskState.SUCCESS if i % 3 == 0 else TaskState.FAILED)
+            assert "ended while no executor ran" in (info.detail or "")
+        assert runs_of(tmp_path, i) == 1
+    # a third life sees nothing new: reported exactly once
+    again = second_life(tmp_path)
+    try:
+        again.sync()
+        assert again.get_event_buffer() == {}
+    finally:
+        again.end()
+
+
+def test_adoption_after_executor_crash(tmp_path: Path) -> None:
+    proc = start_life_one(tmp_path, count=2, parallelism=2, template="sleep 1; exit {rc}")
+    kill(proc)
+    ex = second_life(tmp_path)
+    try:
+        ex.sync()
+        assert ex.get_event_buffer() == {}  # still running: nothing to report yet
+        missing = ("t", 99)
+        assert ex.try_adopt_task_instances([("t", 0), ("t", 1), missing]) == [missing]
+        assert ex.running == {("t", 0), ("t", 1)}
+        assert ex.queue_command(("t", 0), ["true"]) is False  # never twice
+        events = drain(ex)
+    finally:
+        ex.end()
+    assert events[("t", 0)][0][0] == TaskState.SUCCESS
+    assert events[("t", 1)][0][1].returncode == 1
+    assert runs_of(tmp_path, 0) == runs_of(tmp_path, 1) == 1
+
+
+def test_adopted_tasks_are_terminated_with_their_group(tmp_path: Path) -> None:
+    proc = start_life_one(tmp_path, count=2, parallelism=2, template="sleep 60")
+    time.sleep(0.3)
+    pids = [int((tmp_path / "markers" / str(i)).read_text().split()[0]) for i in range(2)]
+    kill(proc)
+    ex = second_life(tmp_path)
+    assert sorted(ex.adopt_all()) == [("t", 0), ("t", 1)]
+    ex.terminate()
+    events = ex.get_event_buffer()
+    assert {key for key, (_, info) in events.items() if info.reason is FailureReason.TERMINATED} == {("t", 0), ("t", 1)}
+    time.sleep(0.2)
+    assert not any(pid_alive(pid) for pid in pids)
+
+
+def test_adopted_task_keeps_its_remaining_timeout(tmp_path: Path) -> None:
+    proc = start_life_one(tmp_path, count=1, parallelism=1, template="exec sleep 60", options={"timeout": 1.5})
+    kill(proc)
+    ex = second_life(tmp_path)
+    try:
+        assert ex.adopt_all() == [("t", 0)]
+        events = drain(ex, timeout=30)
+    finally:
+        ex.end()
+    info = events[("t", 0)][0][1]
+    assert info.reason is FailureReason.TIMED_OUT
+
+
+def test_tasks_accepted_but_never_started_are_reported(tmp_path: Path) -> None:
+    proc = start_life_one(tmp_path, count=3, parallelism=1, template="sleep 30")
+    time.sleep(0.3)
+    kill(proc)
+    ex = second_life(tmp_path)
+    try:
+        events = ex.get_event_buffer()
+        ex.sync()
+        events.update(ex.get_event_buffer())
+        not_started = {k for k, (_, info) in events.items() if info.reason is FailureReason.NOT_STARTED}
+        assert not_started == {("t", 1), ("t", 2)}
+        assert ex.try_adopt_task_instances([("t", 0)]) == []
+        ex.cancel_task(("t", 0))
+        drain(ex)
+    finally:
+        ex.end()
+
+
+async def _fake_dead_executor_row(state: Path, pid: int, proc_start: int) -> None:
+    journal = Journal(state)
+    await journal.open()
+    await journal.register_executor("deadbeef", pid=999_999, proc_start=1, supervisor_socket=None)
+    spec = TaskSpec(key=("reused", 1), argv=("sleep", "60"))
+    journal.accepted("deadbeef", spec, accepted_at=time.time())
+    journal.started("deadbeef", spec.key, 1, pid=pid, pgid=pid, proc_start=proc_start, log_path=None,
+                    started_at=time.time())
+    await journal.close()
+
+
+def test_pid_reuse_is_not_adopted(tmp_path: Path) -> None:
+    """A journal row whose pid now belongs to another process (another start time)."""
+    state = tmp_path / "state" / "journal.sqlite"
+    other = subprocess.Popen(["sleep", "30"])  # alive, but not the process the row describes
+    try:
+        anyio.run(_fake_dead_executor_row, state, other.pid, 12345)
+        ex = AsyncExecutor(log_dir=tmp_path / "logs", state_path=state)
+        ex.start()
+        try:
+            events = ex.get_event_buffer()
+            ex.sync()
+            events.update(ex.get_event_buffer())
+            assert ex.try_adopt_task_instances([("reused", 1)]) == [("reused", 1)]
+        finally:
+            ex.end()
+        state_, info = events[("reused", 1)]
+        assert state_ == TaskState.FAILED
+        assert "no exit status was recorded" in (info.detail or "")
+        assert other.poll() is None  # the unrelated process was left alone
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_two_live_executors_sharing_a_state_file(tmp_path: Path) -> None:
+    state = tmp_path / "state" / "journal.sqlite"
+    first = AsyncExecutor(parallelism=2, log_dir=tmp_path / "logs1", state_path=state)
+    first.start()
+    try:
+        first.execute_async("shared", ["sleep", "0.8"])
+        first.flush()
+        time.sleep(0.2)
+        second = AsyncExecutor(parallelism=2, log_dir=tmp_path / "logs2", state_path=state)
+        second.start()
+        try:
+            assert second.queue_command("shared", ["true"]) is False  # running under `first`
+            assert second.try_adopt_task_instances(["shared"]) == ["shared"]  # not stolen
+            second.queue_command("other", ["true"])
+            assert drain(second)["other"][0][0] == TaskState.SUCCESS
+        finally:
+            second.end()
+        assert drain(first)["shared"][0][0] == TaskState.SUCCESS  # untouched by the second
+    finally:
+        first.end()
+
+
+def test_end_detach_leaves_tasks_for_the_next_executor(tmp_path: Path) -> None:
+    state = tmp_path / "state" / "journal.sqlite"
+    ex = AsyncExecutor(parallelism=2, log_dir=tmp_path / "logs", state_path=state)
+    ex.start()
+    ex.execute_async("long", ["sh", "-c", "sleep 1; exit 4"])
+    ex.execute_async("short", ["true"])
+    ex.end(timeout=0.3, detach=True)
+    assert ex.detached == ["long"]
+    assert ex.get_event_buffer()["short"][0] == TaskState.SUCCESS
+    nxt = AsyncExecutor(parallelism=2, log_dir=tmp_path / "logs", state_path=state)
+    nxt.start()
+    try:
+        assert nxt.adopt_all() == ["long"]
+        info = drain(nxt)["long"][0][1]
+    finally:
+        nxt.end()
+    assert info.returncode == 4
+
+
+def test_detach_needs_a_journal(tmp_path: Path) -> None:
+    ex = AsyncExecutor(log_dir=tmp_path / "logs", state_path=None)
+    ex.start()
+    try:
+        with pytest.raises(ValueError, match="needs a journal"):
+            ex.end(detach=True)
+    finally:
+        ex.end()
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(delay=st.floats(min_value=0.0, max_value=1.2))
+def test_sigkill_at_a_random_point_loses_nothing(tmp_path_factory: pytest.TempPathFactory, delay: float) -> None:
+    tmp_path = tmp_path_factory.mktemp("crash")
+    count = 12
+    proc = start_life_one(tmp_path, count=count, parallelism=4)
+    time.sleep(delay)
+    kill(proc)
+    seen = life_one_events(tmp_path)
+    ex = second_life(tmp_path)
+    try:
+        ex.adopt_all()
+        second = drain(ex, timeout=60)
+    finally:
+        ex.end()
+    for i in range(count):
+        key = ("t", i)
+        first = seen.get(key, [])
+        later = second.get(key, [])
+        assert len(first) + len(later) == 1, (key, first, later)
+        assert runs_of(tmp_path, i) <= 1  # never twice
+        if later and later[0][1].reason is FailureReason.NOT_STARTED:
+            assert runs_of(tmp_path, i) == 0
+            continue
+        returncode = first[0][1] if first else later[0][1].returncode
+        assert returncode == i % 3  # the real exit status, in whichever life it was seen
+        assert runs_of(tmp_path, i) == 1
