@@ -7,7 +7,6 @@ real ones (recorded by the supervisor while no executor was alive), and nothing 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
