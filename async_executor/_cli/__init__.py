@@ -1,0 +1,340 @@
+"""The ``async-executor`` command line: run a file of commands, see runs, read a task's output.
+
+Exit codes of ``async-executor run``:
+
+* 0 - every line that ran succeeded (lines skipped by ``--resume``/``--retry-failed`` count as
+  done; a ``--halt ...,success=N`` stop with no failure is also 0);
+* 1 - one or more lines failed (after their retries); the summary and ``status`` say which;
+* 2 - bad usage or bad input (unknown option, bad ``-j``, unreadable job file, unbalanced
+  quotes): nothing was started;
+* 3 - a ``--halt`` policy on failures (``fail=`` / ``done=``) stopped the run;
+* 128+N - stopped by signal N: 130 after Ctrl-C (SIGINT), 143 after SIGTERM;
+* 255 - an internal error (e.g. the journal could not be opened).
+
+``status`` and ``logs`` exit 0, or 1 when the run or task is not in the journal.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from .halt import NEVER, HaltPolicy, parse_halt
+from .jobs import JobFileError, parse_jobs
+
+__all__ = ["cli", "main"]
+
+if TYPE_CHECKING:  # click >= 8.2 types ParamType by the value it converts to
+    _IntParam = click.ParamType[int]
+    _HaltParam = click.ParamType[HaltPolicy]
+else:
+    _IntParam = _HaltParam = click.ParamType
+
+_EXIT_CODES = """\b
+Exit codes:
+  0      every line that ran succeeded
+  1      one or more lines failed
+  2      bad usage or bad input; nothing was started
+  3      stopped by a --halt policy on failures
+  130    interrupted by Ctrl-C (128 + signal number; 143 for SIGTERM)
+  255    internal error
+"""
+
+
+class JobsType(_IntParam):
+    """``-j``: ``N``, ``N%`` of the CPUs, ``+N``/``-N`` CPUs more/less, or ``0`` (as many as limits allow)."""
+
+    name = "N|N%|0"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        cpus = _cpus()
+        try:
+            if text.endswith("%"):
+                pct = float(text[:-1])
+                if pct <= 0:
+                    raise ValueError
+                return max(1, int(cpus * pct / 100))
+            if text.startswith(("+", "-")):
+                return max(1, cpus + int(text))
+            number = int(text)
+            if number < 0:
+                raise ValueError
+        except ValueError:
+            self.fail(
+                f"{value!r} is not a job count: use N (a number), N% of the {cpus} CPUs, +N/-N, "
+                "or 0 for as many as the limits allow",
+                param,
+                ctx,
+            )
+        if number == 0:
+            from .runner import max_parallelism
+
+            return max_parallelism()
+        return number
+
+
+class HaltType(_HaltParam):
+    name = "now|soon,fail=N|N%|success=N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> HaltPolicy:
+        if isinstance(value, HaltPolicy):
+            return value
+        try:
+            return parse_halt(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def _state_option(func: Any) -> Any:
+    return click.option(
+        "--state",
+        "state_path",
+        type=click.Path(dir_okay=False, path_type=str),
+        default=None,
+        help="The journal (SQLite) file. Default: $ASYNC_EXECUTOR_HOME/journal.sqlite "
+        "(~/.local/state/async-executor/journal.sqlite).",
+    )(func)
+
+
+def _state_path(given: str | None) -> str:
+    from .state import default_state_path
+
+    return given if given is not None else str(default_state_path())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(
+    package_name="async-local-executor", prog_name="async-executor", message="%(prog)s %(version)s"
+)
+def cli() -> None:
+    """Run many commands at once on this machine, with a durable journal of every task.
+
+    \b
+      async-executor run -j 32 jobs.txt      run each line of jobs.txt
+      async-executor run --resume jobs.txt   run what has not succeeded yet
+      async-executor status [RUN]            runs, or one run's tasks
+      async-executor logs RUN:LINE:HASH      a task's captured output
+    """
+
+
+@cli.command(epilog=_EXIT_CODES)
+@click.argument("jobfile", type=str)
+@click.option(
+    "-j",
+    "--jobs",
+    "parallelism",
+    type=JobsType(),
+    default="100%",
+    show_default=True,
+    help="Tasks at once: N, N% of the CPUs, or 0 for as many as descriptor and process limits allow.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Kill a task's whole process group after this many seconds.",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Run a failing line up to N more times.",
+)
+@click.option(
+    "--backoff",
+    type=click.FloatRange(min=0),
+    default=0.5,
+    show_default=True,
+    metavar="SECONDS",
+    help="Wait before the first retry; doubled for each further retry (at most 60 s).",
+)
+@click.option(
+    "--halt",
+    type=HaltType(),
+    default="never",
+    metavar="POLICY",
+    show_default=True,
+    help="Stop early, like GNU parallel: soon|now,fail=N|N%, success=N|N%, done=N|N%.",
+)
+@click.option(
+    "--shell", is_flag=True, help="Run each line with /bin/sh -c instead of splitting it with shell rules."
+)
+@click.option(
+    "--joblog",
+    type=click.Path(dir_okay=False, writable=True, path_type=str),
+    default=None,
+    help="Also write GNU parallel's joblog (tab-separated) to this file.",
+)
+@click.option(
+    "--results",
+    type=click.Path(file_okay=False, path_type=str),
+    default=None,
+    metavar="DIR",
+    help="Keep each line's output as DIR/LINE/stdout, DIR/LINE/stderr and DIR/LINE/exitval.",
+)
+@click.option(
+    "-k", "--keep-order", is_flag=True, help="Print outputs in input order (default: as tasks finish)."
+)
+@click.option(
+    "-q", "--quiet", is_flag=True, help="No progress display, notes or summary: only the tasks' output."
+)
+@click.option("--resume", is_flag=True, help="Skip lines that already succeeded in this run's journal.")
+@click.option("--retry-failed", is_flag=True, help="Run only the lines that failed in this run's journal.")
+@click.option(
+    "--run",
+    "run_name",
+    default=None,
+    metavar="NAME",
+    help="The run's name in the journal (default: the job file's name without extension; 'stdin' for -).",
+)
+@click.option(
+    "--kill-grace",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Between SIGTERM and SIGKILL when a task is stopped.",
+)
+@_state_option
+def run(
+    jobfile: str,
+    parallelism: int,
+    timeout: float | None,
+    retries: int,
+    backoff: float,
+    halt: HaltPolicy,
+    shell: bool,
+    joblog: str | None,
+    results: str | None,
+    keep_order: bool,
+    quiet: bool,
+    resume: bool,
+    retry_failed: bool,
+    run_name: str | None,
+    kill_grace: float,
+    state_path: str | None,
+) -> None:
+    """Run each line of JOBFILE (or - for stdin) as a command, -j at a time.
+
+    Lines are split with shell rules and run without a shell (unless --shell); blank lines
+    and # comments are skipped. Each line's key in the journal is RUN:LINE:HASH (its line
+    number and a hash of its text), so --resume and --retry-failed find it again after the
+    file is edited. Output of each task is printed whole when it finishes.
+    """
+    if resume and retry_failed:
+        raise click.UsageError("--resume and --retry-failed cannot be used together")
+    source = "<stdin>" if jobfile == "-" else jobfile
+    try:
+        data = sys.stdin.buffer.read() if jobfile == "-" else Path(jobfile).read_bytes()
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot read {source}: {exc.strerror or exc}", param_hint="JOBFILE"
+        ) from None
+    text = data.decode("utf-8", "surrogateescape")
+    try:
+        jobs = parse_jobs(text.splitlines(), shell=shell, source=source)
+    except JobFileError as exc:
+        raise click.UsageError(f"{exc}; nothing was started") from None
+    name = run_name if run_name is not None else ("stdin" if jobfile == "-" else Path(jobfile).stem or "jobs")
+    if not name or ":" in name:
+        raise click.BadParameter(
+            f"{name!r}: a run name must be non-empty and contain no ':'", param_hint="--run"
+        )
+    from .runner import RunConfig, make_log_dir, run_batch
+
+    state = _state_path(state_path)
+    cfg = RunConfig(
+        jobs=jobs,
+        run=name,
+        parallelism=parallelism,
+        timeout=timeout,
+        retries=retries,
+        backoff=backoff,
+        halt=halt if halt is not None else NEVER,
+        joblog=joblog,
+        results=results,
+        keep_order=keep_order,
+        quiet=quiet,
+        mode="resume" if resume else "retry-failed" if retry_failed else "all",
+        state_path=state,
+        log_dir=make_log_dir(state),
+        kill_grace=kill_grace,
+    )
+    code = _run_async(run_batch, cfg)
+    sys.exit(code)
+
+
+@cli.command()
+@click.argument("run_name", metavar="[RUN]", required=False)
+@_state_option
+def status(run_name: str | None, state_path: str | None) -> None:
+    """Show the runs in the journal, or the tasks of RUN with their states and durations."""
+    from .report import show_status
+
+    sys.exit(_run_async(show_status, _state_path(state_path), run_name))
+
+
+@cli.command()
+@click.argument("key")
+@click.option(
+    "--run", "run_name", default=None, metavar="NAME", help="Look KEY up as LINE or LINE:HASH in this run."
+)
+@click.option(
+    "--try", "try_number", type=click.IntRange(min=1), default=None, help="Which try (default: the last)."
+)
+@_state_option
+def logs(key: str, run_name: str | None, try_number: int | None, state_path: str | None) -> None:
+    """Print the captured output of task KEY (RUN:LINE:HASH, or LINE with --run)."""
+    from .report import show_logs
+
+    sys.exit(_run_async(show_logs, _state_path(state_path), key, run_name, try_number))
+
+
+def _run_async(func: Any, *args: Any) -> int:
+    import anyio
+
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:  # pragma: no cover
+        options: dict[str, Any] = {}
+    else:
+        options = {"use_uvloop": os.environ.get("ASYNC_EXECUTOR_LOOP", "uvloop") != "asyncio"}
+    from .._journal import JournalError
+
+    try:
+        result: int = anyio.run(func, *args, backend="asyncio", backend_options=options)
+    except KeyboardInterrupt:  # before the run installed its own handler
+        click.echo("async-executor: interrupted", err=True)
+        return 130
+    except (OSError, JournalError) as exc:
+        click.echo(f"async-executor: error: {exc}", err=True)
+        return 255
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        click.echo("async-executor: internal error (a bug: please report the traceback above)", err=True)
+        return 255
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The ``async-executor`` console script."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="async-executor")

@@ -1,0 +1,69 @@
+"""Job files: one command per line, split with shell rules, each with a stable key."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from collections.abc import Iterable
+
+import attrs
+
+#: Hex digits of the line hash in a job's key.
+HASH_CHARS = 8
+
+
+class JobFileError(ValueError):
+    """A job file that cannot be run (nothing is started when this is raised)."""
+
+
+@attrs.frozen(slots=True)
+class Job:
+    """One runnable line of a job file."""
+
+    #: 1-based position among the runnable lines (GNU parallel's ``Seq``).
+    seq: int
+    #: 1-based line number in the file.
+    line: int
+    #: The line as written (without the newline and surrounding blanks).
+    text: str
+    #: What runs: the shlex-split line, or ``("/bin/sh", "-c", text)`` with ``--shell``.
+    argv: tuple[str, ...]
+    #: Short hash of ``text``.
+    digest: str
+
+    def key(self, run: str) -> str:
+        """The task key, stable for this line of this run: ``RUN:LINE:HASH``."""
+        return f"{run}:{self.line}:{self.digest}"
+
+
+def line_digest(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=HASH_CHARS // 2).hexdigest()
+
+
+def parse_jobs(lines: Iterable[str], *, shell: bool = False, source: str = "<jobs>") -> list[Job]:
+    """Parse a job file; raise :class:`JobFileError` naming the first bad line.
+
+    Blank lines and lines whose first non-blank character is ``#`` are skipped. Each other
+    line is split with :func:`shlex.split` (POSIX rules; a ``#`` later in the line starts a
+    comment too) and runs without a shell, unless ``shell`` is true: then the line is
+    passed whole to ``/bin/sh -c`` (after a syntax check of its quotes).
+    """
+    jobs: list[Job] = []
+    for number, raw in enumerate(lines, start=1):
+        text = raw.rstrip("\r\n").strip()
+        if not text or text.startswith("#"):
+            continue
+        if "\x00" in text:
+            raise JobFileError(f"{source}, line {number}: the line contains a NUL byte")
+        try:
+            argv = shlex.split(text, comments=True)
+        except ValueError as exc:
+            raise JobFileError(f"{source}, line {number}: {exc} in: {text}") from None
+        if not argv:
+            continue  # only a trailing comment after blanks
+        if shell:
+            argv = ["/bin/sh", "-c", text]
+        jobs.append(
+            Job(seq=len(jobs) + 1, line=number, text=text, argv=tuple(argv), digest=line_digest(text))
+        )
+    return jobs

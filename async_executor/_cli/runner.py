@@ -1,0 +1,386 @@
+"""``async-executor run``: feed job lines to one ``AsyncExecutor`` (async API) and report them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+import attrs
+
+from .._exceptions import ExecutorClosedError
+from .._executor import AsyncExecutor, TaskHandle
+from .._limits import RESERVED_FDS, open_fd_count, raise_nofile_limit
+from .._records import TaskInfo, TaskSpec
+from .display import Counters, LiveDisplay, PlainDisplay, make_display
+from .halt import NEVER, HaltPolicy
+from .joblog import JobLog, exit_value
+from .jobs import Job
+from .state import JournalRow, State, seed_try_number
+
+# Exit codes (documented in ``async-executor run --help`` and the README).
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_HALTED = 3
+EXIT_ERROR = 255
+
+#: Longest wait between two tries of a failing line.
+MAX_BACKOFF = 60.0
+#: Descriptors the CLI keeps for itself (journal, joblog, output files) on top of the engine's.
+CLI_FDS = 32
+
+_STDERR_WRAPPER = 'exec 2>"$0"; exec "$@"'
+
+
+@attrs.frozen(kw_only=True)
+class RunConfig:
+    jobs: Sequence[Job]
+    run: str
+    parallelism: int
+    timeout: float | None = None
+    retries: int = 0
+    backoff: float = 0.5
+    halt: HaltPolicy = NEVER
+    joblog: str | None = None
+    results: str | None = None
+    keep_order: bool = False
+    quiet: bool = False
+    #: "all", "resume" (skip what succeeded) or "retry-failed" (only what failed)
+    mode: str = "all"
+    state_path: str
+    log_dir: str
+    kill_grace: float = 5.0
+
+
+def max_parallelism() -> int:
+    """``-j 0``: as many tasks as the descriptor and process limits allow."""
+    budget = raise_nofile_limit() - open_fd_count() - RESERVED_FDS - CLI_FDS
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
+        if soft != resource.RLIM_INFINITY:
+            uid = os.getuid()
+            mine = 0
+            for entry in os.listdir("/proc"):
+                if entry.isdigit():
+                    with contextlib.suppress(OSError):
+                        mine += os.stat(f"/proc/{entry}").st_uid == uid
+            budget = min(budget, soft - mine - 16)
+    except (ImportError, OSError):  # pragma: no cover - non-Linux
+        pass
+    return max(1, budget)
+
+
+def select_jobs(
+    jobs: Sequence[Job], latest: dict[str, JournalRow], run: str, mode: str
+) -> tuple[list[Job], int]:
+    """Which lines to run: all, those not yet succeeded (resume), or those that failed.
+
+    A line is found in the journal by its key (line number + hash). A line whose key is not
+    there (the file was edited above it) is matched by its text hash to a journal entry of
+    the same run that no current line claims, so moved lines are not run again.
+    """
+    if mode == "all":
+        return list(jobs), 0
+    keys = {job.key(run) for job in jobs}
+    orphans: dict[str, list[JournalRow]] = {}
+    for key, entry in latest.items():
+        if key not in keys:
+            orphans.setdefault(key.rsplit(":", 1)[-1], []).append(entry)
+    todo: list[Job] = []
+    skipped = 0
+    for job in jobs:
+        row: JournalRow | None = latest.get(job.key(run))
+        if row is None and orphans.get(job.digest):
+            row = orphans[job.digest].pop(0)
+        if mode == "resume":
+            run_it = row is None or row.state != "success"
+        else:  # retry-failed: only lines that ran and did not succeed
+            run_it = row is not None and row.state != "success"
+        if run_it:
+            todo.append(job)
+        else:
+            skipped += 1
+    return todo, skipped
+
+
+class Runner:
+    def __init__(self, cfg: RunConfig, state: State, display: PlainDisplay | LiveDisplay, counters: Counters):
+        self.cfg = cfg
+        self.state = state
+        self.display = display
+        self.counters = counters
+        self.tries: dict[str, int] = {}
+        self.handles: dict[str, TaskHandle] = {}
+        self.failures: list[tuple[Job, TaskInfo]] = []
+        self.stop_starting = False
+        self.halted: HaltPolicy | None = None
+        self.signals: list[int] = []
+        self.ex: AsyncExecutor | None = None
+        self.joblog: JobLog | None = None
+        self.total = 0
+        self._terminating: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._order: dict[int, int] = {}
+        self._ready: dict[int, tuple[str | None, str | None]] = {}
+        self._next = 0
+
+    # ------------------------------------------------------------------ the run
+
+    async def go(self, todo: list[Job], last_tries: dict[str, int]) -> int:
+        cfg = self.cfg
+        self.tries = dict(last_tries)
+        self.total = len(todo)
+        self._order = {job.seq: index for index, job in enumerate(todo)}
+        if cfg.joblog:
+            self.joblog = JobLog(cfg.joblog, append=cfg.mode != "all")
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        slots = asyncio.Semaphore(max(1, min(cfg.parallelism, len(todo) or 1)))
+        started = time.monotonic()
+        try:
+            async with AsyncExecutor(
+                parallelism=max(1, min(cfg.parallelism, len(todo) or 1)),
+                log_dir=cfg.log_dir,
+                kill_grace=cfg.kill_grace,
+                **self.state.executor_options(),
+            ) as ex:
+                self.ex = ex
+                async with anyio.create_task_group() as tg:
+                    for job in todo:
+                        await slots.acquire()
+                        if self.stop_starting:
+                            slots.release()
+                            break
+                        tg.start_soon(self._run_job, job, slots)
+                if self._terminating is not None:
+                    await self._terminating
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+            with anyio.CancelScope(shield=True):
+                await self.state.flush()
+            self._flush_outputs(final=True)
+            if self.joblog is not None:
+                self.joblog.close()
+        code = self.exit_code()
+        self.display.summary(self.failures, time.monotonic() - started, code)
+        return code
+
+    def exit_code(self) -> int:
+        if self.signals:
+            return 128 + self.signals[0]
+        if self.halted is not None and self.halted.what != "success":
+            return EXIT_HALTED
+        return EXIT_FAILED if self.counters.failed else EXIT_OK
+
+    # ------------------------------------------------------------------ one line
+
+    async def _run_job(self, job: Job, slots: asyncio.Semaphore) -> None:
+        key = job.key(self.cfg.run)
+        self.counters.running[job.seq] = job
+        holding = True
+        info: TaskInfo | None = None
+        try:
+            attempt = 0
+            while True:
+                info = await self._attempt(job, key)
+                attempt += 1
+                if info is None or info.succeeded or attempt > self.cfg.retries or self.stop_starting:
+                    break
+                self.counters.retried += 1
+                self.display.failed(job, info, will_retry=True)
+                slots.release()
+                holding = False
+                delay = min(MAX_BACKOFF, self.cfg.backoff * 2 ** (attempt - 1))
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                if self.stopping():
+                    break
+                await slots.acquire()
+                holding = True
+                if self.stopping():
+                    break
+            if info is not None:
+                self._finished(job, info)
+        finally:
+            self.counters.running.pop(job.seq, None)
+            if holding:
+                slots.release()
+
+    async def _attempt(self, job: Job, key: str) -> TaskInfo | None:
+        ex = self.ex
+        assert ex is not None
+        if self.stop_starting and self.tries.get(key, 0) == 0:
+            return None
+        try_number = self.tries.get(key, 0) + 1
+        argv: tuple[str, ...] = job.argv
+        stderr_path = None
+        if self.cfg.results:
+            stderr_path = self._results_dir(job) / "stderr"
+            argv = ("/bin/sh", "-c", _STDERR_WRAPPER, str(stderr_path), *argv)
+        seed_try_number(ex, key, try_number - 1)
+        try:
+            handle = await ex.submit(key, list(argv), timeout=self.cfg.timeout)
+        except ExecutorClosedError:
+            return None
+        self.tries[key] = try_number
+        spec = TaskSpec(key=key, argv=argv, timeout=self.cfg.timeout, try_number=try_number)
+        self.state.accepted(spec, self.cfg.run)
+        pid = handle.pid
+        if pid is not None:
+            self.state.started(key, try_number, pid, None, time.time())
+        self.handles[key] = handle
+        try:
+            info = await handle.wait()
+        finally:
+            self.handles.pop(key, None)
+        if pid is None and info.pid is not None:
+            self.state.started(key, info.try_number, info.pid, info.log_path, info.started_at or time.time())
+        self.state.finished(info)
+        return info
+
+    def _results_dir(self, job: Job) -> Path:
+        assert self.cfg.results is not None
+        path = Path(self.cfg.results) / str(job.line)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # ------------------------------------------------------------------ outcomes
+
+    def _finished(self, job: Job, info: TaskInfo) -> None:
+        c = self.counters
+        if info.succeeded:
+            c.succeeded += 1
+        else:
+            c.failed += 1
+            self.failures.append((job, info))
+        stdout_path: str | None = info.log_path
+        stderr_path: str | None = None
+        out_size = _size(stdout_path)
+        err_size = 0
+        if self.cfg.results:
+            folder = self._results_dir(job)
+            stderr_path = str(folder / "stderr")
+            err_size = _size(stderr_path)
+            _keep(stdout_path, folder / "stdout")
+            (folder / "exitval").write_text(f"{exit_value(info)}\n")
+            stdout_path = str(folder / "stdout")
+        received = out_size + err_size
+        stdout_path = stdout_path if out_size else None
+        stderr_path = stderr_path if err_size else None
+        if self.joblog is not None:
+            self.joblog.write(job.seq, job.text, info, received)
+        if not info.succeeded:
+            self.display.failed(job, info, will_retry=False)
+        if self.cfg.keep_order:
+            self._ready[self._order[job.seq]] = (stdout_path, stderr_path)
+            self._flush_outputs()
+        else:
+            self.display.output(stdout_path, stderr_path)
+        self._check_halt()
+
+    def _flush_outputs(self, final: bool = False) -> None:
+        ready = self._ready
+        while self._next in ready:
+            self.display.output(*ready.pop(self._next))
+            self._next += 1
+        if final:
+            for index in sorted(ready):
+                self.display.output(*ready.pop(index))
+
+    def _check_halt(self) -> None:
+        policy = self.cfg.halt
+        if self.halted is not None or policy.never:
+            return
+        c = self.counters
+        if not policy.triggered(failed=c.failed, succeeded=c.succeeded, total=self.total):
+            return
+        self.halted = policy
+        self._stop_starting()
+        if policy.when == "now":
+            self.display.stopping(f"--halt {policy}: terminating the running tasks")
+            self._terminate()
+        else:
+            self.display.stopping(f"--halt {policy}: starting no more tasks, waiting for the running ones")
+
+    # ------------------------------------------------------------------ stopping
+
+    def stopping(self) -> bool:
+        return self.stop_starting
+
+    def _stop_starting(self) -> None:
+        self.stop_starting = True
+        self._wake.set()
+
+    def _terminate(self) -> None:
+        if self._terminating is None and self.ex is not None:
+            self._terminating = asyncio.ensure_future(self.ex.aterminate())
+
+    def _on_signal(self, signum: int) -> None:
+        self.signals.append(signum)
+        first = len(self.signals) == 1 and signum == signal.SIGINT
+        self._stop_starting()
+        if first:
+            self.display.stopping(
+                "interrupted: starting no new tasks, waiting for the running ones"
+                " (Ctrl-C again terminates them)"
+            )
+        else:
+            self.display.stopping("terminating every running task")
+            self._terminate()
+
+
+def _size(path: str | None) -> int:
+    if not path:
+        return 0
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _keep(source: str | None, target: Path) -> None:
+    """Put a task's stdout log at ``target`` (a hard link when possible)."""
+    if not source:
+        target.write_bytes(b"")
+        return
+    with contextlib.suppress(FileNotFoundError):
+        target.unlink()
+    try:
+        os.link(source, target)
+    except OSError:
+        try:
+            shutil.copyfile(source, target)
+        except OSError:
+            target.write_bytes(b"")
+
+
+async def run_batch(cfg: RunConfig) -> int:
+    state = State(cfg.state_path)
+    await state.open()
+    try:
+        latest = await state.latest(cfg.run)
+        todo, skipped = select_jobs(cfg.jobs, latest, cfg.run, cfg.mode)
+        last_tries = {key: row.try_number for key, row in latest.items()}
+        counters = Counters(total=len(todo), skipped=skipped)
+        display = make_display(counters, quiet=cfg.quiet, run=cfg.run)
+        runner = Runner(cfg, state, display, counters)
+        with display:
+            return await runner.go(todo, last_tries)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await state.close()
+
+
+def make_log_dir(state_path: str) -> str:
+    return str(Path(state_path).parent / "logs")

@@ -1,0 +1,552 @@
+"""``async-executor`` driven as a real program: ``python -m async_executor`` in a subprocess.
+
+No assertion here depends on how fast the machine is: where a test needs one task to end before
+another, the slower one waits for a file or sleeps long enough, and only outcomes are checked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from .conftest import group_members, pid_alive
+
+CLI = [sys.executable, "-m", "async_executor"]
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["ASYNC_EXECUTOR_HOME"] = str(tmp_path / "home")
+    env.pop("XDG_STATE_HOME", None)
+    return env
+
+
+def ae(
+    tmp_path: Path, *args: str, stdin: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def jobfile(tmp_path: Path, lines: Sequence[str], name: str = "jobs.txt") -> Path:
+    path = tmp_path / name
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return path
+
+
+def status_rows(tmp_path: Path, run: str) -> dict[int, dict[str, str]]:
+    """``status RUN`` (tab-separated when not a terminal), by line number."""
+    result = ae(tmp_path, "status", run)
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    columns = header.split("\t")
+    out = {}
+    for row in rows:
+        fields = dict(zip(columns, row.split("\t"), strict=False))
+        out[int(fields["key"].split(":")[1])] = fields
+    return out
+
+
+def joblog_rows(path: Path) -> list[dict[str, str]]:
+    header, *rows = path.read_text().splitlines()
+    columns = header.split("\t")
+    return [dict(zip(columns, row.split("\t", len(columns) - 1), strict=False)) for row in rows]
+
+
+# --------------------------------------------------------------------------- bad input: exit 2
+
+
+def test_missing_job_file(tmp_path: Path) -> None:
+    result = ae(tmp_path, "run", "nope.txt")
+    assert result.returncode == 2
+    assert "cannot read nope.txt" in result.stderr
+
+
+def test_unreadable_job_file(tmp_path: Path) -> None:
+    (tmp_path / "adir").mkdir()
+    result = ae(tmp_path, "run", "adir")
+    assert result.returncode == 2
+    assert "cannot read adir" in result.stderr
+
+
+def test_unbalanced_quotes_name_the_line_and_start_nothing(tmp_path: Path) -> None:
+    path = jobfile(tmp_path, ["touch started", "# fine", "echo 'unbalanced", "touch also-started"])
+    result = ae(tmp_path, "run", str(path))
+    assert result.returncode == 2
+    assert "line 3" in result.stderr and "No closing quotation" in result.stderr
+    assert "nothing was started" in result.stderr
+    assert not (tmp_path / "started").exists() and not (tmp_path / "also-started").exists()
+    assert not (tmp_path / "home" / "journal.sqlite").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-j", "abc"], "'abc' is not a job count"),
+        (["-j", "-"], "is not a job count"),
+        (["--bogus-flag"], "--bogus-flag"),
+        (["--halt", "later,fail=1"], "is not a halt policy"),
+        (["--timeout", "-1"], "--timeout"),
+        (["--retries", "x"], "--retries"),
+        (["--resume", "--retry-failed"], "cannot be used together"),
+        (["--run", "a:b"], "contain no ':'"),
+    ],
+)
+def test_bad_usage_exits_2(tmp_path: Path, args: list[str], message: str) -> None:
+    path = jobfile(tmp_path, ["touch started"])
+    result = ae(tmp_path, "run", *args, str(path))
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "started").exists()
+
+
+def test_unknown_command_exits_2(tmp_path: Path) -> None:
+    result = ae(tmp_path, "frobnicate")
+    assert result.returncode == 2
+    assert "No such command" in result.stderr
+
+
+def test_help_documents_exit_codes(tmp_path: Path) -> None:
+    result = ae(tmp_path, "run", "--help")
+    assert result.returncode == 0
+    for line in (
+        "0      every line that ran succeeded",
+        "1      one or more lines failed",
+        "2      bad usage",
+    ):
+        assert line in result.stdout
+
+
+# --------------------------------------------------------------------------- running lines
+
+
+def test_runs_lines_without_a_shell_and_reports_exit_codes(tmp_path: Path) -> None:
+    path = jobfile(tmp_path, ["# comment", "", "echo 'a  b' $HOME", "printf '%s-%s\\n' x y", "true"])
+    result = ae(tmp_path, "run", "-j", "2", str(path))
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == ["a  b $HOME", "x-y"]
+    rows = status_rows(tmp_path, "jobs")
+    assert sorted(rows) == [3, 4, 5]
+    assert {r["state"] for r in rows.values()} == {"success"}
+
+
+def test_one_failure_exits_1_and_is_reported(tmp_path: Path) -> None:
+    path = jobfile(tmp_path, ["true", "sh -c 'exit 4'", "does-not-exist-anywhere"])
+    result = ae(tmp_path, "run", str(path))
+    assert result.returncode == 1
+    assert "line 2 failed (exit 4)" in result.stderr
+    assert "line 3 failed (could not start 'does-not-exist-anywhere'" in result.stderr
+    rows = status_rows(tmp_path, "jobs")
+    assert rows[2]["outcome"] == "exit 4" and rows[2]["state"] == "failed"
+    assert rows[3]["outcome"].startswith("spawn_failed")
+
+
+def test_shell_flag(tmp_path: Path) -> None:
+    path = jobfile(tmp_path, ["echo $((6 * 7)) | tr 4 X"])
+    plain = ae(tmp_path, "run", "--run", "plain", str(path))
+    assert plain.stdout == "$((6 * 7)) | tr 4 X\n"
+    shell = ae(tmp_path, "run", "--shell", "--run", "shell", str(path))
+    assert shell.returncode == 0
+    assert shell.stdout == "X2\n"
+
+
+def test_stdin_job_file(tmp_path: Path) -> None:
+    result = ae(tmp_path, "run", "-", stdin="echo one\necho two\n")
+    assert result.returncode == 0
+    assert sorted(result.stdout.split()) == ["one", "two"]
+    assert sorted(status_rows(tmp_path, "stdin")) == [1, 2]
+
+
+@pytest.mark.parametrize("jobs", ["50%", "0", "+1", "3"])
+def test_job_counts(tmp_path: Path, jobs: str) -> None:
+    path = jobfile(tmp_path, [f"echo {i}" for i in range(20)])
+    result = ae(tmp_path, "run", "-j", jobs, str(path))
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.split(), key=int) == [str(i) for i in range(20)]
+
+
+def test_quiet_prints_only_task_output(tmp_path: Path) -> None:
+    path = jobfile(tmp_path, ["echo hi", "false"])
+    result = ae(tmp_path, "run", "--quiet", str(path))
+    assert result.returncode == 1
+    assert result.stdout == "hi\n"
+    assert result.stderr == ""
+
+
+def test_keep_order(tmp_path: Path) -> None:
+    lines = ["sh -c 'sleep 0.6; echo first'", "sh -c 'sleep 0.3; echo second'", "echo third"]
+    path = jobfile(tmp_path, lines)
+    result = ae(tmp_path, "run", "-j", "3", "--keep-order", str(path))
+    assert result.returncode == 0
+    assert result.stdout == "first\nsecond\nthird\n"
+
+
+def test_grouped_output_is_never_interleaved(tmp_path: Path) -> None:
+    # Each task writes its lines in pieces with pauses; all run at once.
+    script = 'for i in 1 2 3 4 5; do printf "T%s-" {n}; sleep 0.01; printf "%s\\n" $i; done'
+    path = jobfile(tmp_path, [f"sh -c '{script.format(n=n)}'" for n in range(16)])
+    result = ae(tmp_path, "run", "-j", "16", str(path))
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert len(lines) == 16 * 5
+    for start in range(0, len(lines), 5):
+        group = lines[start : start + 5]
+        task = group[0].split("-")[0]
+        assert group == [f"{task}-{i}" for i in range(1, 6)]
+
+
+def test_logs_and_status(tmp_path: Path) -> None:
+    path = jobfile(tmp_path, ["echo out-1", "sh -c 'echo err-2 >&2; exit 2'"])
+    assert ae(tmp_path, "run", str(path)).returncode == 1
+    runs = ae(tmp_path, "status")
+    assert runs.returncode == 0
+    header, row = runs.stdout.splitlines()
+    assert header.split("\t")[:4] == ["run", "tasks", "succeeded", "failed"]
+    assert row.split("\t")[:4] == ["jobs", "2", "1", "1"]
+    key = status_rows(tmp_path, "jobs")[1]["key"]
+    assert ae(tmp_path, "logs", key).stdout == "out-1\n"
+    assert ae(tmp_path, "logs", "--run", "jobs", "2").stdout == "err-2\n"
+    assert ae(tmp_path, "logs", "jobs:9:00000000").returncode == 1
+    assert ae(tmp_path, "status", "no-such-run").returncode == 1
+
+
+def test_results_dir_keeps_stdout_and_stderr(tmp_path: Path) -> None:
+    path = jobfile(tmp_path, ["sh -c 'echo to-out; echo to-err >&2; exit 5'", "echo plain"])
+    result = ae(tmp_path, "run", "--results", "res", str(path))
+    assert result.returncode == 1
+    assert (tmp_path / "res" / "1" / "stdout").read_text() == "to-out\n"
+    assert (tmp_path / "res" / "1" / "stderr").read_text() == "to-err\n"
+    assert (tmp_path / "res" / "1" / "exitval").read_text() == "5\n"
+    assert (tmp_path / "res" / "2" / "stdout").read_text() == "plain\n"
+    assert "to-err" in result.stderr and "to-out" in result.stdout
+
+
+# --------------------------------------------------------------------------- timeouts, retries
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    path = jobfile(tmp_path, ["sh -c 'sleep 60 & echo $! > kid; echo $$ > leader; wait'", "true"])
+    result = ae(tmp_path, "run", "--timeout", "0.5", "--kill-grace", "1", "--joblog", "log.tsv", str(path))
+    assert result.returncode == 1
+    assert "timed out after 0.5s" in result.stderr
+    kid = int((tmp_path / "kid").read_text())
+    leader = int((tmp_path / "leader").read_text())
+    assert not pid_alive(kid)
+    assert group_members(leader) == []
+    rows = {r["Command"]: r for r in joblog_rows(tmp_path / "log.tsv")}
+    timed_out = rows["sh -c 'sleep 60 & echo $! > kid; echo $$ > leader; wait'"]
+    assert (timed_out["Exitval"], timed_out["Signal"]) == ("-1", "15")
+    assert rows["true"]["Exitval"] == "0"
+    assert status_rows(tmp_path, "jobs")[1]["outcome"].startswith("timed_out")
+
+
+def test_retries_rerun_a_failing_line_with_backoff(tmp_path: Path) -> None:
+    flaky = "sh -c 'date +%s.%N >> flaky.times; test -e flaky.ok && echo recovered || { touch flaky.ok; exit 1; }'"
+    always = "sh -c 'date +%s.%N >> always.times; exit 9'"
+    path = jobfile(tmp_path, [flaky, always])
+    result = ae(tmp_path, "run", "--retries", "2", "--backoff", "0.2", str(path))
+    assert result.returncode == 1
+    assert "recovered" in result.stdout
+    assert len((tmp_path / "flaky.times").read_text().split()) == 2
+    times = [float(t) for t in (tmp_path / "always.times").read_text().split()]
+    assert len(times) == 3
+    # exponential backoff: at least 0.2 s, then at least 0.4 s between tries (lower bounds only)
+    assert times[1] - times[0] >= 0.2 and times[2] - times[1] >= 0.4
+    rows = status_rows(tmp_path, "jobs")
+    assert (rows[1]["state"], rows[1]["try"]) == ("success", "2")
+    assert (rows[2]["state"], rows[2]["try"]) == ("failed", "3")
+
+
+# --------------------------------------------------------------------------- halt policies
+
+
+def _ran(tmp_path: Path) -> list[str]:
+    ran = tmp_path / "ran"
+    return ran.read_text().split() if ran.exists() else []
+
+
+def test_halt_now_fail_terminates_running_tasks(tmp_path: Path) -> None:
+    lines = [
+        "sh -c 'echo $$ > slow.pid; echo slow >> ran; sleep 60'",
+        "sh -c 'while [ ! -e slow.pid ]; do sleep 0.01; done; echo fail >> ran; exit 1'",
+        *[f"sh -c 'echo later{i} >> ran'" for i in range(5)],
+    ]
+    path = jobfile(tmp_path, lines)
+    result = ae(tmp_path, "run", "-j", "2", "--halt", "now,fail=1", "--kill-grace", "1", str(path))
+    assert result.returncode == 3
+    assert sorted(_ran(tmp_path)) == ["fail", "slow"]
+    assert group_members(int((tmp_path / "slow.pid").read_text())) == []
+    rows = status_rows(tmp_path, "jobs")
+    assert rows[1]["outcome"].startswith("terminated")
+    assert sorted(rows) == [1, 2]  # later lines were never started
+
+
+def test_halt_soon_fail_waits_for_running_tasks(tmp_path: Path) -> None:
+    lines = [
+        "sh -c 'while [ ! -e failed ]; do sleep 0.01; done; sleep 0.2; echo slow >> ran'",
+        "sh -c 'touch failed; exit 1'",
+        *[f"sh -c 'echo later{i} >> ran'" for i in range(5)],
+    ]
+    path = jobfile(tmp_path, lines)
+    result = ae(tmp_path, "run", "-j", "2", "--halt", "soon,fail=1", str(path))
+    assert result.returncode == 3
+    assert _ran(tmp_path) == ["slow"]  # the running task finished; nothing new started
+    assert "starting no more tasks" in result.stderr
+
+
+def test_halt_fail_percent(tmp_path: Path) -> None:
+    lines = [f"sh -c 'echo {i} >> ran; exit {1 if i < 3 else 0}'" for i in range(10)]
+    path = jobfile(tmp_path, lines)
+    result = ae(tmp_path, "run", "-j", "1", "--halt", "soon,fail=30%", str(path))
+    assert result.returncode == 3
+    assert _ran(tmp_path) == ["0", "1", "2"]
+
+
+def test_halt_fail_count(tmp_path: Path) -> None:
+    lines = [f"sh -c 'echo {i} >> ran; exit {i % 2}'" for i in range(10)]
+    path = jobfile(tmp_path, lines)
+    result = ae(tmp_path, "run", "-j", "1", "--halt", "soon,fail=2", str(path))
+    assert result.returncode == 3
+    assert _ran(tmp_path) == ["0", "1", "2", "3"]
+
+
+def test_halt_success(tmp_path: Path) -> None:
+    lines = [f"sh -c 'echo {i} >> ran'" for i in range(6)]
+    path = jobfile(tmp_path, lines)
+    result = ae(tmp_path, "run", "-j", "1", "--halt", "soon,success=2", str(path))
+    assert result.returncode == 0
+    assert _ran(tmp_path) == ["0", "1"]
+
+
+# --------------------------------------------------------------------------- resume, retry-failed
+
+
+def test_resume_skips_succeeded_lines_after_the_file_was_edited(tmp_path: Path) -> None:
+    lines = [f"sh -c 'echo {c} >> ran; test {c} != c || test -e c.ok'" for c in "abcde"]
+    path = jobfile(tmp_path, lines)
+    first = ae(tmp_path, "run", str(path))
+    assert first.returncode == 1
+    assert sorted(_ran(tmp_path)) == list("abcde")
+    (tmp_path / "ran").unlink()
+    (tmp_path / "c.ok").touch()
+    # edit: a new line at the top moves every line down by one
+    jobfile(tmp_path, ["# added later", "sh -c 'echo new >> ran'", *lines])
+    second = ae(tmp_path, "run", "--resume", str(path))
+    assert second.returncode == 0, second.stderr
+    assert sorted(_ran(tmp_path)) == ["c", "new"]
+    assert "5 skipped" in second.stderr or "4 skipped" in second.stderr
+    (tmp_path / "ran").unlink()
+    third = ae(tmp_path, "run", "--resume", str(path))
+    assert third.returncode == 0
+    assert _ran(tmp_path) == []
+
+
+def test_retry_failed_reruns_only_failures(tmp_path: Path) -> None:
+    lines = [f"sh -c 'echo {c} >> ran; test {c} != b -a {c} != d || test -e ok'" for c in "abcde"]
+    path = jobfile(tmp_path, lines)
+    assert ae(tmp_path, "run", str(path)).returncode == 1
+    (tmp_path / "ran").unlink()
+    jobfile(tmp_path, [*lines, "sh -c 'echo new >> ran'"])  # a new line is not a failure
+    still = ae(tmp_path, "run", "--retry-failed", str(path))
+    assert still.returncode == 1
+    assert sorted(_ran(tmp_path)) == ["b", "d"]
+    (tmp_path / "ran").unlink()
+    (tmp_path / "ok").touch()
+    fixed = ae(tmp_path, "run", "--retry-failed", str(path))
+    assert fixed.returncode == 0
+    assert sorted(_ran(tmp_path)) == ["b", "d"]
+    rows = status_rows(tmp_path, "jobs")
+    assert (rows[2]["state"], rows[2]["try"]) == ("success", "3")
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+
+def _wait_lines(path: Path, count: int, proc: subprocess.Popen[str], timeout: float = 30) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            lines = path.read_text().split()
+            if len(lines) >= count:
+                return lines
+        if proc.poll() is not None:
+            raise AssertionError(f"the CLI exited early: {proc.communicate()}")
+        time.sleep(0.02)
+    raise AssertionError(f"{path} did not reach {count} lines")
+
+
+def _start(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*CLI, *args],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_one_ctrl_c_stops_starting_and_waits_then_resume_continues(tmp_path: Path) -> None:
+    line = "sh -c 'echo $$ >> pids; while [ ! -e release ]; do sleep 0.01; done; echo {n} >> done'"
+    path = jobfile(tmp_path, [line.format(n=n) for n in range(6)])
+    proc = _start(tmp_path, "run", "-j", "2", str(path))
+    _wait_lines(tmp_path / "pids", 2, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)  # let the CLI take the signal before the tasks may finish
+    (tmp_path / "release").touch()
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted: starting no new tasks" in err
+    assert len((tmp_path / "pids").read_text().split()) == 2  # nothing new started
+    assert len((tmp_path / "done").read_text().split()) == 2  # the running ones finished
+    rows = status_rows(tmp_path, "jobs")
+    assert len(rows) == 2 and {r["state"] for r in rows.values()} == {"success"}
+    resumed = ae(tmp_path, "run", "--resume", str(path))
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted((tmp_path / "done").read_text().split()) == [str(n) for n in range(6)]
+
+
+def test_two_ctrl_c_terminate_every_process_group(tmp_path: Path) -> None:
+    line = (
+        "sh -c 'echo $$ >> pids; test -e fast || {{ sleep 60 & echo $! >> kids; wait; }}; echo {n} >> done'"
+    )
+    path = jobfile(tmp_path, [line.format(n=n) for n in range(4)])
+    proc = _start(tmp_path, "run", "-j", "2", "--kill-grace", "1", str(path))
+    _wait_lines(tmp_path / "kids", 2, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "terminating every running task" in err
+    for pid in (tmp_path / "pids").read_text().split():
+        assert group_members(int(pid)) == []
+    for kid in (tmp_path / "kids").read_text().split():
+        assert not pid_alive(int(kid))
+    rows = status_rows(tmp_path, "jobs")
+    assert len(rows) == 2
+    assert {r["state"] for r in rows.values()} == {"failed"}  # consistent: none left running
+    assert all(r["outcome"].startswith("terminated") for r in rows.values())
+    (tmp_path / "fast").touch()
+    resumed = ae(tmp_path, "run", "--resume", str(path))
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted((tmp_path / "done").read_text().split()) == ["0", "1", "2", "3"]
+
+
+# --------------------------------------------------------------------------- the terminal display
+
+
+def test_live_progress_on_a_terminal(tmp_path: Path) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    lines = [f"sh -c 'sleep 0.0{i % 5 + 1}; echo task-{i}'" for i in range(40)] + ["false", "sh -c 'exit 2'"]
+    path = jobfile(tmp_path, lines)
+    pid, fd = pty.fork()
+    if pid == 0:  # child: become the CLI on the terminal
+        os.chdir(tmp_path)
+        os.execve(CLI[0], [*CLI, "run", "-j", "4", str(path)], {**_env(tmp_path), "TERM": "xterm-256color"})
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 140, 0, 0))
+    chunks = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    screen = ANSI.sub("", b"".join(chunks).decode("utf-8", "replace"))
+    assert os.waitstatus_to_exitcode(status) == 1
+    assert "done 40" in screen and "failed 2" in screen  # the live counters at the end
+    assert re.search(r"running \d+\s+queued \d+", screen)
+    assert "ETA" in screen and "/s" in screen
+    assert "task-39" in screen  # task output printed above the live display
+    assert "succeeded" in screen and "failed tasks" in screen  # the summary tables
+
+
+# --------------------------------------------------------------------------- GNU parallel
+
+
+def test_same_outcomes_as_gnu_parallel(tmp_path: Path) -> None:
+    if shutil.which("parallel") is None:
+        pytest.skip("GNU parallel is not installed (apt-get install -y parallel): comparison not run")
+    lines = [
+        "true",
+        "false",
+        "sh -c 'exit 3'",
+        "echo hello world",
+        "printf 'abc'",
+        "sh -c 'kill -9 $$'",
+        "sleep 30",
+        "sh -c 'echo to-stdout; exit 101'",
+    ]
+    path = jobfile(tmp_path, lines)
+    gnu = subprocess.run(
+        ["parallel", "--will-cite", "-j", "4", "--timeout", "1", "--joblog", "gnu.tsv", "-a", str(path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    ours = ae(
+        tmp_path, "run", "-j", "4", "--timeout", "1", "--kill-grace", "1", "--joblog", "ours.tsv", str(path)
+    )
+    assert gnu.returncode == 5  # GNU parallel: the number of failed jobs
+    assert ours.returncode == 1
+    assert (tmp_path / "gnu.tsv").read_text().splitlines()[0] == (
+        tmp_path / "ours.tsv"
+    ).read_text().splitlines()[0]
+    gnu_rows = {r["Command"]: r for r in joblog_rows(tmp_path / "gnu.tsv")}
+    our_rows = {r["Command"]: r for r in joblog_rows(tmp_path / "ours.tsv")}
+    assert set(gnu_rows) == set(our_rows) == set(lines)
+    for command in lines:
+        g, o = gnu_rows[command], our_rows[command]
+        assert (o["Seq"], o["Host"], o["Send"], o["Exitval"], o["Signal"]) == (
+            g["Seq"],
+            g["Host"],
+            g["Send"],
+            g["Exitval"],
+            g["Signal"],
+        ), command
+        assert re.fullmatch(r"\d+\.\d{3}", o["Starttime"]) and re.fullmatch(r" *\d+\.\d{3}", o["JobRuntime"])
+        assert len(o["JobRuntime"]) == len(g["JobRuntime"])  # same %10.3f padding
+    # Receive: GNU parallel counts stdout bytes; ours counts the captured output (stdout+stderr)
+    assert our_rows["echo hello world"]["Receive"] == gnu_rows["echo hello world"]["Receive"] == "12"
+    assert our_rows["printf 'abc'"]["Receive"] == "3"
+
+
+def test_a_closed_stdout_does_not_stop_the_run(tmp_path: Path) -> None:
+    path = jobfile(tmp_path, [f"sh -c 'echo line-{i}; echo {i} >> ran'" for i in range(50)])
+    command = " ".join([*CLI, "run", "-j", "4", str(path)]) + " | head -n 1"
+    result = subprocess.run(
+        ["sh", "-c", command], cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.startswith("line-")
+    assert "Traceback" not in result.stderr
+    assert len(_ran(tmp_path)) == 50
+    assert {r["state"] for r in status_rows(tmp_path, "jobs").values()} == {"success"}

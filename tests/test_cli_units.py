@@ -1,0 +1,89 @@
+"""The CLI's pure parts: job-file parsing, halt policies, joblog lines, resume selection."""
+
+from __future__ import annotations
+
+import pytest
+
+from async_executor import FailureReason, TaskInfo, TaskState
+from async_executor._cli.halt import NEVER, HaltPolicy, parse_halt
+from async_executor._cli.joblog import HEADER, exit_value, joblog_line
+from async_executor._cli.jobs import JobFileError, parse_jobs
+
+
+def test_parse_skips_blanks_and_comments_and_splits_with_shell_rules() -> None:
+    jobs = parse_jobs(["# header", "", "   ", "echo 'a b' c  # trailing", "  true  ", "\t# indented comment"])
+    assert [(j.seq, j.line, j.argv) for j in jobs] == [(1, 4, ("echo", "a b", "c")), (2, 5, ("true",))]
+    assert jobs[0].text == "echo 'a b' c  # trailing"
+
+
+def test_keys_are_line_number_and_text_hash() -> None:
+    a = parse_jobs(["echo hi", "echo ho"])
+    b = parse_jobs(["# new first line", "echo hi", "echo ho"])
+    assert a[0].key("r") == f"r:1:{a[0].digest}"
+    assert a[0].digest == b[0].digest and a[0].key("r") != b[0].key("r")
+    assert a[0].digest != a[1].digest
+
+
+def test_shell_mode_keeps_the_line_whole() -> None:
+    (job,) = parse_jobs(["echo $HOME | tr a-z A-Z"], shell=True)
+    assert job.argv == ("/bin/sh", "-c", "echo $HOME | tr a-z A-Z")
+
+
+def test_unbalanced_quotes_name_the_line() -> None:
+    with pytest.raises(JobFileError, match=r"jobs.txt, line 3: No closing quotation"):
+        parse_jobs(["true", "", "echo 'oops"], source="jobs.txt")
+
+
+@pytest.mark.parametrize(
+    ("text", "policy"),
+    [
+        ("never", NEVER),
+        ("0", NEVER),
+        ("1", HaltPolicy("soon", "fail", 1)),
+        ("2", HaltPolicy("now", "fail", 1)),
+        ("-1", HaltPolicy("soon", "success", 1)),
+        ("now,fail=3", HaltPolicy("now", "fail", 3)),
+        ("soon,fail=10%", HaltPolicy("soon", "fail", 10, True)),
+        ("25%", HaltPolicy("soon", "fail", 25, True)),
+        ("now,success=2", HaltPolicy("now", "success", 2)),
+        ("soon,done=50%", HaltPolicy("soon", "done", 50, True)),
+    ],
+)
+def test_parse_halt(text: str, policy: HaltPolicy) -> None:
+    assert parse_halt(text) == policy
+
+
+@pytest.mark.parametrize(
+    "text", ["later,fail=1", "now,fail", "now,fail=0", "soon,fail=101%", "now,boom=1", "x"]
+)
+def test_bad_halt(text: str) -> None:
+    with pytest.raises(ValueError, match=r"halt|count"):
+        parse_halt(text)
+
+
+def test_halt_thresholds() -> None:
+    pct = parse_halt("soon,fail=30%")
+    assert pct.threshold(10) == 3
+    assert not pct.triggered(failed=2, succeeded=8, total=10)
+    assert pct.triggered(failed=3, succeeded=0, total=10)
+    assert parse_halt("now,success=2").triggered(failed=5, succeeded=2, total=10)
+    assert parse_halt("soon,done=3").triggered(failed=1, succeeded=2, total=10)
+
+
+def test_joblog_format_matches_gnu_parallel() -> None:
+    assert HEADER == "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
+    info = TaskInfo(
+        key="k", state=TaskState.FAILED, returncode=3, started_at=1700000000.1234, ended_at=1700000001.5
+    )
+    assert joblog_line(7, "sh -c 'exit 3'", info, 12) == (
+        "7\t:\t1700000000.123\t     1.377\t0\t12\t3\t0\tsh -c 'exit 3'\n"
+    )
+    timed_out = TaskInfo(key="k", state=TaskState.FAILED, signal=15, reason=FailureReason.TIMED_OUT)
+    assert exit_value(timed_out) == -1
+    missing = TaskInfo(
+        key="k",
+        state=TaskState.FAILED,
+        reason=FailureReason.SPAWN_FAILED,
+        detail="could not start 'nope': No such file or directory",
+    )
+    assert exit_value(missing) == 127
