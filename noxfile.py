@@ -5,6 +5,9 @@ from __future__ import annotations
 import nox
 
 nox.options.sessions = ["tests", "lint"]
+
+#: Airflow releases the integration is checked against, each in its own virtualenv.
+AIRFLOW_VERSIONS = ["3.3.2", "2.11.2"]
 nox.options.default_venv_backend = "venv"
 
 TEST_DEPS = ["pytest>=8", "pytest-timeout", "hypothesis>=6.100", "anyio>=4.4"]
@@ -31,3 +34,21 @@ def bench(session: nox.Session) -> None:
     """Benchmarks: ratios against baselines measured in the same run (see benchmarks/README.md)."""
     session.install("-e", ".")
     session.run("python", "benchmarks/bench_core.py", *session.posargs)
+
+
+@nox.session
+@nox.parametrize("airflow_version", AIRFLOW_VERSIONS)
+def airflow(session: nox.Session, airflow_version: str) -> None:
+    """Real Airflow end to end: scheduler, api-server and dag-processor (3.x), or 2.11 tasks."""
+    session.install(f"apache-airflow=={airflow_version}", "-e", ".[airflow]", "pytest", "pytest-timeout")
+    if airflow_version.startswith("2."):
+        session.run("python", "tests/airflow_e2e/check_airflow2.py", "--scheduler")
+        return
+    session.run("pytest", "-p", "no:cacheprovider", "--timeout=600", "tests/airflow_e2e/test_adapter_live.py")
+    session.run(
+        "python",
+        "tests/airflow_e2e/run_e2e.py",
+        "--executor",
+        "async_executor.airflow.AsyncLocalExecutor",
+        "--require-adoption",
+    )

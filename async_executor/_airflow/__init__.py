@@ -1,0 +1,1 @@
+"""Apache Airflow adapter internals (import ``async_executor.airflow`` instead)."""

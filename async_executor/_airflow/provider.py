@@ -1,0 +1,74 @@
+"""Provider metadata for Airflow's ``apache_airflow_provider`` entry point (imports nothing heavy).
+
+The entry point (in ``pyproject.toml``)::
+
+    [project.entry-points.apache_airflow_provider]
+    provider_info = "async_executor._airflow.provider:get_provider_info"
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+EXECUTOR_PATH = "async_executor.airflow.AsyncLocalExecutor"
+
+
+def get_provider_info() -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        dist_version = version("async-local-executor")
+    except PackageNotFoundError:  # running from a source tree
+        dist_version = "0.0.0"
+    return {
+        "package-name": "async-local-executor",
+        "name": "Async local executor",
+        "description": "A high-concurrency local executor built on asyncio subprocesses.",
+        "versions": [dist_version],
+        "executors": [EXECUTOR_PATH],
+        "config": {
+            "async_executor": {
+                "description": "Settings of async_executor.airflow.AsyncLocalExecutor.",
+                "options": {
+                    "state_path": {
+                        "description": "SQLite journal of task state, used to adopt running tasks "
+                        "after a scheduler restart (when the installed async_executor has a journal).",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": None,
+                        "default": "{AIRFLOW_HOME}/async_executor/state.db",
+                    },
+                    "log_dir": {
+                        "description": "Directory of each task process's captured stdout/stderr.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": None,
+                        "default": "{AIRFLOW_HOME}/async_executor/logs",
+                    },
+                    "workload_dir": {
+                        "description": "0700 directory of one-shot workload files (they hold a JWT "
+                        "and are removed as soon as the task process has read them).",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": None,
+                        "default": "{AIRFLOW_HOME}/async_executor/workloads",
+                    },
+                    "kill_grace": {
+                        "description": "Seconds between SIGTERM and SIGKILL when a task is stopped.",
+                        "version_added": "0.1.0",
+                        "type": "float",
+                        "example": None,
+                        "default": "5.0",
+                    },
+                    "drain_timeout": {
+                        "description": "Seconds end() waits for running tasks before stopping them "
+                        "(or, with a journal, leaving them for the next scheduler to adopt).",
+                        "version_added": "0.1.0",
+                        "type": "float",
+                        "example": None,
+                        "default": "10.0",
+                    },
+                },
+            }
+        },
+    }

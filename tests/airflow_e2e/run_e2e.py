@@ -1,0 +1,973 @@
+#!/usr/bin/env python
+"""End-to-end check of an Airflow 3 executor against a real Airflow (api-server, dag-processor, scheduler).
+
+Run from inside a virtualenv that has ``apache-airflow==3.3.x`` (and, for our executor, this package with
+the ``airflow`` extra) installed::
+
+    python tests/airflow_e2e/run_e2e.py --executor async_executor.airflow.AsyncLocalExecutor
+
+``--executor LocalExecutor`` runs the same scenarios against Airflow's own executor (used to validate the
+harness).  By default the 40-task fan-out and the idle-memory measurement are also run under Airflow's
+LocalExecutor, in the same run, so the numbers are printed side by side.
+
+Everything is real: a temporary AIRFLOW_HOME with SQLite, ``airflow db migrate``, the three components on
+free 127.0.0.1 ports, DAGs triggered through the REST API.  Wall times and PSS are *printed*, never
+asserted.  Every process this script starts is stopped by pid in a ``finally``; the script exits non-zero
+when any check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DAGS_SRC = HERE / "dags"
+LOCAL_EXECUTOR = "LocalExecutor"
+
+# A JWT is three base64url segments; the first two are JSON objects, so they start with "eyJ".
+JWT_RE = re.compile(rb"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
+
+TERMINAL_RUN_STATES = {"success", "failed"}
+
+
+def log(msg: str) -> None:
+    print(f"[e2e {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def airflow_argv() -> list[str]:
+    script = Path(sys.executable).parent / "airflow"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "airflow"]
+
+
+# --------------------------------------------------------------------------------------------- /proc
+
+
+def read_text(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def smaps(pid: int) -> dict[str, int]:
+    out = {}
+    for line in read_text(f"/proc/{pid}/smaps_rollup").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[2] == "kB":
+            out[parts[0].rstrip(":")] = int(parts[1])
+    return out
+
+
+def pss_kb(pid: int) -> int | None:
+    return smaps(pid).get("Pss")
+
+
+def uss_kb(pid: int) -> int:
+    m = smaps(pid)
+    return m.get("Private_Clean", 0) + m.get("Private_Dirty", 0)
+
+
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        out.extend(int(c) for c in read_text(f"/proc/{pid}/task/{tid}/children").split())
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    seen: list[int] = []
+    todo = children(pid)
+    while todo:
+        c = todo.pop()
+        if c not in seen:
+            seen.append(c)
+            todo.extend(children(c))
+    return seen
+
+
+def cmdline(pid: int) -> str:
+    return read_text(f"/proc/{pid}/cmdline").replace("\0", " ").strip()
+
+
+def all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def pids_with_home(home: Path) -> list[int]:
+    """Processes (of any parent) whose environment carries this AIRFLOW_HOME: everything of ours."""
+    marker = f"AIRFLOW_HOME={home}\0".encode()
+    found = []
+    me = os.getpid()
+    for pid in all_pids():
+        if pid == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if marker in env:
+            found.append(pid)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie is dead for our purposes
+    stat = read_text(f"/proc/{pid}/stat")
+    return not (stat and stat.rsplit(")", 1)[-1].split()[0] == "Z")
+
+
+# --------------------------------------------------------------------------------------------- checks
+
+
+@dataclass
+class Results:
+    checks: list[tuple[str, str, str]] = field(default_factory=list)  # (status, name, detail)
+    measurements: list[tuple[str, str]] = field(default_factory=list)
+
+    def check(self, name: str, ok: bool, detail: str = "") -> bool:
+        status = "PASS" if ok else "FAIL"
+        self.checks.append((status, name, detail))
+        log(f"{status}: {name}" + (f" -- {detail}" if detail else ""))
+        return ok
+
+    def pending(self, name: str, detail: str) -> None:
+        self.checks.append(("PENDING", name, detail))
+        log(f"PENDING: {name} -- {detail}")
+
+    def measure(self, name: str, value: str) -> None:
+        self.measurements.append((name, value))
+        log(f"MEASURED: {name}: {value}")
+
+    @property
+    def failed(self) -> bool:
+        return any(s == "FAIL" for s, _, _ in self.checks)
+
+
+# --------------------------------------------------------------------------------------------- stack
+
+
+class Stack:
+    """One AIRFLOW_HOME with its api-server, dag-processor and scheduler, configured through env vars."""
+
+    def __init__(self, name: str, root: Path, executor: str, template_db: Path, parallelism: int) -> None:
+        self.name = name
+        self.home = root / name
+        self.home.mkdir(parents=True)
+        (self.home / "component-logs").mkdir()
+        shutil.copytree(DAGS_SRC, self.home / "dags", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(template_db, self.home / "airflow.db")
+        self.executor = executor
+        self.api_port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.api_port}"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.started_pids: list[int] = []
+        self.async_dir = self.home / "async_executor"
+        self.env = base_env(self.home)
+        self.env.update(
+            {
+                "AIRFLOW__CORE__EXECUTOR": executor,
+                "AIRFLOW__CORE__PARALLELISM": str(parallelism),
+                "AIRFLOW__API__BASE_URL": self.base_url,
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__API__PORT": str(self.api_port),
+                "AIRFLOW__API__WORKERS": "1",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
+                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+                "AIRFLOW__ASYNC_EXECUTOR__STATE_PATH": str(self.async_dir / "state.db"),
+                "AIRFLOW__ASYNC_EXECUTOR__LOG_DIR": str(self.async_dir / "logs"),
+                "AIRFLOW__ASYNC_EXECUTOR__KILL_GRACE": "5",
+                "AIRFLOW__ASYNC_EXECUTOR__DRAIN_TIMEOUT": "5",
+            }
+        )
+
+    # -- processes
+
+    def start(self, component: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        logf = open(self.home / "component-logs" / f"{component}.log", "ab")  # noqa: SIM115
+        argv = [*airflow_argv(), *(args or (component,))]
+        proc = subprocess.Popen(
+            argv,
+            env={**self.env, **(env or {})},
+            cwd=self.home,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        logf.close()
+        self.procs[component] = proc
+        self.started_pids.append(proc.pid)
+        log(f"[{self.name}] started {component} pid={proc.pid}")
+        return proc
+
+    def stop(self, component: str, timeout: float = 60.0) -> float | None:
+        """SIGTERM the component (by pid), wait, SIGKILL its process group if it hangs. Returns exit secs."""
+        proc = self.procs.pop(component, None)
+        if proc is None:
+            return None
+        t0 = time.monotonic()
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log(f"[{self.name}] {component} pid={proc.pid} did not exit in {timeout}s; SIGKILL its group")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+                return None
+        took = time.monotonic() - t0
+        # stragglers of that component's own process group (uvicorn workers, serve-logs, ...)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        return took
+
+    def stop_all(self) -> None:
+        for component in ("scheduler", "dag-processor", "api-server"):
+            try:
+                self.stop(component, timeout=40)
+            except Exception as e:  # keep stopping the others
+                log(f"[{self.name}] error stopping {component}: {e!r}")
+        # anything left that carries our AIRFLOW_HOME (task processes in their own sessions, etc.)
+        deadline = time.monotonic() + 10
+        left = pids_with_home(self.home)
+        while left and time.monotonic() < deadline:
+            time.sleep(0.5)
+            left = [p for p in pids_with_home(self.home) if alive(p)]
+        for pid in left:
+            log(f"[{self.name}] leftover pid={pid} {cmdline(pid)!r}: SIGKILL")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    # -- REST API
+
+    def api(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (200, 201)) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            f"{self.base_url}/api/v2{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                payload = resp.read()
+                status = resp.status
+        except urllib.error.HTTPError as e:
+            payload, status = e.read(), e.code
+        if status not in ok:
+            raise RuntimeError(f"{method} {path} -> {status}: {payload[:500]!r}")
+        return json.loads(payload) if payload else None
+
+    def wait_api(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.assert_running("api-server")
+            try:
+                self.api("GET", "/version")
+                return
+            except (OSError, RuntimeError):
+                time.sleep(0.5)
+        raise TimeoutError("api-server did not come up")
+
+    def assert_running(self, component: str) -> None:
+        proc = self.procs.get(component)
+        if proc is None or proc.poll() is not None:
+            tail = read_text(str(self.home / "component-logs" / f"{component}.log"))[-3000:]
+            raise RuntimeError(f"{component} is not running; log tail:\n{tail}")
+
+    def wait_dags(self, dag_ids: list[str], timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        missing = list(dag_ids)
+        while time.monotonic() < deadline:
+            self.assert_running("dag-processor")
+            missing = [d for d in missing if not self._dag_exists(d)]
+            if not missing:
+                return
+            time.sleep(1)
+        raise TimeoutError(f"DAGs never parsed: {missing}")
+
+    def _dag_exists(self, dag_id: str) -> bool:
+        try:
+            self.api("GET", f"/dags/{dag_id}")
+            return True
+        except RuntimeError:
+            return False
+
+    def wait_scheduler_healthy(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.assert_running("scheduler")
+            try:
+                health = self.api("GET", "/monitor/health")
+                if health.get("scheduler", {}).get("status") == "healthy":
+                    return
+            except (OSError, RuntimeError):
+                pass
+            time.sleep(0.5)
+        raise TimeoutError("scheduler never became healthy")
+
+    def trigger(self, dag_id: str, run_id: str) -> None:
+        self.api("POST", f"/dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": None})
+
+    def run_state(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        return self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")  # type: ignore[no-any-return]
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        out = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=1000")
+        return out["task_instances"]  # type: ignore[no-any-return]
+
+    def wait_run(self, dag_id: str, run_id: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.assert_running("scheduler")
+            state = self.run_state(dag_id, run_id)
+            if state["state"] in TERMINAL_RUN_STATES:
+                return state
+            time.sleep(0.2)
+        raise TimeoutError(f"run {dag_id}/{run_id} did not finish in {timeout}s")
+
+    def wait_tis(
+        self, dag_id: str, run_id: str, pred: Any, timeout: float, what: str
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.assert_running("scheduler")
+            tis = self.task_instances(dag_id, run_id)
+            if tis and pred(tis):
+                return tis
+            time.sleep(0.3)
+        raise TimeoutError(f"{dag_id}/{run_id}: timed out waiting for {what}")
+
+    def scheduler_log(self) -> str:
+        return read_text(str(self.home / "component-logs" / "scheduler.log"))
+
+
+def base_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "1024",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+    )
+    return env
+
+
+def migrate_template(root: Path) -> Path:
+    home = root / "template"
+    home.mkdir(parents=True)
+    env = base_env(home)
+    t0 = time.monotonic()
+    subprocess.run(
+        [*airflow_argv(), "db", "migrate"],
+        env=env,
+        cwd=home,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=600,
+        start_new_session=True,
+    )
+    log(f"db migrate took {time.monotonic() - t0:.1f}s")
+    return home / "airflow.db"
+
+
+# --------------------------------------------------------------------------------------------- JWT watch
+
+
+class JwtWatch:
+    """Samples every process's argv (what ``ps`` shows to any user) while tasks run, looking for a JWT."""
+
+    def __init__(self, workload_dir: Path | None = None) -> None:
+        self.hits: list[str] = []
+        self.samples = 0
+        self.workload_dir = workload_dir
+        self.file_seen: dict[str, tuple[float, float]] = {}  # workload file -> first, last seen
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="jwt-watch", daemon=True)
+
+    def __enter__(self) -> JwtWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pid in all_pids():
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        argv = f.read()
+                except OSError:
+                    continue
+                if JWT_RE.search(argv):
+                    self.hits.append(f"pid {pid}: {argv[:200]!r}")
+            if self.workload_dir is not None:
+                now = time.monotonic()
+                with contextlib.suppress(OSError):
+                    for name in os.listdir(self.workload_dir):
+                        first = self.file_seen.get(name, (now, now))[0]
+                        self.file_seen[name] = (first, now)
+            self.samples += 1
+            self._stop.wait(0.1)
+
+
+def grep_jwt(paths: list[Path]) -> tuple[int, list[str]]:
+    scanned, hits = 0, []
+    for root in paths:
+        files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
+        for p in files:
+            scanned += 1
+            try:
+                data = p.read_bytes()
+            except OSError:
+                continue
+            if JWT_RE.search(data):
+                hits.append(str(p))
+    return scanned, hits
+
+
+# --------------------------------------------------------------------------------------------- scenarios
+
+
+def scheduler_pss(stack: Stack) -> dict[str, int]:
+    sched = stack.procs["scheduler"].pid
+    kids = descendants(sched)
+    workers = [k for k in kids if "LocalExecutor" in cmdline(k)]
+    others = [k for k in kids if k not in workers]
+    sm = smaps(sched)
+    return {
+        "scheduler_rss_kb": sm.get("Rss", 0),
+        "scheduler_uss_kb": sm.get("Private_Clean", 0) + sm.get("Private_Dirty", 0),
+        "scheduler_kb": pss_kb(sched) or 0,
+        "workers_kb": sum(pss_kb(k) or 0 for k in workers),
+        "n_workers": len(workers),
+        "other_children_kb": sum(pss_kb(k) or 0 for k in others),
+        "n_other_children": len(others),
+    }
+
+
+PROBE = r"""
+import json, sys, time
+
+def mem():
+    out = {}
+    for line in open("/proc/self/smaps_rollup"):
+        parts = line.split()
+        if len(parts) == 3 and parts[2] == "kB":
+            out[parts[0].rstrip(":")] = int(parts[1])
+    return {"rss": out["Rss"], "uss": out.get("Private_Clean", 0) + out.get("Private_Dirty", 0)}
+
+import airflow.executors.base_executor  # what every executor pays; the scheduler has it already
+import airflow.executors.local_executor
+m0 = mem()
+from async_executor.airflow import AsyncLocalExecutor
+m1 = mem()
+ex = AsyncLocalExecutor(parallelism=int(sys.argv[1]))
+ex.start()
+time.sleep(2.0)
+for _ in range(20):
+    ex.heartbeat()
+m2 = mem()
+ex.end()
+print("PROBE " + json.dumps({"base": m0, "imported": m1, "started": m2}))
+"""
+
+
+def probe_executor_memory(stack: Stack, res: Results, parallelism: int) -> None:
+    """Executor-owned memory, measured directly: RSS/USS of a Python process before and after
+    importing our adapter and start()ing it at ``parallelism`` (no tasks), Airflow already imported."""
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, str(parallelism)],
+        env=stack.env,
+        cwd=stack.home,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("PROBE ")), None)
+    if proc.returncode != 0 or line is None:
+        res.check(f"[{stack.name}] executor memory probe ran", False, (proc.stdout + proc.stderr)[-1500:])
+        return
+    m = json.loads(line[len("PROBE ") :])
+    imp = m["imported"]["rss"] - m["base"]["rss"]
+    started = m["started"]["rss"] - m["imported"]["rss"]
+    uss = m["started"]["uss"] - m["base"]["uss"]
+    res.measure(
+        f"[{stack.name}] executor-owned memory @ parallelism {parallelism}, idle (probe)",
+        f"import +{imp / 1024:.1f} MB RSS, start() +{started / 1024:.1f} MB RSS; "
+        f"total +{(imp + started) / 1024:.1f} MB RSS / +{uss / 1024:.1f} MB USS "
+        f"(over a process that already imported Airflow's executors)",
+    )
+    stack.probe = getattr(stack, "probe", {})  # type: ignore[attr-defined]
+    stack.probe[parallelism] = (imp + started, uss)  # type: ignore[attr-defined]
+
+
+def start_stack(stack: Stack, dag_ids: list[str]) -> None:
+    stack.start(
+        "api-server", "api-server", "--host", "127.0.0.1", "--port", str(stack.api_port), "--workers", "1"
+    )
+    stack.start("dag-processor")
+    stack.wait_api()
+    stack.wait_dags(dag_ids)
+    stack.start("scheduler")
+    stack.wait_scheduler_healthy()
+
+
+def restart_scheduler(stack: Stack, parallelism: int) -> None:
+    stack.stop("scheduler")
+    stack.env["AIRFLOW__CORE__PARALLELISM"] = str(parallelism)
+    stack.start("scheduler")
+    stack.wait_scheduler_healthy()
+
+
+def measure_idle_pss(stack: Stack, res: Results, label: str, settle: float) -> None:
+    time.sleep(settle)
+    m = scheduler_pss(stack)
+    par = stack.env["AIRFLOW__CORE__PARALLELISM"]
+    res.measure(
+        f"{label} idle PSS @ parallelism {par}",
+        f"scheduler {m['scheduler_kb'] / 1024:.1f} MB + executor workers {m['workers_kb'] / 1024:.1f} MB "
+        f"({m['n_workers']} procs) = {(m['scheduler_kb'] + m['workers_kb']) / 1024:.1f} MB; "
+        f"scheduler RSS {m['scheduler_rss_kb'] / 1024:.1f} MB, USS {m['scheduler_uss_kb'] / 1024:.1f} MB "
+        f"[other children excluded: {m['n_other_children']} procs, {m['other_children_kb'] / 1024:.1f} MB]",
+    )
+    stack.pss = getattr(stack, "pss", {})  # type: ignore[attr-defined]
+    stack.pss[int(par)] = m  # type: ignore[attr-defined]
+
+
+def cpu_busy_seconds() -> float:
+    """System-wide busy CPU time (all cores) from /proc/stat."""
+    fields = [int(x) for x in read_text("/proc/stat").splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def scenario_fanout(stack: Stack, res: Results, runs: int) -> list[float]:
+    walls = []
+    for i in range(1, runs + 1):
+        run_id = f"fanout_{i}_{secrets.token_hex(3)}"
+        t0 = time.monotonic()
+        c0 = cpu_busy_seconds()
+        stack.trigger("e2e_fanout", run_id)
+        state = stack.wait_run("e2e_fanout", run_id, timeout=600)
+        wall = time.monotonic() - t0
+        cpu = cpu_busy_seconds() - c0
+        res.measure(
+            f"[{stack.name}] fan-out run {i} CPU, whole machine",
+            f"{cpu:.1f} CPU-s = {cpu / 40:.2f} CPU-s per task ({os.cpu_count()} cores)",
+        )
+        tis = stack.task_instances("e2e_fanout", run_id)
+        ok = [t for t in tis if t["state"] == "success"]
+        res.check(
+            f"[{stack.name}] fan-out run {i}: 40/40 tasks succeeded",
+            state["state"] == "success" and len(ok) == 40 and len(tis) == 40,
+            f"run={state['state']} success={len(ok)}/{len(tis)}",
+        )
+        res.measure(f"[{stack.name}] fan-out run {i} wall (trigger -> run terminal, polled)", f"{wall:.2f}s")
+        lat = _latencies(tis)
+        if lat:
+            res.measure(f"[{stack.name}] fan-out run {i} per task", lat)
+        walls.append(wall)
+    return walls
+
+
+def _parse_ts(value: str | None) -> float | None:
+    if not value:
+        return None
+    from datetime import datetime
+
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def _latencies(tis: list[dict[str, Any]]) -> str:
+    """Median / max of queued->start (executor launch + interpreter start-up) and start->end."""
+    import statistics
+
+    q2s, s2e = [], []
+    for t in tis:
+        q, st, en = (
+            _parse_ts(t.get("queued_when")),
+            _parse_ts(t.get("start_date")),
+            _parse_ts(t.get("end_date")),
+        )
+        if q is not None and st is not None:
+            q2s.append(st - q)
+        if st is not None and en is not None:
+            s2e.append(en - st)
+    if not q2s or not s2e:
+        return ""
+    return (
+        f"queued->running median {statistics.median(q2s):.2f}s max {max(q2s):.2f}s; "
+        f"running->done median {statistics.median(s2e):.2f}s max {max(s2e):.2f}s"
+    )
+
+
+def task_procs(home: Path, needle: str) -> list[int]:
+    return [p for p in pids_with_home(home) if needle in cmdline(p) and alive(p)]
+
+
+def scenario_failures(stack: Stack, res: Results) -> None:
+    dag = "e2e_failures"
+    run_id = f"failures_{secrets.token_hex(3)}"
+    stack.trigger(dag, run_id)
+
+    def by_id(tis: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {t["task_id"]: t for t in tis}
+
+    stack.wait_tis(
+        dag, run_id, lambda tis: by_id(tis)["killed"]["state"] == "running", 180, "'killed' running"
+    )
+    deadline = time.monotonic() + 60
+    while not task_procs(stack.home, "sleep 311") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pids_before = task_procs(stack.home, "sleep 311")
+    res.check(
+        f"[{stack.name}] long task's process is visible before marking it failed",
+        bool(pids_before),
+        str(pids_before),
+    )
+    time.sleep(2)
+    # the api-server's own executor instance serves a running task's log from our capture
+    if stack.executor != LOCAL_EXECUTOR:
+        logs = stack.api("GET", f"/dags/{dag}/dagRuns/{run_id}/taskInstances/killed/logs/1?full_content=true")
+        text = json.dumps(logs)
+        res.check(
+            f"[{stack.name}] api-server shows the running task's captured output (get_task_log)",
+            "Captured output of the task process" in text and "sleep 311" in text,
+            text[:300] if "Captured output" not in text else "",
+        )
+    stack.api("PATCH", f"/dags/{dag}/dagRuns/{run_id}/taskInstances/killed", {"new_state": "failed"})
+    t_mark = time.monotonic()
+    state = stack.wait_run(dag, run_id, timeout=300)
+    final = {t["task_id"]: t["state"] for t in stack.task_instances(dag, run_id)}
+    expected = {"ok": "success", "fails": "failed", "times_out": "failed", "killed": "failed"}
+    res.check(f"[{stack.name}] failures DAG final task states", final == expected, f"got {final}")
+    res.check(f"[{stack.name}] failures DAG run state is failed", state["state"] == "failed", state["state"])
+    # the task process of the marked-failed task must go away (supervisor gets 409 on heartbeat, kills it)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (
+        task_procs(stack.home, "sleep 311") or task_procs(stack.home, "sleep 307")
+    ):
+        time.sleep(0.5)
+    left = task_procs(stack.home, "sleep 311") + task_procs(stack.home, "sleep 307")
+    res.check(f"[{stack.name}] no leftover task processes after failures DAG", not left, f"left={left}")
+    if not left:
+        res.measure(
+            f"[{stack.name}] marked-failed task gone after", f"{time.monotonic() - t_mark:.1f}s (upper bound)"
+        )
+
+
+def scenario_adopt(stack: Stack, res: Results, drain_timeout: float, kill_grace: float) -> None:
+    dag = "e2e_adopt"
+    run_id = f"adopt_{secrets.token_hex(3)}"
+    stack.trigger(dag, run_id)
+    stack.wait_tis(
+        dag, run_id, lambda tis: all(t["state"] == "running" for t in tis), 180, "all 4 tasks running"
+    )
+    deadline = time.monotonic() + 60
+    while len(task_procs(stack.home, "sleep 40")) < 4 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    before = task_procs(stack.home, "sleep 40")
+    log(f"[{stack.name}] adopt: task processes before scheduler SIGTERM: {before}")
+    sched_log_offset = len(stack.scheduler_log())
+    hard_limit = drain_timeout + kill_grace + 60  # a hang detector, not a performance threshold
+    took = stack.stop("scheduler", timeout=hard_limit)
+    res.check(
+        f"[{stack.name}] scheduler exits on SIGTERM (executor end() is bounded)",
+        took is not None,
+        f"exited after {took:.1f}s" if took is not None else f"still alive after {hard_limit:.0f}s",
+    )
+    if took is not None:
+        res.measure(
+            f"[{stack.name}] scheduler SIGTERM -> exit", f"{took:.2f}s (drain_timeout={drain_timeout}s)"
+        )
+    survivors = [p for p in before if alive(p)]
+    log(f"[{stack.name}] adopt: task processes alive after scheduler exit: {survivors}")
+    stack.start("scheduler")
+    stack.wait_scheduler_healthy()
+    state = stack.wait_run(dag, run_id, timeout=300)
+    tis = stack.task_instances(dag, run_id)
+    tries = {t["task_id"]: (t["state"], t["try_number"]) for t in tis}
+    new_log = stack.scheduler_log()[sched_log_offset:]
+    adopted_all = state["state"] == "success" and all(s == "success" and n == 1 for s, n in tries.values())
+    if adopted_all:
+        res.check(
+            f"[{stack.name}] adoption: tasks survived the restart, adopted, not re-run", True, str(tries)
+        )
+    elif "adoption unavailable" in new_log or "journal=unavailable" in new_log:
+        res.pending(
+            f"[{stack.name}] adoption after scheduler restart",
+            "the executor reports adoption unavailable (core journal not landed yet); "
+            f"survivors after SIGTERM={len(survivors)}/{len(before)}; run={state['state']} tries={tries}",
+        )
+    else:
+        res.check(
+            f"[{stack.name}] adoption: tasks adopted, not re-run",
+            False,
+            f"run={state['state']} tries={tries}",
+        )
+    left = task_procs(stack.home, "sleep 40")
+    res.check(f"[{stack.name}] no leftover task processes after adoption scenario", not left, f"left={left}")
+
+
+def scenario_callback(stack: Stack, res: Results) -> None:
+    """A SyncCallback deadline alert: Airflow sends an ExecuteCallback workload to the executor."""
+    marker = stack.home / "callback-marker"
+    run_id = f"callback_{secrets.token_hex(3)}"
+    offset = len(stack.scheduler_log())
+    stack.trigger("e2e_callback", run_id)
+    deadline = time.monotonic() + 180
+    while not marker.exists() and time.monotonic() < deadline:
+        stack.assert_running("scheduler")
+        time.sleep(0.5)
+    res.check(
+        f"[{stack.name}] deadline SyncCallback ran through the executor (ExecuteCallback)",
+        marker.exists(),
+        read_text(str(marker)).strip() if marker.exists() else "no marker after 180s",
+    )
+    deadline = time.monotonic() + 60
+    ok = False
+    while time.monotonic() < deadline and not ok:
+        ok = re.search(r"Callback \S+ completed successfully", stack.scheduler_log()[offset:]) is not None
+        time.sleep(0.5)
+    res.check(f"[{stack.name}] scheduler recorded the callback as successful", ok)
+    stack.wait_run("e2e_callback", run_id, timeout=180)
+
+
+def scenario_jwt(stack: Stack, res: Results, watch: JwtWatch) -> None:
+    res.check(
+        "JWT regex self-test",
+        bool(JWT_RE.search(b"x eyJhbGciOiJIUzUxMiJ9.eyJzdWIiOiIxMjM0NTYifQ.c2lnbmF0dXJlX3Rlc3Q y")),
+    )
+    res.check(
+        f"[{stack.name}] no JWT in any process argv (ps) while tasks ran",
+        not watch.hits,
+        f"{watch.samples} samples of all processes; hits={watch.hits[:3]}",
+    )
+    scanned, hits = grep_jwt([stack.async_dir]) if stack.async_dir.exists() else (0, [])
+    res.check(
+        f"[{stack.name}] no JWT in our logs / state dir ({stack.async_dir})",
+        not hits and scanned > 0,
+        f"scanned {scanned} files; hits={hits[:5]}",
+    )
+    if watch.file_seen:
+        import statistics
+
+        lives = [last - first for first, last in watch.file_seen.values()]
+        res.measure(
+            f"[{stack.name}] workload file lifetime (sampled every 0.1 s)",
+            f"{len(lives)} files seen; median {statistics.median(lives):.2f}s, max {max(lives):.2f}s "
+            "(created at launch, removed once the task process has read it)",
+        )
+    leftovers = list(stack.async_dir.rglob("*.json")) if stack.async_dir.exists() else []
+    res.check(f"[{stack.name}] no workload files left behind", not leftovers, str(leftovers[:5]))
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--executor", default="async_executor.airflow.AsyncLocalExecutor", help="module path or LocalExecutor"
+    )
+    ap.add_argument("--parallelism", type=int, default=16)
+    ap.add_argument("--pss-parallelism", default="16,128", help="comma list; idle scheduler PSS at each")
+    ap.add_argument("--no-compare-local", action="store_true", help="skip the LocalExecutor side-by-side run")
+    ap.add_argument("--scenarios", default="fanout,failures,callback,adopt,jwt,pss")
+    ap.add_argument("--fanout-runs", type=int, default=2)
+    ap.add_argument("--require-adoption", action="store_true", help="treat pending adoption as a failure")
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--keep", action="store_true", help="keep the temporary AIRFLOW_HOMEs")
+    args = ap.parse_args(argv)
+
+    def on_term(signum: int, frame: object) -> None:  # run the finally (stop what we started)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+
+    scenarios = set(args.scenarios.split(","))
+    pss_pars = [int(p) for p in args.pss_parallelism.split(",") if p]
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="af-e2e-"))
+    root.mkdir(parents=True, exist_ok=True)
+    log(f"workdir {root}; python {sys.executable}")
+    af_version = subprocess.run(
+        [sys.executable, "-c", "import airflow; print(airflow.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    log(f"airflow {af_version}")
+
+    res = Results()
+    stacks: list[Stack] = []
+    walls: dict[str, list[float]] = {}
+    pss: dict[str, dict[int, dict[str, int]]] = {}
+    probes: dict[int, tuple[int, int]] = {}
+    try:
+        template_db = migrate_template(root)
+        plan = []
+        if not args.no_compare_local and args.executor != LOCAL_EXECUTOR:
+            plan.append(("local", LOCAL_EXECUTOR))
+        plan.append(("ours" if args.executor != LOCAL_EXECUTOR else "local", args.executor))
+        for name, executor in plan:
+            stack = Stack(name, root, executor, template_db, args.parallelism)
+            stacks.append(stack)
+            is_ours = executor == args.executor
+            log(f"=== stack {name}: executor {executor}, parallelism {args.parallelism} ===")
+            start_stack(stack, ["e2e_fanout", "e2e_failures", "e2e_adopt", "e2e_callback"])
+            with JwtWatch(stack.async_dir / "workloads") as watch:
+                if "pss" in scenarios and args.parallelism in pss_pars:
+                    measure_idle_pss(stack, res, name, settle=5)
+                if "fanout" in scenarios:
+                    walls[name] = scenario_fanout(stack, res, args.fanout_runs)
+                if is_ours and "failures" in scenarios:
+                    scenario_failures(stack, res)
+                if is_ours and "callback" in scenarios:
+                    scenario_callback(stack, res)
+                if is_ours and "adopt" in scenarios:
+                    drain = float(stack.env["AIRFLOW__ASYNC_EXECUTOR__DRAIN_TIMEOUT"])
+                    grace = float(stack.env["AIRFLOW__ASYNC_EXECUTOR__KILL_GRACE"])
+                    scenario_adopt(stack, res, drain, grace)
+            if is_ours and "jwt" in scenarios and executor != LOCAL_EXECUTOR:
+                scenario_jwt(stack, res, watch)
+            if "pss" in scenarios and executor != LOCAL_EXECUTOR:
+                for par in pss_pars:
+                    probe_executor_memory(stack, res, par)
+            if "pss" in scenarios:
+                for par in pss_pars:
+                    if par == args.parallelism:
+                        continue
+                    restart_scheduler(stack, par)
+                    measure_idle_pss(stack, res, name, settle=5)
+            pss[name] = getattr(stack, "pss", {})
+            probes.update(getattr(stack, "probe", {}))
+            stack.stop_all()
+            left = [p for p in pids_with_home(stack.home) if alive(p)]
+            res.check(f"[{name}] every process of this stack is gone after shutdown", not left, str(left))
+    except Exception as e:
+        import traceback
+
+        traceback.print_exc()
+        res.check("harness ran to completion", False, repr(e))
+    finally:
+        for stack in stacks:
+            stack.stop_all()
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+    print_summary(res, walls, pss, probes, args.parallelism)
+    return 1 if res.failed or (args.require_adoption and any(s == "PENDING" for s, _, _ in res.checks)) else 0
+
+
+def print_summary(
+    res: Results,
+    walls: dict[str, list[float]],
+    pss: dict[str, dict[int, dict[str, int]]],
+    probes: dict[int, tuple[int, int]],
+    par: int,
+) -> None:
+    print("\n" + "=" * 100)
+    print("CHECKS")
+    for status, name, detail in res.checks:
+        print(f"  {status:8} {name}" + (f"  ({detail})" if detail and status != "PASS" else ""))
+    if walls:
+        print(
+            f"\nFAN-OUT (40 BashOperator tasks, parallelism {par}), wall from trigger to terminal run state:"
+        )
+        for name, ws in walls.items():
+            print(f"  {name:6} " + "  ".join(f"run{i + 1}={w:6.2f}s" for i, w in enumerate(ws)))
+        if "local" in walls and "ours" in walls:
+            ratios = [o / lo for o, lo in zip(walls["ours"], walls["local"], strict=False) if lo > 0]
+            print("  ours/local: " + "  ".join(f"run{i + 1}={r:.2f}x" for i, r in enumerate(ratios)))
+    if pss:
+        print("\nIDLE PSS (no tasks running); 'other children' (serve-logs etc.) excluded:")
+        for name, by_par in pss.items():
+            for p, m in sorted(by_par.items()):
+                print(
+                    f"  {name:6} parallelism {p:4}: scheduler {m['scheduler_kb'] / 1024:7.1f} MB   "
+                    f"executor workers {m['workers_kb'] / 1024:7.1f} MB ({m['n_workers']:3} procs)   "
+                    f"total {(m['scheduler_kb'] + m['workers_kb']) / 1024:7.1f} MB"
+                )
+        if "local" in pss and "ours" in pss:
+            for p in sorted(set(pss["local"]) & set(pss["ours"])):
+                lo, ou = pss["local"][p], pss["ours"][p]
+                print(
+                    f"  parallelism {p}: executor-owned memory estimate: ours = scheduler RSS minus "
+                    f"LocalExecutor's scheduler RSS = "
+                    f"{(ou['scheduler_rss_kb'] - lo['scheduler_rss_kb']) / 1024:+.1f} MB; "
+                    f"LocalExecutor = its {lo['n_workers']} workers' PSS {lo['workers_kb'] / 1024:.1f} MB"
+                )
+    for p, (rss, uss) in sorted(probes.items()):
+        local = pss.get("local", {}).get(p)
+        versus = (
+            f"; LocalExecutor's {local['n_workers']} idle workers: {local['workers_kb'] / 1024:.1f} MB PSS"
+            if local
+            else ""
+        )
+        print(
+            f"  executor-owned memory, ours, parallelism {p}, idle: +{rss / 1024:.1f} MB RSS "
+            f"(+{uss / 1024:.1f} MB USS) over a process with Airflow imported{versus}"
+        )
+    if res.measurements:
+        print("\nALL MEASUREMENTS")
+        for name, value in res.measurements:
+            print(f"  {name}: {value}")
+    print("=" * 100)
+    print("RESULT:", "FAILED" if res.failed else "OK", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

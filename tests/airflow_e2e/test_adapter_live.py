@@ -1,0 +1,216 @@
+"""AsyncLocalExecutor driven directly, with real Airflow installed (no scheduler, no mocks).
+
+Run inside an Airflow venv: ``python -m pytest tests/airflow_e2e/test_adapter_live.py``.
+Skipped where Airflow is not installed. Plain commands (``sleep``, ``sh -c``) stand in for task
+processes so that stopping, revoking and draining can be observed precisely; the real task
+path (workloads through ``execute_workload``) is covered by ``run_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+airflow = pytest.importorskip("airflow")
+if not airflow.__version__.startswith("3."):
+    # Airflow 2's execute_async accepts only `airflow tasks run` commands; see check_airflow2.py
+    pytest.skip("these tests drive plain commands through Airflow 3's executor", allow_module_level=True)
+
+from airflow.models.taskinstancekey import TaskInstanceKey  # noqa: E402
+
+from async_executor.airflow import AsyncLocalExecutor  # noqa: E402
+
+
+@pytest.fixture
+def executor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AsyncLocalExecutor]:
+    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__WORKLOAD_DIR", str(tmp_path / "workloads"))
+    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__STATE_PATH", str(tmp_path / "state.db"))
+    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__KILL_GRACE", "1")
+    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__DRAIN_TIMEOUT", "1")
+    ex = AsyncLocalExecutor(parallelism=4)
+    ex.start()
+    yield ex
+    ex.terminate()
+
+
+def key(task: str, try_number: int = 1) -> TaskInstanceKey:
+    return TaskInstanceKey("dag", task, "run", try_number, -1)
+
+
+def wait_events(ex: AsyncLocalExecutor, keys: set[Any], timeout: float = 20) -> dict[Any, Any]:
+    got: dict[Any, Any] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ex.sync()
+        for k, v in ex.get_event_buffer().items():
+            got.setdefault(k, []).append(v)
+        if all(k in got and str(got[k][-1][0]) in ("success", "failed") for k in keys):
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"no terminal events for {keys - set(got)} in {timeout}s; got {got}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def test_init_is_cheap() -> None:
+    ex = AsyncLocalExecutor(parallelism=2)
+    assert ex._inner is None
+    assert "not started" in repr(ex)
+    ex.end()  # ending an executor that never started is a no-op
+    ex.terminate()
+
+
+def test_success_failure_and_running_state_with_pid(executor: AsyncLocalExecutor) -> None:
+    ok, bad = key("ok"), key("bad")
+    executor.execute_async(ok, ["sh", "-c", "echo hello; sleep 0.3"])
+    executor.execute_async(bad, ["sh", "-c", "echo boom >&2; exit 3"])
+    assert executor.running == {ok, bad}
+    assert executor.slots_available == 2
+    got = wait_events(executor, {ok, bad})
+    assert str(got[ok][-1][0]) == "success"
+    assert str(got[bad][-1][0]) == "failed"
+    assert "exited with status 3" in got[bad][-1][1]
+    assert "boom" in got[bad][-1][1]  # the tail of the captured output explains the failure
+    running = [v for v in got[ok] if str(v[0]) == "running"]
+    if running:  # reported when the start was seen before the end
+        assert running[0][1].isdigit()  # the pid, as external_executor_id
+    assert executor.running == set()
+
+
+def test_get_task_log_reads_the_capture(executor: AsyncLocalExecutor) -> None:
+    k = key("logged", try_number=2)
+    executor.execute_async(k, ["sh", "-c", "echo captured-line"])
+    wait_events(executor, {k})
+
+    class TI:
+        key = TaskInstanceKey("dag", "logged", "run", 5, -1)
+
+    messages, lines = executor.get_task_log(TI(), 2)
+    assert messages
+    assert "captured-line" in "".join(lines)
+    assert executor.get_task_log(TI(), 3) == ([], [])  # nothing captured for that try
+
+
+def test_terminate_stops_process_groups(executor: AsyncLocalExecutor, tmp_path: Path) -> None:
+    pidfile = tmp_path / "grandchild.pid"
+    k = key("long")
+    executor.execute_async(k, ["sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"])
+    deadline = time.monotonic() + 10
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    grandchild = int(pidfile.read_text())
+    assert pid_alive(grandchild)
+    t0 = time.monotonic()
+    executor.terminate()
+    took = time.monotonic() - t0
+    events = executor.get_event_buffer()
+    assert str(events[k][0]) == "failed"
+    assert "terminated" in events[k][1]
+    assert not pid_alive(grandchild)
+    print(f"terminate() took {took:.2f}s")
+
+
+def test_revoke_running_task_reports_nothing(executor: AsyncLocalExecutor) -> None:
+    k = key("revoked")
+    executor.execute_async(k, ["sleep", "60"])
+
+    class TI:
+        pass
+
+    ti = TI()
+    ti.key = k  # type: ignore[attr-defined]
+    time.sleep(0.3)
+    executor.revoke_task(ti=ti)
+    assert k not in executor.running
+    time.sleep(2.5)  # > kill_grace
+    executor.sync()
+    assert k not in executor.get_event_buffer()  # Airflow's contract: no event for a revoked task
+    assert executor._inner is not None
+    assert not executor._inner.has_task(k[:])
+
+
+def test_end_is_bounded_by_drain_timeout(executor: AsyncLocalExecutor) -> None:
+    k = key("sleeper")
+    executor.execute_async(k, ["sh", "-c", "trap '' TERM; sleep 60"])  # ignores SIGTERM
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    executor.end()
+    took = time.monotonic() - t0
+    # drain_timeout 1 s + kill_grace 1 s (+ the engine's margin); far from the task's 60 s
+    assert took < 30, took
+    events = executor.get_event_buffer()
+    assert str(events[k][0]) == "failed"
+    assert events[k][1].startswith("terminated")
+    print(f"end() took {took:.2f}s")
+
+
+def test_bad_executor_config_fails_the_task_not_the_caller(executor: AsyncLocalExecutor) -> None:
+    k = key("badconfig")
+    executor.execute_async(k, ["true"], executor_config={"async_executor": {"nope": 1}})
+    executor.running.add(k)  # what Airflow 2's BaseExecutor does after execute_async returns
+    executor.sync()
+    events = executor.get_event_buffer()
+    assert str(events[k][0]) == "failed"
+    assert "nope" in events[k][1]
+    assert k not in executor.running
+
+
+def test_executor_config_options_apply(executor: AsyncLocalExecutor, tmp_path: Path) -> None:
+    out = tmp_path / "env.txt"
+    k = key("opts")
+    executor.execute_async(
+        k,
+        ["sh", "-c", f'echo "$E2E_VAR $(pwd)" > {out}'],
+        executor_config={
+            "async_executor": {"env": {"E2E_VAR": "hello"}, "cwd": str(tmp_path)},
+            "KubernetesExecutor": {"ignored": True},
+        },
+    )
+    got = wait_events(executor, {k})
+    assert str(got[k][-1][0]) == "success"
+    assert out.read_text().strip() == f"hello {tmp_path}"
+
+
+def test_timeout_option_fails_the_task(executor: AsyncLocalExecutor) -> None:
+    k = key("timeout")
+    executor.execute_async(k, ["sleep", "30"], executor_config={"async_executor": {"timeout": 0.5}})
+    got = wait_events(executor, {k})
+    assert str(got[k][-1][0]) == "failed"
+    assert got[k][-1][1].startswith("timed_out")
+
+
+def test_sigterm_reaches_the_task_first(executor: AsyncLocalExecutor, tmp_path: Path) -> None:
+    marker = tmp_path / "got-term"
+    k = key("onkill")
+    executor.execute_async(k, ["sh", "-c", f"trap 'echo term > {marker}; exit 0' TERM; sleep 60 & wait"])
+    time.sleep(0.5)
+    executor.terminate()
+    assert marker.read_text().strip() == "term"  # SIGTERM first: a supervisor can run on_kill
+    assert signal.SIGTERM
+
+
+def test_provider_info_matches_airflows_schema() -> None:
+    import json
+    from importlib.resources import files
+
+    jsonschema = pytest.importorskip("jsonschema")
+    from async_executor._airflow.provider import get_provider_info
+
+    schema_file = files("airflow").joinpath("provider_info.schema.json")
+    if not schema_file.is_file():
+        pytest.skip("this Airflow ships no provider_info schema")
+    jsonschema.validate(get_provider_info(), json.loads(schema_file.read_text()))

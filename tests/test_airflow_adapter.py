@@ -1,0 +1,144 @@
+"""Airflow adapter pieces that need no Airflow: the missing-extra error, provider info, workload files.
+
+The adapter itself is exercised against real Airflow by ``tests/airflow_e2e`` (``nox -s airflow``).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from async_executor._airflow._workload_files import WorkloadFiles
+from async_executor._airflow.provider import EXECUTOR_PATH, get_provider_info
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def test_import_without_airflow_names_the_extra() -> None:
+    # sys.modules["airflow"] = None makes Airflow unimportable whether or not it is installed
+    proc = run_python(
+        """
+        import sys
+        sys.modules["airflow"] = None
+        try:
+            import async_executor.airflow
+        except ImportError as exc:
+            print("IMPORT-ERROR:", exc)
+        else:
+            print("imported")
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "IMPORT-ERROR:" in proc.stdout
+    assert 'pip install "async-local-executor[airflow]"' in proc.stdout
+
+
+def test_core_import_does_not_pull_in_airflow() -> None:
+    proc = run_python(
+        """
+        import sys
+        import async_executor, async_executor._airflow.provider, async_executor._airflow._workload_files
+        print(any(m == "airflow" or m.startswith("airflow.") for m in sys.modules))
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
+def test_provider_info_lists_the_executor_and_its_config() -> None:
+    info = get_provider_info()
+    assert info["package-name"] == "async-local-executor"
+    assert info["executors"] == [EXECUTOR_PATH]
+    options = info["config"]["async_executor"]["options"]
+    assert {"state_path", "log_dir", "kill_grace", "drain_timeout", "workload_dir"} <= set(options)
+
+
+def test_workload_file_is_private(tmp_path: Path) -> None:
+    files = WorkloadFiles(tmp_path / "wl")
+    files.open()
+    try:
+        assert stat.S_IMODE(os.stat(tmp_path / "wl").st_mode) == 0o700
+        path = files.write('{"token": "secret"}')
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert Path(path).read_text() == '{"token": "secret"}'
+    finally:
+        files.close()
+    assert not os.path.exists(path)
+
+
+def test_existing_directory_is_tightened(tmp_path: Path) -> None:
+    directory = tmp_path / "wl"
+    directory.mkdir(mode=0o755)
+    os.chmod(directory, 0o755)
+    files = WorkloadFiles(directory)
+    files.open()
+    files.close()
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux-only")
+def test_file_is_removed_once_a_reader_has_read_it(tmp_path: Path) -> None:
+    files = WorkloadFiles(tmp_path / "wl")
+    files.open()
+    try:
+        assert files.watching
+        path = files.write("payload")
+        other = files.write("other")
+        assert files.poll() == 0  # our own write is not a read
+        assert os.path.exists(path)
+        # a separate process reads it, like execute_workload --json-path does
+        subprocess.run([sys.executable, "-c", f"open({path!r}).read()"], check=True, timeout=60)
+        assert files.poll() == 1
+        assert not os.path.exists(path)
+        assert os.path.exists(other)  # untouched until read or discarded
+        assert files.live == 1
+    finally:
+        files.close()
+    assert not os.path.exists(other)
+
+
+def test_discard_is_idempotent(tmp_path: Path) -> None:
+    files = WorkloadFiles(tmp_path / "wl")
+    files.open()
+    path = files.write(b"x")
+    files.discard(path)
+    files.discard(path)
+    files.discard(None)
+    assert not os.path.exists(path)
+    assert files.live == 0
+    files.close()
+
+
+def test_open_sweeps_stale_files(tmp_path: Path) -> None:
+    directory = tmp_path / "wl"
+    directory.mkdir(mode=0o700)
+    (directory / "stale.json").write_text("old token")
+    (directory / "keep.txt").write_text("not ours")
+    files = WorkloadFiles(directory)
+    files.open()
+    files.close()
+    assert not (directory / "stale.json").exists()
+    assert (directory / "keep.txt").exists()
+
+
+def test_directory_must_be_a_directory(tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_text("")
+    with pytest.raises((RuntimeError, FileExistsError, NotADirectoryError)):
+        WorkloadFiles(target).open()
