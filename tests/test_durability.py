@@ -46,14 +46,31 @@ while True:
 """
 
 
-def start_life_one(tmp_path: Path, count: int, parallelism: int, template: str = "sleep {sleep}; exit {rc}",
-                   options: dict[str, Any] | None = None) -> subprocess.Popen[str]:
+def start_life_one(
+    tmp_path: Path,
+    count: int,
+    parallelism: int,
+    template: str = "sleep {sleep}; exit {rc}",
+    options: dict[str, Any] | None = None,
+) -> subprocess.Popen[str]:
     (tmp_path / "markers").mkdir(exist_ok=True)
     proc = subprocess.Popen(
-        [PY, "-c", LIFE_ONE, str(tmp_path / "state" / "journal.sqlite"), str(tmp_path / "logs"),
-         str(tmp_path / "markers"), str(tmp_path / "events-1"), str(count), str(parallelism), template,
-         json.dumps(options or {})],
-        stdout=subprocess.PIPE, text=True)
+        [
+            PY,
+            "-c",
+            LIFE_ONE,
+            str(tmp_path / "state" / "journal.sqlite"),
+            str(tmp_path / "logs"),
+            str(tmp_path / "markers"),
+            str(tmp_path / "events-1"),
+            str(count),
+            str(parallelism),
+            template,
+            json.dumps(options or {}),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "accepted"
     return proc
@@ -77,8 +94,13 @@ def life_one_events(tmp_path: Path) -> dict[Any, list[tuple[str, int | None]]]:
 
 
 def second_life(tmp_path: Path, **options: Any) -> AsyncExecutor:
-    ex = AsyncExecutor(parallelism=8, log_dir=tmp_path / "logs", state_path=tmp_path / "state" / "journal.sqlite",
-                       kill_grace=0.5, **options)
+    ex = AsyncExecutor(
+        parallelism=8,
+        log_dir=tmp_path / "logs",
+        state_path=tmp_path / "state" / "journal.sqlite",
+        kill_grace=0.5,
+        **options,
+    )
     ex.start()
     return ex
 
@@ -147,13 +169,18 @@ def test_adopted_tasks_are_terminated_with_their_group(tmp_path: Path) -> None:
     assert sorted(ex.adopt_all()) == [("t", 0), ("t", 1)]
     ex.terminate()
     events = ex.get_event_buffer()
-    assert {key for key, (_, info) in events.items() if info.reason is FailureReason.TERMINATED} == {("t", 0), ("t", 1)}
+    assert {key for key, (_, info) in events.items() if info.reason is FailureReason.TERMINATED} == {
+        ("t", 0),
+        ("t", 1),
+    }
     time.sleep(0.2)
     assert not any(pid_alive(pid) for pid in pids)
 
 
 def test_adopted_task_keeps_its_remaining_timeout(tmp_path: Path) -> None:
-    proc = start_life_one(tmp_path, count=1, parallelism=1, template="exec sleep 60", options={"timeout": 1.5})
+    proc = start_life_one(
+        tmp_path, count=1, parallelism=1, template="exec sleep 60", options={"timeout": 1.5}
+    )
     kill(proc)
     ex = second_life(tmp_path)
     try:
@@ -189,8 +216,16 @@ async def _fake_dead_executor_row(state: Path, pid: int, proc_start: int) -> Non
     await journal.register_executor("deadbeef", pid=999_999, proc_start=1, supervisor_socket=None)
     spec = TaskSpec(key=("reused", 1), argv=("sleep", "60"))
     journal.accepted("deadbeef", spec, accepted_at=time.time())
-    journal.started("deadbeef", spec.key, 1, pid=pid, pgid=pid, proc_start=proc_start, log_path=None,
-                    started_at=time.time())
+    journal.started(
+        "deadbeef",
+        spec.key,
+        1,
+        pid=pid,
+        pgid=pid,
+        proc_start=proc_start,
+        log_path=None,
+        started_at=time.time(),
+    )
     await journal.close()
 
 
@@ -271,7 +306,9 @@ def test_detach_needs_a_journal(tmp_path: Path) -> None:
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(delay=st.floats(min_value=0.0, max_value=1.2))
-def test_sigkill_at_a_random_point_loses_nothing(tmp_path_factory: pytest.TempPathFactory, delay: float) -> None:
+def test_sigkill_at_a_random_point_loses_nothing(
+    tmp_path_factory: pytest.TempPathFactory, delay: float
+) -> None:
     tmp_path = tmp_path_factory.mktemp("crash")
     count = 12
     proc = start_life_one(tmp_path, count=count, parallelism=4)
