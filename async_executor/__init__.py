@@ -16,6 +16,7 @@ from ._exceptions import (
     InvalidTaskError,
 )
 from ._executor import AsyncExecutor, TaskHandle
+from ._journal import JournalError
 from ._records import ExecutorStatistics, FailureReason, TaskInfo, TaskSpec, TaskState
 from ._spawn import Child, ExecLauncher, Launcher
 
@@ -30,6 +31,7 @@ __all__ = [
     "ExecutorStatistics",
     "FailureReason",
     "InvalidTaskError",
+    "JournalError",
     "Launcher",
     "TaskHandle",
     "TaskInfo",

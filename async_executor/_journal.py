@@ -68,6 +68,7 @@ import orjson
 
 from ._exceptions import AsyncExecutorError
 from ._records import TaskInfo, TaskSpec
+from ._spawn import proc_start_ticks
 from ._validation import check_key, plain_key
 
 logger = logging.getLogger("async_executor.journal")
@@ -78,7 +79,6 @@ __all__ = [
     "JournalError",
     "JournalRow",
     "RunSummary",
-    "read_proc_start",
     "redact",
     "same_process",
 ]
@@ -188,28 +188,12 @@ def _looks_secret(name: str) -> bool:
     return any(marker in upper for marker in SECRET_ENV_MARKERS)
 
 
-def read_proc_start(pid: int) -> int | None:
-    """The start time of process ``pid`` in clock ticks since boot (``/proc/PID/stat`` field 22),
-    or ``None`` when there is no such process (or no ``/proc``)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return None
-    # the command name (field 2) may contain spaces and ")": split after its last ")"
-    fields = data[data.rfind(b")") + 2 :].split()
-    try:
-        return int(fields[19])  # field 22 overall; fields[0] is field 3
-    except (IndexError, ValueError):
-        return None
-
-
 def same_process(pid: int | None, proc_start: int | None) -> bool:
     """True if ``pid`` is alive and is the process that started at ``proc_start`` (pid reuse
     makes a bare pid check unreliable). Without a recorded start time, never true."""
     if pid is None or proc_start is None or pid <= 0:
         return False
-    return read_proc_start(pid) == proc_start
+    return proc_start_ticks(pid) == proc_start
 
 
 def _key_json(key: Any) -> str:

@@ -191,7 +191,12 @@ def proc_start_ticks(pid: int) -> int | None:
             data = handle.read()
     except OSError:
         return None
-    return int(data.rsplit(b")", 1)[1].split()[19])
+    # The command name (field 2) may hold spaces and ")": split after its last ")".
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])  # field 22 overall; fields[0] is field 3
+    except (IndexError, ValueError):
+        return None
 
 
 class ProcessEvents(Protocol):

@@ -47,7 +47,8 @@ from typing import Any
 from _harness import Stopwatch, environment, format_table, heading, write_json
 
 from async_executor import TaskInfo, TaskSpec, TaskState
-from async_executor._journal import Journal, read_proc_start
+from async_executor._journal import Journal
+from async_executor._spawn import proc_start_ticks
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 LOG_DIR = "/root/.local/state/async-executor/logs/run-2024-06-01T12-00-00"
@@ -82,7 +83,7 @@ class _Driver:
         self.journal = journal
         self.executor_id = executor_id
         self.calls = 0.0
-        self.proc_start = read_proc_start(os.getpid())
+        self.proc_start = proc_start_ticks(os.getpid())
         now = time.time()
         self.specs = [_spec(i) for i in range(tasks)]
         # the engine's TaskInfo carries the spec's own key object, as here

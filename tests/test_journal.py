@@ -24,10 +24,10 @@ from async_executor._journal import (
     Journal,
     JournalError,
     JournalRow,
-    read_proc_start,
     redact,
     same_process,
 )
+from async_executor._spawn import proc_start_ticks
 
 pytestmark = pytest.mark.anyio
 
@@ -206,7 +206,7 @@ async def test_tries_latest_and_runs(db: Path) -> None:
 async def test_reopen_after_close_sees_everything(db: Path) -> None:
     async with opened(db) as j:
         await j.register_executor(
-            "ex1", pid=os.getpid(), proc_start=read_proc_start(os.getpid()), supervisor_socket="/run/s.sock"
+            "ex1", pid=os.getpid(), proc_start=proc_start_ticks(os.getpid()), supervisor_socket="/run/s.sock"
         )
         for i in range(50):
             j.accepted("ex1", spec(("k", i)), run="r", accepted_at=time.time())
@@ -759,7 +759,7 @@ async def test_secrets_never_reach_the_file(db: Path) -> None:
 
 
 def test_proc_start_identifies_a_process() -> None:
-    mine = read_proc_start(os.getpid())
+    mine = proc_start_ticks(os.getpid())
     assert isinstance(mine, int)
     assert mine > 0
     assert same_process(os.getpid(), mine)
@@ -767,7 +767,7 @@ def test_proc_start_identifies_a_process() -> None:
     assert not same_process(os.getpid(), None)
     child = subprocess.Popen(["true"])
     child.wait()
-    assert read_proc_start(child.pid) is None
+    assert proc_start_ticks(child.pid) is None
     assert not same_process(child.pid, mine)
 
 

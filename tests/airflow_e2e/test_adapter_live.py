@@ -143,18 +143,39 @@ def test_revoke_running_task_reports_nothing(executor: AsyncLocalExecutor) -> No
     assert not executor._inner.has_task(k[:])
 
 
-def test_end_is_bounded_by_drain_timeout(executor: AsyncLocalExecutor) -> None:
+def test_end_is_bounded_and_leaves_running_tasks_for_adoption(executor: AsyncLocalExecutor) -> None:
     k = key("sleeper")
-    executor.execute_async(k, ["sh", "-c", "trap '' TERM; sleep 60"])  # ignores SIGTERM
-    time.sleep(0.3)
+    executor.execute_async(k, ["sh", "-c", "trap '' TERM; echo $$; exec sleep 60"])  # ignores SIGTERM
+    events = {}
+    deadline = time.monotonic() + 10
+    while k not in events and time.monotonic() < deadline:  # the RUNNING event carries the pid
+        executor.sync()
+        events.update(executor.get_event_buffer())
+        time.sleep(0.05)
+    pid = int(events[k][1])
     t0 = time.monotonic()
     executor.end()
     took = time.monotonic() - t0
-    # drain_timeout 1 s + kill_grace 1 s (+ the engine's margin); far from the task's 60 s
-    assert took < 30, took
-    events = executor.get_event_buffer()
-    assert str(events[k][0]) == "failed"
-    assert events[k][1].startswith("terminated")
+    assert took < 30, took  # drain_timeout 1 s; far from the task's 60 s
+    assert k not in executor.get_event_buffer()  # no event: it was left running, not stopped
+    assert pid_alive(pid)
+    # The next scheduler's executor (same [async_executor] settings) adopts it, and can stop it.
+    nxt = AsyncLocalExecutor(parallelism=4)
+    nxt.start()
+    try:
+        ti = type("TI", (), {"key": k})()
+        assert list(nxt.try_adopt_task_instances([ti])) == []
+        assert k in nxt.running
+        nxt.terminate()
+        state, detail = nxt.get_event_buffer()[k]
+        assert str(state) == "failed"
+        assert str(detail).startswith("terminated")
+    finally:
+        nxt.terminate()
+    deadline = time.monotonic() + 5
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(pid)
     print(f"end() took {took:.2f}s")
 
 
