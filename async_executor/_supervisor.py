@@ -298,7 +298,47 @@ def main(argv: list[str] | None = None) -> None:
 READY_TIMEOUT = 30.0
 
 
-class SupervisorBackend:
+class _SupervisorLink:
+    """What both kinds of supervisor connection share: supervisor task ids <-> engine tokens."""
+
+    def __init__(self) -> None:
+        self._channel: Channel | None = None
+        self._events: ProcessEvents | None = None
+        self._tokens: dict[int, Any] = {}
+        self._token_ids: dict[Any, int] = {}
+
+    def bind(self, token: Any, task: int) -> None:
+        self._tokens[task] = token
+        self._token_ids[token] = task
+
+    def stop(self, token: Any) -> None:
+        self._send("stop", token)
+
+    def kill(self, token: Any) -> None:
+        self._send("kill", token)
+
+    def abandon(self, token: Any) -> None:
+        task = self._token_ids.get(token)
+        if task is not None:
+            self._forget(task)
+            self._send_id("forget", task)
+
+    def _send(self, op: str, token: Any) -> None:
+        task = self._token_ids.get(token)
+        if task is not None:
+            self._send_id(op, task)
+
+    def _send_id(self, op: str, task: int) -> None:
+        if self._channel is not None:
+            self._channel.send({"op": op, "id": task})
+
+    def _forget(self, task: int) -> Any:
+        token = self._tokens.pop(task, None)
+        self._token_ids.pop(token, None)
+        return token
+
+
+class SupervisorBackend(_SupervisorLink):
     """The engine's backend when tasks must outlive the executor: a supervisor owns them."""
 
     name = "supervisor"
@@ -308,13 +348,10 @@ class SupervisorBackend:
         self.executor_id = executor_id
         self.exits_path = os.path.join(state_dir, f"exits-{executor_id}.jsonl")
         self._log_path = os.path.join(state_dir, f"supervisor-{executor_id}.log")
+        super().__init__()
         self.supervisor_pid: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._events: ProcessEvents | None = None
-        self._channel: Channel | None = None
         self._ids = 0
-        self._tokens: dict[int, Any] = {}
-        self._token_ids: dict[Any, int] = {}
         self._pids: dict[int, int] = {}
         self._ready: asyncio.Future[None] | None = None
 
@@ -386,27 +423,13 @@ class SupervisorBackend:
         assert self._channel is not None
         self._ids += 1
         task = self._ids
-        self._tokens[task] = token
-        self._token_ids[token] = task
+        self.bind(token, task)
         if self._channel.closed:
             self._fail_spawn(task, "the task supervisor is not running")
             return
         self._channel.send(
             {"op": "spawn", "id": task, "argv": argv, "env": env, "cwd": cwd, "log": log_path, "tag": tag}
         )
-
-    def stop(self, token: Any) -> None:
-        self._command("stop", token)
-
-    def kill(self, token: Any) -> None:
-        self._command("kill", token)
-
-    def abandon(self, token: Any) -> None:
-        task = self._token_ids.pop(token, None)
-        if task is not None:
-            self._tokens.pop(task, None)
-            self._pids.pop(task, None)
-            self._command_id("forget", task)
 
     def close(self) -> None:
         """Let the supervisor go: it exits once idle, or keeps detached tasks for adoption."""
@@ -424,15 +447,6 @@ class SupervisorBackend:
             self._channel.close()
         if self.supervisor_pid is not None:
             _reap_later(self.supervisor_pid)
-
-    def _command(self, op: str, token: Any) -> None:
-        task = self._token_ids.get(token)
-        if task is not None:
-            self._command_id(op, task)
-
-    def _command_id(self, op: str, task: int) -> None:
-        if self._channel is not None:
-            self._channel.send({"op": op, "id": task})
 
     def _message(self, message: Message) -> None:
         assert self._events is not None
@@ -456,10 +470,9 @@ class SupervisorBackend:
             self._forget(task)
             self._events.exited(token, message.get("rc"), message.get("sig"))
 
-    def _forget(self, task: int) -> None:
-        token = self._tokens.pop(task, None)
-        self._token_ids.pop(token, None)
+    def _forget(self, task: int) -> Any:
         self._pids.pop(task, None)
+        return super()._forget(task)
 
     def _fail_spawn(self, task: int, detail: str) -> None:
         assert self._events is not None
@@ -494,7 +507,7 @@ class SupervisorBackend:
                 self._events.exited(token, None, None, "the task supervisor died; the task was killed")
 
 
-class AttachedSupervisor:
+class AttachedSupervisor(_SupervisorLink):
     """A connection to the supervisor of an earlier (dead) executor, for adoption.
 
     It owns tasks that executor started: the engine adopts them one by one (``bind``);
@@ -504,16 +517,13 @@ class AttachedSupervisor:
     name = "attached-supervisor"
 
     def __init__(self, executor_id: str, on_unadopted_exit: Callable[[Message], None]) -> None:
+        super().__init__()
         self.executor_id = executor_id
         #: The tasks it still runs, by supervisor task id: ``{"id", "tag", "pid", "start"}``.
         self.children: dict[int, Message] = {}
         self._on_unadopted_exit = on_unadopted_exit
         self._sock: socket.socket | None = None
         self._early = b""
-        self._channel: Channel | None = None
-        self._events: ProcessEvents | None = None
-        self._tokens: dict[int, Any] = {}
-        self._token_ids: dict[Any, int] = {}
 
     def connect(self, timeout: float = 5.0) -> bool:
         """Connect and read the list of running tasks; ``False`` if the supervisor is gone.
@@ -556,10 +566,6 @@ class AttachedSupervisor:
             self._sock.close()
             self._sock = None
 
-    def bind(self, token: Any, task: int) -> None:
-        self._tokens[task] = token
-        self._token_ids[token] = task
-
     def spawn(
         self,
         token: Any,
@@ -571,29 +577,11 @@ class AttachedSupervisor:
     ) -> None:
         raise RuntimeError("an adopted supervisor does not start new tasks")
 
-    def stop(self, token: Any) -> None:
-        self._send("stop", token)
-
-    def kill(self, token: Any) -> None:
-        self._send("kill", token)
-
-    def abandon(self, token: Any) -> None:
-        task = self._token_ids.pop(token, None)
-        if task is not None:
-            self._tokens.pop(task, None)
-            if self._channel is not None:
-                self._channel.send({"op": "forget", "id": task})
-
     def close(self) -> None:
         """Let go of the supervisor: it keeps running what is left, for a later executor."""
         if self._channel is not None and not self._channel.closed:
             self._channel.flush_blocking()
             self._channel.close()
-
-    def _send(self, op: str, token: Any) -> None:
-        task = self._token_ids.get(token)
-        if task is not None and self._channel is not None:
-            self._channel.send({"op": op, "id": task})
 
     def _message(self, message: Message) -> None:
         if message.get("op") != "exit":
@@ -602,11 +590,10 @@ class AttachedSupervisor:
         if not isinstance(task, int):
             return
         self.children.pop(task, None)
-        token = self._tokens.pop(task, None)
+        token = self._forget(task)
         if token is None:
             self._on_unadopted_exit(message)
             return
-        self._token_ids.pop(token, None)
         assert self._events is not None
         self._events.exited(token, message.get("rc"), message.get("sig"))
 
@@ -619,9 +606,8 @@ class AttachedSupervisor:
             len(self._tokens),
         )
         assert self._events is not None
-        for task, token in list(self._tokens.items()):
-            self._tokens.pop(task)
-            self._token_ids.pop(token, None)
+        for task in list(self._tokens):
+            token = self._forget(task)
             self._events.exited(token, None, None, "the task supervisor died; exit status unknown")
 
 
