@@ -287,12 +287,22 @@ class Stack:
             method=method,
             headers={"Content-Type": "application/json", "Accept": "application/json"},
         )
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                payload = resp.read()
-                status = resp.status
-        except urllib.error.HTTPError as e:
-            payload, status = e.read(), e.code
+        # GETs are retried: 16 cold Airflow interpreters on 2 cores can starve the api-server
+        # for longer than one request's timeout; that is load, not a failed check.
+        attempts = 4 if method == "GET" else 1
+        for attempt in range(attempts):
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    payload = resp.read()
+                    status = resp.status
+                break
+            except urllib.error.HTTPError as e:
+                payload, status = e.read(), e.code
+                break
+            except (TimeoutError, urllib.error.URLError) as e:
+                if attempt == attempts - 1:
+                    raise
+                log(f"[{self.name}] {method} {path}: {e!r}; retrying (api-server busy)")
         if status not in ok:
             raise RuntimeError(f"{method} {path} -> {status}: {payload[:500]!r}")
         return json.loads(payload) if payload else None
