@@ -358,6 +358,8 @@ class Engine:
         elif run.reason is FailureReason.TERMINATED:
             self.counters["terminated"] += 1
         detail = run.detail or detail
+        if detail is None and not succeeded and run.log_path is not None and _logs.disk_full(run.log_path):
+            detail = "the file system of its log is full: its output could not be written"
         if detail is None and returncode is None and signum is None:
             detail = "exit status lost (reaped elsewhere)"
         info = TaskInfo(

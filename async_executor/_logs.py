@@ -71,6 +71,15 @@ def enforce_cap(path: str, cap: int) -> bool:
     return True
 
 
+def disk_full(path: str) -> bool:
+    """Is the file system holding ``path`` out of space (for unprivileged writers)?"""
+    try:
+        stats = os.statvfs(os.path.dirname(path) or ".")
+    except OSError:
+        return False
+    return stats.f_bavail == 0
+
+
 def read_log(path: str, limit: int | None = None) -> tuple[list[str], list[str]]:
     """``(messages, log_lines)`` in the shape Airflow's ``get_task_log`` returns."""
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -172,3 +172,40 @@ def test_start_fails_clearly_when_log_dir_cannot_be_made(tmp_path: Path) -> None
     ex = AsyncExecutor(log_dir=blocker / "logs")
     with pytest.raises(OSError):
         ex.start()
+
+
+@pytest.fixture
+def full_log_dir(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs, filled up: task output cannot be written there."""
+    import subprocess
+
+    mount = tmp_path / "full"
+    mount.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+    ).returncode:
+        pytest.skip("mounting a small tmpfs needs root (CAP_SYS_ADMIN) here")
+    try:
+        with open(mount / "filler", "wb") as handle:
+            try:
+                handle.write(b"\0" * (1 << 20))
+            except OSError:
+                pass
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_log_disk_fails_that_task_clearly_and_others_run_on(full_log_dir: Path, tmp_path: Path) -> None:
+    ex = AsyncExecutor(parallelism=2, log_dir=full_log_dir, state_path=tmp_path / "state" / "journal.sqlite")
+    ex.start()
+    try:
+        ex.queue_command("chatty", [PY, "-c", "print('x' * 100000)"])
+        ex.queue_command("quiet", ["true"])
+        events = drain(ex)
+    finally:
+        ex.end()
+    assert events["quiet"][0][0] == TaskState.SUCCESS
+    state, info = events["chatty"][0]
+    assert state == TaskState.FAILED
+    assert "log is full" in (info.detail or "")
