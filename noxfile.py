@@ -34,6 +34,8 @@ def bench(session: nox.Session) -> None:
     """Benchmarks: ratios against baselines measured in the same run (see benchmarks/README.md)."""
     session.install("-e", ".")
     session.run("python", "benchmarks/bench_core.py", *session.posargs)
+    session.run("python", "benchmarks/bench_cli.py", *session.posargs)
+    session.run("python", "benchmarks/bench_journal.py", "--quick")
 
 
 @nox.session

@@ -1,0 +1,199 @@
+"""CLI benchmark: ``async-executor run -j 64`` against GNU parallel and xargs, whole-process wall time.
+
+    python benchmarks/bench_cli.py [--quick] [--out benchmarks/results/NAME.json]
+
+One job file of N ``/bin/true`` lines (default 2,000), run by:
+
+* ``async-executor run -j J FILE`` (each line split with shell rules, run without a shell), with
+  its journal and state in a fresh temporary directory per run (``ASYNC_EXECUTOR_HOME``);
+* ``parallel --will-cite -j J -a FILE`` (GNU parallel, each line a command);
+* ``xargs -P J -I{} -a FILE /bin/true`` (one ``/bin/true`` per line of the same file).
+
+Before timing, each batch runner gets an untimed 50-line job file of ``touch`` commands and must
+create all 50 files (so a runner that silently does nothing cannot win). A contender whose
+command is not on PATH, or that fails that check, is skipped with a note (GNU parallel on Debian:
+``apt-get install -y parallel``). Targets (issue 4): ``async-executor`` >= 3x GNU parallel and
+>= 0.9x ``xargs -P 64``; printed as information, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from _harness import (
+    Case,
+    Measurement,
+    Ratio,
+    Stopwatch,
+    Suite,
+    environment,
+    heading,
+    time_process,
+    write_json,
+    xargs_argv,
+)
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+WORKLOAD = "true-lines"
+LABELS = {WORKLOAD: "/bin/true lines"}
+BASELINES = (("vs parallel", "gnu-parallel"), ("vs xargs", "xargs"))
+
+
+def _ae_argv(ae_cmd: str, jobs: int) -> list[str] | None:
+    """``async-executor run`` argv without the job file, quiet when the CLI offers it;
+    ``None`` when it is not installed."""
+    base = shlex.split(ae_cmd)
+    if base[:1] == ["python"]:
+        base[0] = sys.executable  # not a version-manager shim: those cost ~75 ms per start here
+    if not base or shutil.which(base[0]) is None:
+        return None
+    help_text = subprocess.run([*base, "run", "--help"], capture_output=True, text=True, check=False).stdout
+    quiet = ["--quiet"] if "--quiet" in help_text else []
+    return [*base, "run", "-j", str(jobs), *quiet]
+
+
+def _runs_every_line(argv_prefix: Sequence[str], work: Path, lines: int = 50) -> str | None:
+    """Untimed check that a batch runner really runs each line of a job file: ``None`` if so."""
+    marks = work / "marks"
+    marks.mkdir()
+    job_file = work / "verify.txt"
+    job_file.write_text("".join(f"touch {marks}/{i}\n" for i in range(lines)))
+    proc = subprocess.run(
+        [*argv_prefix, str(job_file)],
+        cwd=work,
+        env=_private_env(work),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    ran = len(list(marks.iterdir()))
+    if ran == lines and proc.returncode == 0:
+        return None
+    tail = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
+    return f"ran {ran} of {lines} lines, exit code {proc.returncode}: {tail[:300]}"
+
+
+def _private_env(work: str | Path) -> dict[str, str]:
+    """The environment with the CLI's journal and any other state under ``work``."""
+    env = dict(os.environ)
+    for var in ("ASYNC_EXECUTOR_HOME", "XDG_STATE_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME"):
+        env[var] = str(work)
+    return env
+
+
+def _measure(argv: Sequence[str], tasks: int, timeout: float) -> Measurement:
+    """One whole-process run in a fresh working and state directory."""
+    with tempfile.TemporaryDirectory(prefix="bench-cli-") as work:
+        wall, rc = time_process(argv, cwd=work, env=_private_env(work), timeout=timeout)
+    return {"wall": wall, "ok": tasks if rc == 0 else 0, "failed": 0 if rc == 0 else tasks, "rc": rc}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--quick", action="store_true", help="1 repeat, 500 lines")
+    ap.add_argument("--out", help="results JSON (default benchmarks/results/cli[-quick].json)")
+    ap.add_argument("--repeats", type=int, help="repeats per contender (default 3, quick 1)")
+    ap.add_argument("--tasks", type=int, help="lines in the job file (default 2000, quick 500)")
+    ap.add_argument("-j", "--jobs", type=int, default=64, help="parallelism (default 64)")
+    ap.add_argument(
+        "--ae-cmd",
+        default="async-executor",
+        help="how to start the CLI under test (default: async-executor on PATH)",
+    )
+    args = ap.parse_args(argv)
+    tasks = args.tasks or (500 if args.quick else 2000)
+    repeats = args.repeats or (1 if args.quick else 3)
+    env = environment()
+    notes: list[str] = []
+    print(
+        f"bench_cli: python {env['python']}, {env['cpus']} cpus, load {env['loadavg_start']},"
+        f" {tasks} lines, -j {args.jobs}, repeats {repeats}{' (quick)' if args.quick else ''}",
+        flush=True,
+    )
+
+    true = shutil.which("true") or "/bin/true"
+    with tempfile.TemporaryDirectory(prefix="bench-cli-jobs-") as jobs_dir:
+        job_file = str(Path(jobs_dir) / "jobs.txt")
+        Path(job_file).write_text(f"{true}\n" * tasks)
+        contenders: list[tuple[str, list[str]]] = []
+        runners = {
+            "async-executor": (_ae_argv(args.ae_cmd, args.jobs), f"{args.ae_cmd!r} is not on PATH"),
+            "gnu-parallel": (
+                ["parallel", "--will-cite", "-j", str(args.jobs), "-a"] if shutil.which("parallel") else None,
+                "`parallel` is not on PATH (apt-get install -y parallel)",
+            ),
+        }
+        for name, (prefix, why_not) in runners.items():
+            if prefix is None:
+                notes.append(f"skipped {name}: {why_not}")
+                continue
+            with tempfile.TemporaryDirectory(prefix="bench-cli-verify-") as work:
+                problem = _runs_every_line(prefix, Path(work))
+            if problem:
+                notes.append(f"skipped {name}: it did not run a test job file properly ({problem})")
+                continue
+            contenders.append((name, [*prefix, job_file]))
+        contenders.append(("xargs", xargs_argv(args.jobs, [true], input_file=job_file)))
+        commands = dict(contenders)
+        timeout = 60.0 + tasks / 50.0
+        suite = Suite(lambda c: _measure(commands[c.contender], c.tasks, c.timeout), repeats)
+        with Stopwatch() as total:
+            suite.run_group(
+                [Case(WORKLOAD, args.jobs, name, tasks, timeout=timeout) for name, _ in contenders]
+            )
+
+    heading("CLI: whole-process wall time (median of repeats)")
+    print("vs X: speed relative to contender X (X wall / this wall; > 1 is faster)\n")
+    print(suite.table(LABELS, BASELINES))
+    found = [
+        suite.ratio("/bin/true", WORKLOAD, args.jobs, "async-executor", "gnu-parallel", target=">= 3.0"),
+        suite.ratio("/bin/true", WORKLOAD, args.jobs, "async-executor", "xargs", target=">= 0.9"),
+        suite.ratio("/bin/true", WORKLOAD, args.jobs, "gnu-parallel", "xargs"),
+    ]
+    ratios: list[Ratio] = [r for r in found if r is not None]
+    heading("Ratios against the issue's targets (information, not assertions)")
+    for ratio in ratios:
+        print(ratio.line())
+    if not ratios:
+        print("(none: a contender is missing)")
+    for r in suite.results:
+        if r.failed:
+            notes.append(f"{r.case.contender} exited non-zero: its runs are not comparable")
+    if notes:
+        heading("Notes")
+        for note in notes:
+            print(f"- {note}")
+
+    env["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    path = write_json(
+        args.out or RESULTS_DIR / ("cli-quick.json" if args.quick else "cli.json"),
+        {
+            "bench": "cli",
+            "schema": 1,
+            "quick": bool(args.quick),
+            "env": env,
+            "config": {"tasks": tasks, "jobs": args.jobs, "repeats": repeats},
+            "commands": {name: [a if a != job_file else "JOBS.txt" for a in cmd] for name, cmd in contenders},
+            "results": [r.to_json() for r in suite.results],
+            "ratios": [r.to_json() for r in ratios],
+            "notes": notes,
+        },
+    )
+    print(f"\nwrote {path} (total {total.elapsed:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())
