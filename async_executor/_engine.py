@@ -131,7 +131,6 @@ class Engine:
         self._admitting = False
         self._tagged = False
         self.accepting = True
-        self.closed = False
         self.counters = dict.fromkeys(
             (
                 "launched",
@@ -526,11 +525,12 @@ class Engine:
             return False
         return True
 
-    def take_pending(self) -> list[TaskSpec]:
-        """Remove and return every task still waiting for a slot."""
+    def fail_pending(self, reason: FailureReason, detail: str) -> None:
+        """Report every task still waiting for a slot as failed, in admission order, once each."""
         pending, self._pending = self._pending, []
         self._pending_keys.clear()
-        return [spec for _, _, spec, _ in sorted(pending)]
+        for _, _, spec, future in sorted(pending):
+            self._finish_unstarted(spec, future, reason, detail)
 
     def detach_all(self) -> list[Any]:
         """Forget every running task without stopping it (its supervisor keeps it); return keys."""
@@ -553,16 +553,11 @@ class Engine:
                 timeout,
             )
             await self.terminate()
-        self.closed = True
 
     async def terminate(self) -> None:
         """Fail every pending task and stop every running one; return when all are reported."""
         self.accepting = False
-        self.closed = True
-        pending, self._pending = self._pending, []
-        self._pending_keys.clear()
-        for _, _, spec, future in sorted(pending):
-            self._finish_unstarted(spec, future, FailureReason.TERMINATED, "terminated before it started")
+        self.fail_pending(FailureReason.TERMINATED, "terminated before it started")
         for run in list(self._runs.values()):
             if run.reason is None:
                 run.reason = FailureReason.TERMINATED

@@ -656,15 +656,12 @@ class AsyncExecutor:
             self._engine.accepting = False
             if not await self._engine.wait_idle(timeout):
                 self.detached = self._engine.detach_all()
-                self._engine.reject(
-                    self._engine.take_pending(),
-                    FailureReason.NOT_STARTED,
-                    "the executor ended before the task started",
+                self._engine.fail_pending(
+                    FailureReason.NOT_STARTED, "the executor ended before the task started"
                 )
                 logger.info(
                     "end(): left %d task(s) running for the next executor to adopt", len(self.detached)
                 )
-            self._engine.closed = True
         else:
             await self._engine.drain(timeout)
         self._engine.detach()

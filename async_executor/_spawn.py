@@ -27,6 +27,8 @@ from typing import Any, Protocol
 
 import attrs
 
+from ._logs import open_log
+
 logger = logging.getLogger("async_executor.spawn")
 
 HAVE_PIDFD = hasattr(os, "pidfd_open")
@@ -146,10 +148,10 @@ def signal_group(pgid: int, signum: int) -> bool:
     return True
 
 
-def reap(child: Child, *, block: bool = False) -> tuple[int | None, int | None] | None:
+def reap(child: Child) -> tuple[int | None, int | None] | None:
     """Collect an exited child's status as ``(returncode, signal)``; ``None`` if still running."""
     try:
-        pid, status = os.waitpid(child.pid, 0 if block else os.WNOHANG)
+        pid, status = os.waitpid(child.pid, os.WNOHANG)
     except ChildProcessError:
         # Already reaped elsewhere (e.g. by a stray waitpid(-1)): the status is lost.
         logger.warning("exit status of pid %d was collected by someone else", child.pid)
@@ -172,13 +174,6 @@ def _close_pidfd(child: Child) -> None:
     if child.pidfd is not None:
         os.close(child.pidfd)
         child.pidfd = None
-
-
-def signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
 
 
 def proc_start_ticks(pid: int) -> int | None:
@@ -254,7 +249,6 @@ class Backend(Protocol):
 
 #: Seconds between polls for children we could not get a pidfd for.
 POLL_INTERVAL = 0.02
-_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
 
 
 class LocalBackend:
@@ -290,10 +284,6 @@ class LocalBackend:
             os.close(self._devnull_w)
             self._devnull_w = -1
 
-    def pid_of(self, token: Any) -> int | None:
-        child = self._children.get(token)
-        return child.pid if child is not None else None
-
     def spawn(
         self,
         token: Any,
@@ -307,7 +297,7 @@ class LocalBackend:
         assert self._events is not None
         if log_path is not None:
             try:
-                out_fd = os.open(log_path, _LOG_FLAGS, 0o600)
+                out_fd = open_log(log_path)
             except OSError as exc:
                 self._events.spawn_failed(
                     token, exc, f"could not open log file {log_path}: {exc.strerror or exc}"
