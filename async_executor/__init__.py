@@ -16,6 +16,7 @@ from ._exceptions import (
     InvalidTaskError,
 )
 from ._executor import AsyncExecutor, TaskHandle
+from ._forkserver import WarmStart
 from ._journal import JournalError
 from ._records import ExecutorStatistics, FailureReason, TaskInfo, TaskSpec, TaskState
 from ._spawn import Child, ExecLauncher, Launcher
@@ -37,6 +38,7 @@ __all__ = [
     "TaskInfo",
     "TaskSpec",
     "TaskState",
+    "WarmStart",
 ]
 
 __version__ = "0.1.0"

@@ -140,6 +140,7 @@ class Engine:
                 "terminated",
                 "spawn_failures",
                 "resource_waits",
+                "warm_launched",
             ),
             0,
         )
@@ -302,11 +303,13 @@ class Engine:
 
     # ------------------------------------------------------------------ backend events
 
-    def spawned(self, run: _Run, pid: int, proc_start: int | None = None) -> None:
-        """The backend started the task's process."""
+    def spawned(self, run: _Run, pid: int, proc_start: int | None = None, warm: bool = False) -> None:
+        """The backend started the task's process (``warm``: forked by the fork server)."""
         assert self.loop is not None
         run.pid = pid
         self.counters["launched"] += 1
+        if warm:
+            self.counters["warm_launched"] += 1
         spec = run.spec
         if self.recorder is not None:
             self.recorder.started(spec, pid, proc_start, run.log_path, run.started_at)

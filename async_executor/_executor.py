@@ -28,6 +28,7 @@ from . import _logs
 from ._durable import Adoptable, JournalRecorder, adopt, info_from_exit, recover
 from ._engine import Engine
 from ._exceptions import DuplicateTaskError, ExecutorClosedError, ExecutorNotStartedError
+from ._forkserver import WarmStart
 from ._journal import Journal, JournalRow
 from ._loopthread import LoopThread
 from ._records import ExecutorStatistics, FailureReason, TaskInfo, TaskSpec, TaskState
@@ -103,6 +104,8 @@ class AsyncExecutor:
         ``"asyncio"`` or ``"uvloop"``. The async API always uses the caller's loop.
     :param report_running: also put a ``RUNNING`` event (with the pid) in the event buffer
         when a task starts; a later terminal event for the key replaces it.
+    :param warm_start: a :class:`WarmStart` rule: Python commands it accepts are forked by a
+        warm fork server (modules pre-imported) instead of exec'd; ``None``: all exec'd.
     """
 
     # Compatibility flags, with Airflow's meanings.
@@ -130,6 +133,7 @@ class AsyncExecutor:
         loop: str = "auto",
         report_running: bool = False,
         launcher: Launcher | None = None,
+        warm_start: WarmStart | None = None,
         state_path: str | os.PathLike[str] | _DefaultState | None = DEFAULT_STATE,
         retention_seconds: float | None = 7 * 86400,
         retention_tasks: int | None = 100_000,
@@ -178,10 +182,10 @@ class AsyncExecutor:
             if launcher is not None:
                 raise ValueError("a custom launcher runs in this process: pass state_path=None with it")
             backend: Backend = SupervisorBackend(
-                os.path.dirname(os.path.abspath(self.state_path)), self.executor_id
+                os.path.dirname(os.path.abspath(self.state_path)), self.executor_id, warm_start
             )
         else:
-            backend = LocalBackend(launcher)
+            backend = LocalBackend(launcher, warm_start)
         self._engine = Engine(
             parallelism=self.parallelism,
             log_dir=self.log_dir,

@@ -110,4 +110,6 @@ class ExecutorStatistics:
     spawn_failures: int
     #: Times admission waited because descriptors or processes ran out.
     resource_waits: int
+    #: Tasks forked by the warm fork server (a subset of ``launched``).
+    warm_launched: int
     loop: str

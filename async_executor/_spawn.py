@@ -6,11 +6,13 @@ group, and ``os.pidfd_open`` telling the event loop when the child exits. Tasks 
 ``cwd`` fall back to ``subprocess.Popen`` (vfork on 3.10+), because ``posix_spawn`` has no
 chdir action in Python. Exec errors surface synchronously as ``OSError``.
 
-Two seams. A :class:`Launcher` starts one process (``ExecLauncher`` today; a warm fork
-server is the planned second). A :class:`Backend` owns processes for the engine: spawn,
-stop, kill, and report ``spawned`` / ``spawn_failed`` / ``exited`` events. ``LocalBackend``
-does that in this process with a pidfd per child; ``_supervisor.SupervisorBackend`` does it
-in a small supervisor process that outlives the executor, so exit statuses are never lost.
+Two seams. A :class:`Launcher` starts one process (``ExecLauncher``); Python commands
+that a :class:`~._forkserver.WarmStart` rule accepts are forked by a warm fork server
+instead (``_forkserver.py``) and come back as ordinary children. A :class:`Backend` owns
+processes for the engine: spawn, stop, kill, and report ``spawned`` / ``spawn_failed`` /
+``exited`` events. ``LocalBackend`` does that in this process with a pidfd per child;
+``_supervisor.SupervisorBackend`` does it in a small supervisor process that outlives the
+executor, so exit statuses are never lost.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
 from ._logs import open_log
+
+if TYPE_CHECKING:
+    from ._forkserver import ForkServer, WarmStart
 
 logger = logging.getLogger("async_executor.spawn")
 
@@ -124,6 +129,30 @@ class ExecLauncher:
         return Child(popen.pid, None, popen)
 
 
+def _close(*fds: int) -> None:
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _start_error(argv: tuple[str, ...], cwd: str | None, exc: OSError) -> str:
+    where = f" in {cwd!r}" if cwd else ""
+    return f"could not start {argv[0]!r}{where}: {exc.strerror or exc}"
+
+
+def reap_in_background(pid: int) -> None:
+    """Collect a helper process's exit status (it exits soon) without blocking the loop."""
+    import threading
+
+    def wait() -> None:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+    threading.Thread(target=wait, name=f"async-executor-reaper-{pid}", daemon=True).start()
+
+
 def _pidfd(pid: int) -> int | None:
     if not HAVE_PIDFD:
         return None
@@ -197,7 +226,7 @@ def proc_start_ticks(pid: int) -> int | None:
 class ProcessEvents(Protocol):
     """What a backend reports to the engine (always on the engine's loop)."""
 
-    def spawned(self, token: Any, pid: int, proc_start: int | None = None) -> None: ...
+    def spawned(self, token: Any, pid: int, proc_start: int | None = None, warm: bool = False) -> None: ...
 
     def spawn_failed(self, token: Any, exc: OSError, detail: str) -> None: ...
 
@@ -256,8 +285,12 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, launcher: Launcher | None = None) -> None:
+    def __init__(self, launcher: Launcher | None = None, warm: WarmStart | None = None) -> None:
         self._launcher = launcher
+        self._warm_config = warm
+        #: The fork server for warm Python launches (started by its first launch).
+        self.forkserver: ForkServer | None = None
+        self._warm_tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: ProcessEvents | None = None
         self._children: dict[Any, Child] = {}
@@ -270,6 +303,11 @@ class LocalBackend:
         self._loop, self._events = loop, events
         if self._launcher is None:
             self._launcher = ExecLauncher()
+        if self._warm_config is not None:
+            from ._forkserver import ForkServer
+
+            base_env = getattr(self._launcher, "environment", lambda _: dict(os.environ))(None)
+            self.forkserver = ForkServer(self._warm_config, base_env)
         self._devnull_w = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
 
     async def wait_ready(self) -> None:
@@ -278,6 +316,10 @@ class LocalBackend:
     def close(self) -> None:
         if self._poll_handle is not None:
             self._poll_handle.cancel()
+        for task in self._warm_tasks:
+            task.cancel()
+        if self.forkserver is not None:
+            self.forkserver.close()
         if self._launcher is not None:
             self._launcher.close()
         if self._devnull_w >= 0:
@@ -293,25 +335,46 @@ class LocalBackend:
         log_path: str | None,
         tag: Any = None,
     ) -> None:
+        assert self._events is not None
+        if self.forkserver is not None and self.forkserver.accepts(argv, env):
+            assert self._loop is not None
+            task = self._loop.create_task(self._spawn_warm(token, argv, env, cwd, log_path))
+            self._warm_tasks.add(task)
+            task.add_done_callback(self._warm_tasks.discard)
+            return
+        out_fd = self._open_output(token, log_path)
+        if out_fd is None:
+            return
+        self._spawn_cold(token, argv, env, cwd, log_path, out_fd)
+
+    def _open_output(self, token: Any, log_path: str | None) -> int | None:
+        """The descriptor for the task's stdout+stderr; ``None`` (and the task failed) if none."""
+        if log_path is None:
+            return self._devnull_w
+        try:
+            return open_log(log_path)
+        except OSError as exc:
+            assert self._events is not None
+            self._events.spawn_failed(
+                token, exc, f"could not open log file {log_path}: {exc.strerror or exc}"
+            )
+            return None
+
+    def _spawn_cold(
+        self,
+        token: Any,
+        argv: tuple[str, ...],
+        env: Mapping[str, str] | None,
+        cwd: str | None,
+        log_path: str | None,
+        out_fd: int,
+    ) -> None:
         assert self._launcher is not None
         assert self._events is not None
-        if log_path is not None:
-            try:
-                out_fd = open_log(log_path)
-            except OSError as exc:
-                self._events.spawn_failed(
-                    token, exc, f"could not open log file {log_path}: {exc.strerror or exc}"
-                )
-                return
-        else:
-            out_fd = self._devnull_w
         try:
             child = self._launcher.launch(argv, env, cwd, out_fd)
         except OSError as exc:
-            where = f" in {cwd!r}" if cwd else ""
-            self._events.spawn_failed(
-                token, exc, f"could not start {argv[0]!r}{where}: {exc.strerror or exc}"
-            )
+            self._events.spawn_failed(token, exc, _start_error(argv, cwd, exc))
             return
         finally:
             if log_path is not None:
@@ -320,6 +383,54 @@ class LocalBackend:
         self._children[token] = child
         self._watch(token, child)
         self._events.spawned(token, child.pid)
+
+    async def _spawn_warm(
+        self,
+        token: Any,
+        argv: tuple[str, ...],
+        env: Mapping[str, str] | None,
+        cwd: str | None,
+        log_path: str | None,
+    ) -> None:
+        """Fork the task from the warm server; exec it cold if the server cannot serve it.
+
+        The child waits on a "go" pipe until it is registered here and ``spawned`` has been
+        reported (and, under a supervisor, journaled): closing the pipe unwritten makes it
+        exit without running, so a launch lost half-way never runs unwatched.
+        """
+        from ._forkserver import ForkServerUnavailable
+
+        assert self._events is not None
+        assert self.forkserver is not None
+        out_fd = self._open_output(token, log_path)
+        if out_fd is None:
+            return
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid = await self.forkserver.launch(argv, env, cwd, out_fd, go_r)
+        except ForkServerUnavailable as exc:
+            logger.info("warm launch of %r not possible (%s); exec'ing it", argv[2], exc)
+            _close(go_r, go_w)
+            self._spawn_cold(token, argv, env, cwd, log_path, out_fd)  # closes out_fd
+            return
+        except BaseException as exc:
+            _close(go_r, go_w, out_fd if log_path is not None else -1)
+            if not isinstance(exc, OSError):
+                raise
+            self._events.spawn_failed(token, exc, _start_error(argv, cwd, exc))
+            return
+        _close(go_r, out_fd if log_path is not None else -1)
+        child = Child(pid, _pidfd(pid))
+        self._children[token] = child
+        self._watch(token, child)
+        try:
+            self._events.spawned(token, pid, None, True)
+        finally:
+            try:
+                os.write(go_w, b"1")
+            except OSError:  # the child is gone already (e.g. stopped meanwhile): it is reaped
+                pass
+            os.close(go_w)
 
     def _watch(self, token: Any, child: Child) -> None:
         assert self._loop is not None

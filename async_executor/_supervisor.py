@@ -29,8 +29,9 @@ from typing import Any
 
 import orjson
 
+from ._forkserver import WarmStart
 from ._limits import raise_nofile_limit
-from ._spawn import LocalBackend, ProcessEvents, proc_start_ticks, signal_group
+from ._spawn import LocalBackend, ProcessEvents, proc_start_ticks, reap_in_background, signal_group
 
 logger = logging.getLogger("async_executor.supervisor")
 
@@ -166,10 +167,15 @@ class Supervisor(ProcessEvents):
     """Runs in the supervisor process: spawns for its owner, records every exit."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, control: socket.socket, exits_path: str, listen_name: str
+        self,
+        loop: asyncio.AbstractEventLoop,
+        control: socket.socket,
+        exits_path: str,
+        listen_name: str,
+        warm: WarmStart | None = None,
     ) -> None:
         self.loop = loop
-        self.backend = LocalBackend()
+        self.backend = LocalBackend(warm=warm)
         self.backend.open(loop, self)
         self.children: dict[int, Message] = {}
         self.owner: Channel | None = Channel(loop, control, self._message, self._owner_lost)
@@ -230,14 +236,14 @@ class Supervisor(ProcessEvents):
         self._send({"op": "children", "children": list(self.children.values())})
 
     # events from the backend
-    def spawned(self, token: Any, pid: int, proc_start: int | None = None) -> None:
+    def spawned(self, token: Any, pid: int, proc_start: int | None = None, warm: bool = False) -> None:
         child = self.children[token]
         child["pid"] = pid
         child["start"] = proc_start_ticks(pid)
         child["t0"] = _now()
         # Durable before anyone hears of it: a started task is never unknown to recovery.
         os.write(self.exits_fd, orjson.dumps({"ev": "spawn", **child}) + b"\n")
-        self._send({"op": "started", **child})
+        self._send({"op": "started", "warm": warm, **child})
 
     def spawn_failed(self, token: Any, exc: OSError, detail: str) -> None:
         self.children.pop(token, None)
@@ -264,10 +270,10 @@ def _now() -> float:
     return time.time()
 
 
-async def _serve(control_fd: int, exits_path: str, listen_name: str) -> None:
+async def _serve(control_fd: int, exits_path: str, listen_name: str, warm: WarmStart | None) -> None:
     loop = asyncio.get_running_loop()
     control = socket.socket(fileno=control_fd)
-    supervisor = Supervisor(loop, control, exits_path, listen_name)
+    supervisor = Supervisor(loop, control, exits_path, listen_name, warm)
     await supervisor.done
     if supervisor.owner is not None:
         supervisor.owner.flush_blocking()
@@ -279,7 +285,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--exits", required=True)
     parser.add_argument("--listen", required=True)
+    parser.add_argument("--warm", default=None, help="WarmStart as JSON")
     args = parser.parse_args(argv)
+    warm = WarmStart.from_json(orjson.loads(args.warm)) if args.warm else None
     raise_nofile_limit()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor[%(process)d] %(message)s")
     try:
@@ -288,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
         runner: Callable[..., Any] = uvloop.run
     except ImportError:
         runner = asyncio.run
-    runner(_serve(args.control_fd, args.exits, "\0" + args.listen))
+    runner(_serve(args.control_fd, args.exits, "\0" + args.listen, warm))
 
 
 # ---------------------------------------------------------------------------- executor side
@@ -343,7 +351,8 @@ class SupervisorBackend(_SupervisorLink):
 
     name = "supervisor"
 
-    def __init__(self, state_dir: str, executor_id: str) -> None:
+    def __init__(self, state_dir: str, executor_id: str, warm: WarmStart | None = None) -> None:
+        self.warm = warm
         self.state_dir = state_dir
         self.executor_id = executor_id
         self.exits_path = os.path.join(state_dir, f"exits-{executor_id}.jsonl")
@@ -383,6 +392,7 @@ class SupervisorBackend(_SupervisorLink):
                     self.exits_path,
                     "--listen",
                     socket_name(self.executor_id)[1:],
+                    *(["--warm", orjson.dumps(self.warm.to_json()).decode()] if self.warm else []),
                 ],
                 dict(os.environ),
                 file_actions=[
@@ -446,7 +456,7 @@ class SupervisorBackend(_SupervisorLink):
             self._channel.flush_blocking()
             self._channel.close()
         if self.supervisor_pid is not None:
-            _reap_later(self.supervisor_pid)
+            reap_in_background(self.supervisor_pid)
 
     def _message(self, message: Message) -> None:
         assert self._events is not None
@@ -461,7 +471,7 @@ class SupervisorBackend(_SupervisorLink):
         token = self._tokens[task]
         if op == "started":
             self._pids[task] = message["pid"]
-            self._events.spawned(token, message["pid"], message.get("start"))
+            self._events.spawned(token, message["pid"], message.get("start"), bool(message.get("warm")))
         elif op == "failed":
             self._forget(task)
             code = message.get("errno") or errno.EIO
@@ -609,19 +619,6 @@ class AttachedSupervisor(_SupervisorLink):
         for task in list(self._tokens):
             token = self._forget(task)
             self._events.exited(token, None, None, "the task supervisor died; exit status unknown")
-
-
-def _reap_later(pid: int) -> None:
-    """Collect the supervisor's exit status without blocking (it exits once idle)."""
-    import threading
-
-    def wait() -> None:
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
-
-    threading.Thread(target=wait, name="async-executor-supervisor-reaper", daemon=True).start()
 
 
 if __name__ == "__main__":

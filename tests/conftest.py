@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from async_executor import AsyncExecutor, TaskInfo, TaskState
+from async_executor import AsyncExecutor, TaskInfo, TaskState, WarmStart
 
 PY = sys.executable
 
@@ -34,10 +34,15 @@ def anyio_backend(request: pytest.FixtureRequest) -> Any:
     return request.param
 
 
-# Each sync-façade test runs in two modes that together cover both loops and both backends:
-# tasks spawned in this process (no journal), and tasks owned by the supervisor process.
+#: Warm start for the tests' own Python commands (``python -c ...``): forked by a fork server.
+WARM = WarmStart(inline_code=True, modules=("json.tool",), preload=("json", "subprocess"))
+
+# Each sync-façade test runs in three modes that together cover both loops, both backends and
+# both launchers: tasks spawned in this process (no journal), tasks owned by the supervisor
+# process, and the supervisor with warm start (its ``python -c`` tasks come from the fork server).
 MODES = [pytest.param({"loop": "asyncio", "state_path": None}, id="asyncio-local")]
 MODES.append(pytest.param({"loop": "uvloop" if HAVE_UVLOOP else "asyncio"}, id="uvloop-supervisor"))
+MODES.append(pytest.param({"loop": "asyncio", "warm_start": WARM}, id="warm-supervisor"))
 
 
 @pytest.fixture(params=MODES)

@@ -51,6 +51,8 @@ def test_children_never_see_more_than_parallelism(
     now, peak = map(int, counter.read_text().split())
     assert now == 0
     assert peak == parallelism  # reached, never exceeded
+    if "warm_start" in mode:
+        assert ex.statistics().warm_launched == len(events)
 
 
 def test_out_of_descriptors_waits_instead_of_failing(tmp_path: Path) -> None:

@@ -111,6 +111,8 @@ def test_terminate_stops_everything_within_grace(tmp_path: Path, mode: dict[str,
     with pytest.raises(ExecutorClosedError):
         ex.queue_command("late", ["true"])
     assert ex.statistics().terminated == 7
+    # in warm mode the four Python tasks came from the fork server; `sleep` never goes warm
+    assert ex.statistics().warm_launched == (4 if "warm_start" in mode else 0)
 
 
 def test_end_with_timeout_terminates_leftovers(tmp_path: Path) -> None:
