@@ -36,6 +36,8 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_core.py", *session.posargs)
     session.run("python", "benchmarks/bench_cli.py", *session.posargs)
     session.run("python", "benchmarks/bench_journal.py", "--quick")
+    # warm start: with Airflow's task SDK installed it measures real Airflow imports
+    session.run("python", "benchmarks/bench_warm.py", *session.posargs)
 
 
 @nox.session

@@ -70,6 +70,13 @@ def _names(value: Any) -> tuple[str, ...]:
     return names
 
 
+def _prefixes(value: Any) -> tuple[str, ...]:
+    prefixes = (value,) if isinstance(value, str) else tuple(value)
+    if not all(isinstance(prefix, str) and prefix for prefix in prefixes):
+        raise ValueError(f"match_env takes non-empty variable-name prefixes, not {value!r}")
+    return prefixes
+
+
 def _preload(value: Any) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -100,7 +107,7 @@ class WarmStart:
     #: The interpreter: the fork server runs it, and commands must name it.
     python: str = attrs.field(factory=lambda: sys.executable)
     #: Environment variable prefixes a warm task must not change.
-    match_env: tuple[str, ...] = attrs.field(default=("PYTHON",), converter=tuple)
+    match_env: tuple[str, ...] = attrs.field(default=("PYTHON",), converter=_prefixes)
     #: Seconds the fork server may take to import ``preload`` (then tasks are exec'd cold).
     start_timeout: float = DEFAULT_START_TIMEOUT
 
@@ -347,6 +354,7 @@ class _Server:
         if go != b"1":  # the owner never registered this pid: do not run unwatched
             os._exit(126)
         os.closerange(3, _fd_limit())
+        _set_title(request["argv"])
         for sig, handler in self.signals.items():
             try:
                 if signal.getsignal(sig) is not handler and handler is not None:
@@ -358,6 +366,20 @@ class _Server:
         os.environ.update(self.base_env)
         os.environ.update(request.get("env") or {})
         _finish(_run_main(request["argv"], self.base_path))
+
+
+def _set_title(argv: list[str]) -> None:  # pragma: no cover - in the child
+    """Show the task's own command in ``ps`` (a forked child still has the server's)."""
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(" ".join(argv))
+    except ImportError:  # at least the short name (prctl PR_SET_NAME, 15 bytes)
+        try:
+            with open("/proc/self/comm", "w") as handle:
+                handle.write(os.path.basename(argv[2] if argv[1] == "-m" else argv[0])[:15])
+        except OSError:
+            return
 
 
 def _thread_count() -> int:

@@ -33,6 +33,7 @@ print(json.dumps({
     "name": __name__, "pid": os.getpid(), "ppid": os.getppid(), "pgid": os.getpgid(0),
     "sid": os.getsid(0), "stdin": sys.stdin.read(), "random": random.random(),
     "frozen": gc.get_freeze_count(), "warm": "async_executor._forkserver" in sys.modules,
+    "cmdline": open("/proc/self/cmdline").read(),
 }))
 sys.exit(int(sys.argv[-1]))
 """
@@ -73,6 +74,8 @@ def test_a_warm_task_looks_like_a_fresh_interpreter(tmp_path: Path, local: bool)
     assert a["pid"] == info_a.pid == a["pgid"] == a["sid"]  # its own session and group
     assert a["stdin"] == ""  # /dev/null
     assert a["frozen"] > 0  # the fork server froze its heap before forking
+    assert "--control-fd" not in a["cmdline"]  # ps shows the task's command, not the server's
+    assert a["cmdline"].startswith(f"{PY} -c ")
     assert a["random"] != b["random"]  # reseeded in every child
     owner = os.getpid() if local else a["ppid"]
     assert a["ppid"] == b["ppid"] == owner  # a child of the owner, not of the fork server

@@ -7,6 +7,10 @@ Airflow is not installed.
   ``python -m airflow.sdk.execution_time.execute_workload --json-path FILE``; FILE is a 0600
   file (see ``_workload_files``) because the workload carries a JWT.
 * Airflow 2.11 hands over ``airflow tasks run ...`` command lists (``execute_async``).
+* Warm start is on by default (``[async_executor] warm_start``): these Python commands are
+  forked by a fork server that has Airflow's task-running modules imported already, instead
+  of paying ~1.5 s of imports per task. Tasks whose ``env`` changes ``AIRFLOW*`` or
+  ``PYTHON*`` variables are exec'd cold, since those shape what was imported.
 * ``sync()`` drains the engine's results without blocking and reports them with
   ``running_state`` (pid as the external executor id), ``success`` and ``fail``.
 """
@@ -31,6 +35,7 @@ from ._workload_files import WorkloadFiles
 
 if TYPE_CHECKING:
     from .._executor import AsyncExecutor
+    from .._forkserver import WarmStart
 
 _workloads: Any
 try:  # Airflow 3.x
@@ -43,6 +48,26 @@ _ExecuteTask: Any = getattr(_workloads, "ExecuteTask", None)
 _ExecuteCallback: Any = getattr(_workloads, "ExecuteCallback", None)
 
 WORKLOAD_MODULE = "airflow.sdk.execution_time.execute_workload"
+#: What the fork server imports for Airflow 3 workloads: everything a task needs before
+#: its own DAG file (measured: ~1.3 s of CPU and ~120 MB cold).
+PRELOAD_V3 = (
+    WORKLOAD_MODULE,
+    "airflow.executors.workloads",
+    "airflow.executors.base_executor",
+    "airflow.sdk.log",
+    "airflow.settings",
+    "airflow.sdk.execution_time.supervisor",
+    "airflow.sdk.execution_time.task_runner",
+    "pydantic",
+)
+#: ... and for Airflow 2 ``python -m airflow tasks run``.
+PRELOAD_V2 = (
+    "airflow.__main__",
+    "airflow.cli.cli_parser",
+    "airflow.cli.commands.task_command",
+    "airflow.jobs.local_task_job_runner",
+    "airflow.task.task_runner.standard_task_runner",
+)
 SECTION = "async_executor"
 #: ``executor_config`` keys read from ``executor_config["async_executor"]`` (per task).
 TASK_OPTIONS = ("timeout", "env", "cwd")
@@ -62,6 +87,8 @@ class Settings:
     drain_timeout: float
     log_max_bytes: int
     loop: str
+    warm_start: bool = True
+    warm_preload: tuple[str, ...] = ()
 
     @classmethod
     def from_conf(cls, conf: Any) -> Settings:
@@ -82,7 +109,17 @@ class Settings:
                 raise ValueError(f"[{SECTION}] {key} must not be negative, not {raw!r}")
             return value
 
+        def flag(key: str, default: str) -> bool:
+            raw = get(key, default).strip().lower()
+            if raw in ("true", "1", "yes", "on"):
+                return True
+            if raw in ("false", "0", "no", "off"):
+                return False
+            raise ValueError(f"[{SECTION}] {key} must be true or false, not {raw!r}")
+
         return cls(
+            warm_start=flag("warm_start", "true"),
+            warm_preload=tuple(name.strip() for name in get("warm_preload", "").split(",") if name.strip()),
             state_path=os.path.expanduser(get("state_path", os.path.join(base, "state.db"))),
             log_dir=os.path.expanduser(get("log_dir", os.path.join(base, "logs"))),
             workload_dir=os.path.expanduser(get("workload_dir", os.path.join(base, "workloads"))),
@@ -164,6 +201,7 @@ class AsyncLocalExecutor(BaseExecutor):  # type: ignore[misc,unused-ignore]  # A
             "loop": settings.loop,
             "report_running": True,
             "state_path": settings.state_path,
+            "warm_start": self._warm_start(settings),
         }
         parallelism = self.parallelism if self.parallelism and self.parallelism > 0 else _UNLIMITED
         inner = AsyncExecutor(parallelism, **kwargs)
@@ -173,13 +211,26 @@ class AsyncLocalExecutor(BaseExecutor):  # type: ignore[misc,unused-ignore]  # A
         inner.start()
         self._inner = inner
         self.log.info(
-            "async_executor started: parallelism=%s log_dir=%s journal=%s workload files=%s (inotify %s)",
+            "async_executor started: parallelism=%s warm start=%s log_dir=%s journal=%s "
+            "workload files=%s (inotify %s)",
             parallelism,
+            "on" if settings.warm_start else "off",
             settings.log_dir,
             settings.state_path,
             settings.workload_dir if self._files else "-",
             "on" if self._files and self._files.watching else "off",
         )
+
+    @staticmethod
+    def _warm_start(settings: Settings) -> WarmStart | None:
+        """The fork-server rule for Airflow's task commands (``None`` when switched off)."""
+        if not settings.warm_start:
+            return None
+        from .._forkserver import WarmStart
+
+        modules = (WORKLOAD_MODULE,) if AIRFLOW_V3 else ("airflow",)
+        preload = (PRELOAD_V3 if AIRFLOW_V3 else PRELOAD_V2) + settings.warm_preload
+        return WarmStart(modules=modules, preload=preload, match_env=("PYTHON", "AIRFLOW"))
 
     # ------------------------------------------------------------------ Airflow 3: workloads
 
@@ -256,7 +307,8 @@ class AsyncLocalExecutor(BaseExecutor):  # type: ignore[misc,unused-ignore]  # A
                 self.validate_airflow_tasks_run_command(command)
             argv = list(command)
             if argv and argv[0] == "airflow":
-                argv[:1] = _airflow_cli()
+                # warm start forks `python -m airflow`; cold, the console script is the same
+                argv[:1] = [sys.executable, "-m", "airflow"] if self.settings.warm_start else _airflow_cli()
             options = _task_options(executor_config)
             inner.execute_async(engine_key, argv, queue=queue, executor_config=options or None)
         except Exception as exc:

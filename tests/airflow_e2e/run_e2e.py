@@ -8,7 +8,8 @@ the ``airflow`` extra) installed::
 
 ``--executor LocalExecutor`` runs the same scenarios against Airflow's own executor (used to validate the
 harness).  By default the 40-task fan-out and the idle-memory measurement are also run under Airflow's
-LocalExecutor, in the same run, so the numbers are printed side by side.
+LocalExecutor, and the fan-out under our executor with warm start switched off ("cold": one fresh
+interpreter per task), in the same run, so the three are printed side by side.
 
 Everything is real: a temporary AIRFLOW_HOME with SQLite, ``airflow db migrate``, the three components on
 free 127.0.0.1 ports, DAGs triggered through the REST API.  Wall times and PSS are *printed*, never
@@ -185,7 +186,15 @@ class Results:
 class Stack:
     """One AIRFLOW_HOME with its api-server, dag-processor and scheduler, configured through env vars."""
 
-    def __init__(self, name: str, root: Path, executor: str, template_db: Path, parallelism: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        root: Path,
+        executor: str,
+        template_db: Path,
+        parallelism: int,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.home = root / name
         self.home.mkdir(parents=True)
@@ -216,6 +225,7 @@ class Stack:
                 "AIRFLOW__ASYNC_EXECUTOR__DRAIN_TIMEOUT": "5",
             }
         )
+        self.env.update(extra_env or {})
 
     # -- processes
 
@@ -494,7 +504,14 @@ def grep_jwt(paths: list[Path]) -> tuple[int, list[str]]:
 def scheduler_pss(stack: Stack) -> dict[str, int]:
     sched = stack.procs["scheduler"].pid
     kids = descendants(sched)
-    workers = [k for k in kids if "LocalExecutor" in cmdline(k)]
+    # the executor's own helper processes: LocalExecutor's workers; our supervisor and fork server
+    workers = [
+        k
+        for k in kids
+        if re.search(
+            r"LocalExecutor|async_executor\._supervisor|async_executor\._forkserver.*--control-fd", cmdline(k)
+        )
+    ]
     others = [k for k in kids if k not in workers]
     sm = smaps(sched)
     return {
@@ -582,7 +599,7 @@ def restart_scheduler(stack: Stack, parallelism: int) -> None:
     stack.wait_scheduler_healthy()
 
 
-def measure_idle_pss(stack: Stack, res: Results, label: str, settle: float) -> None:
+def measure_idle_pss(stack: Stack, res: Results, label: str, settle: float, after: bool = False) -> None:
     time.sleep(settle)
     m = scheduler_pss(stack)
     par = stack.env["AIRFLOW__CORE__PARALLELISM"]
@@ -593,8 +610,9 @@ def measure_idle_pss(stack: Stack, res: Results, label: str, settle: float) -> N
         f"scheduler RSS {m['scheduler_rss_kb'] / 1024:.1f} MB, USS {m['scheduler_uss_kb'] / 1024:.1f} MB "
         f"[other children excluded: {m['n_other_children']} procs, {m['other_children_kb'] / 1024:.1f} MB]",
     )
-    stack.pss = getattr(stack, "pss", {})  # type: ignore[attr-defined]
-    stack.pss[int(par)] = m  # type: ignore[attr-defined]
+    attr = "pss_after" if after else "pss"
+    setattr(stack, attr, getattr(stack, attr, {}))
+    getattr(stack, attr)[int(par)] = m
 
 
 def cpu_busy_seconds() -> float:
@@ -602,6 +620,33 @@ def cpu_busy_seconds() -> float:
     fields = [int(x) for x in read_text("/proc/stat").splitlines()[0].split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def helper_processes(stack: Stack, module: str) -> list[int]:
+    """Live descendants of the scheduler running ``async_executor.<module>``."""
+    sched = stack.procs["scheduler"].pid
+    return [k for k in descendants(sched) if f"async_executor.{module}" in cmdline(k) and alive(k)]
+
+
+def check_launch_path(stack: Stack, res: Results, warm: bool) -> None:
+    """Warm start really served the tasks (or, switched off, never started a fork server)."""
+    logs = "".join(read_text(str(p)) for p in stack.async_dir.glob("supervisor-*.log"))
+    # warm tasks are forked from the fork server, so its command line is not enough to find it
+    started = [int(pid) for pid in re.findall(r"fork server pid (\d+) ready", logs)]
+    servers = [pid for pid in helper_processes(stack, "_forkserver") if "--control-fd" in cmdline(pid)]
+    if warm:
+        res.check(
+            f"[{stack.name}] one fork server, started once, runs under the supervisor after the fan-out",
+            len(started) == 1 and servers == started,
+            f"started: {started}, running: {servers}",
+        )
+        res.check(
+            f"[{stack.name}] the fork server preloaded Airflow without errors",
+            "fork server pid" in logs and "could not preload" not in logs and "switched off" not in logs,
+            logs[-1500:],
+        )
+    else:
+        res.check(f"[{stack.name}] warm start off: no fork server", not servers, f"fork servers: {servers}")
 
 
 def scenario_fanout(stack: Stack, res: Results, runs: int) -> list[float]:
@@ -836,6 +881,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parallelism", type=int, default=16)
     ap.add_argument("--pss-parallelism", default="16,128", help="comma list; idle scheduler PSS at each")
     ap.add_argument("--no-compare-local", action="store_true", help="skip the LocalExecutor side-by-side run")
+    ap.add_argument("--no-compare-cold", action="store_true", help="skip the fan-out with warm start off")
     ap.add_argument("--scenarios", default="fanout,failures,callback,adopt,jwt,pss")
     ap.add_argument("--fanout-runs", type=int, default=2)
     ap.add_argument("--require-adoption", action="store_true", help="treat pending adoption as a failure")
@@ -868,14 +914,23 @@ def main(argv: list[str] | None = None) -> int:
     probes: dict[int, tuple[int, int]] = {}
     try:
         template_db = migrate_template(root)
-        plan = []
+        plan: list[tuple[str, str, dict[str, str]]] = []
         if not args.no_compare_local and args.executor != LOCAL_EXECUTOR:
-            plan.append(("local", LOCAL_EXECUTOR))
-        plan.append(("ours" if args.executor != LOCAL_EXECUTOR else "local", args.executor))
-        for name, executor in plan:
-            stack = Stack(name, root, executor, template_db, args.parallelism)
+            plan.append(("local", LOCAL_EXECUTOR, {}))
+        if not args.no_compare_cold and args.executor != LOCAL_EXECUTOR and "fanout" in scenarios:
+            plan.append(("cold", args.executor, {"AIRFLOW__ASYNC_EXECUTOR__WARM_START": "False"}))
+        plan.append(("ours" if args.executor != LOCAL_EXECUTOR else "local", args.executor, {}))
+        for name, executor, extra_env in plan:
+            stack = Stack(name, root, executor, template_db, args.parallelism, extra_env)
             stacks.append(stack)
-            is_ours = executor == args.executor
+            is_ours = executor == args.executor and name == "ours"
+            if name == "cold":  # only the fan-out, to compare launch paths
+                log(f"=== stack {name}: executor {executor} without warm start ===")
+                start_stack(stack, ["e2e_fanout"])
+                walls[name] = scenario_fanout(stack, res, args.fanout_runs)
+                check_launch_path(stack, res, warm=False)
+                stack.stop_all()
+                continue
             log(f"=== stack {name}: executor {executor}, parallelism {args.parallelism} ===")
             start_stack(stack, ["e2e_fanout", "e2e_failures", "e2e_adopt", "e2e_callback"])
             with JwtWatch(stack.async_dir / "workloads") as watch:
@@ -883,6 +938,10 @@ def main(argv: list[str] | None = None) -> int:
                     measure_idle_pss(stack, res, name, settle=5)
                 if "fanout" in scenarios:
                     walls[name] = scenario_fanout(stack, res, args.fanout_runs)
+                    if executor != LOCAL_EXECUTOR:
+                        check_launch_path(stack, res, warm=True)
+                    if "pss" in scenarios:
+                        measure_idle_pss(stack, res, f"{name} after fan-out", settle=3, after=True)
                 if is_ours and "failures" in scenarios:
                     scenario_failures(stack, res)
                 if is_ours and "callback" in scenarios:
@@ -903,6 +962,8 @@ def main(argv: list[str] | None = None) -> int:
                     restart_scheduler(stack, par)
                     measure_idle_pss(stack, res, name, settle=5)
             pss[name] = getattr(stack, "pss", {})
+            if getattr(stack, "pss_after", None):
+                pss[f"{name}+"] = stack.pss_after  # type: ignore[attr-defined]
             probes.update(getattr(stack, "probe", {}))
             stack.stop_all()
             left = [p for p in pids_with_home(stack.home) if alive(p)]
@@ -939,9 +1000,15 @@ def print_summary(
         )
         for name, ws in walls.items():
             print(f"  {name:6} " + "  ".join(f"run{i + 1}={w:6.2f}s" for i, w in enumerate(ws)))
-        if "local" in walls and "ours" in walls:
-            ratios = [o / lo for o, lo in zip(walls["ours"], walls["local"], strict=False) if lo > 0]
-            print("  ours/local: " + "  ".join(f"run{i + 1}={r:.2f}x" for i, r in enumerate(ratios)))
+        for name in ("cold", "ours"):
+            if "local" in walls and name in walls:
+                ratios = [o / lo for o, lo in zip(walls[name], walls["local"], strict=False) if lo > 0]
+                label = "warm" if name == "ours" else name
+                print(
+                    f"  {label}/local: "
+                    + "  ".join(f"run{i + 1}={r:.2f}x" for i, r in enumerate(ratios))
+                    + ("   (target <= 0.8x)" if name == "ours" else "")
+                )
     if pss:
         print("\nIDLE PSS (no tasks running); 'other children' (serve-logs etc.) excluded:")
         for name, by_par in pss.items():
@@ -959,6 +1026,19 @@ def print_summary(
                     f"LocalExecutor's scheduler RSS = "
                     f"{(ou['scheduler_rss_kb'] - lo['scheduler_rss_kb']) / 1024:+.1f} MB; "
                     f"LocalExecutor = its {lo['n_workers']} workers' PSS {lo['workers_kb'] / 1024:.1f} MB"
+                )
+        if "local+" in pss and "ours+" in pss:
+            for p in sorted(set(pss["local+"]) & set(pss["ours+"])):
+                lo, ou = pss["local+"][p], pss["ours+"][p]
+                in_scheduler = probes.get(p, (0, 0))[0]
+                owned = ou["workers_kb"] + in_scheduler
+                ratio = owned / lo["workers_kb"] if lo["workers_kb"] else float("nan")
+                print(
+                    f"  parallelism {p}, idle after the fan-out: executor-owned memory, ours = supervisor + "
+                    f"fork server PSS {ou['workers_kb'] / 1024:.1f} MB + in-scheduler "
+                    f"{in_scheduler / 1024:.1f} MB RSS = {owned / 1024:.1f} MB; LocalExecutor's "
+                    f"{lo['n_workers']} workers {lo['workers_kb'] / 1024:.1f} MB PSS; "
+                    f"ratio {ratio:.2f} (target < 0.20)"
                 )
     for p, (rss, uss) in sorted(probes.items()):
         local = pss.get("local", {}).get(p)
