@@ -403,6 +403,13 @@ class Stack:
 
 def base_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    # SQLite's default 5 s busy timeout is too short for three components and 16 tasks on
+    # 2 busy cores ("database is locked" crashed a scheduler once): give it 60 s.
+    site = home / "e2e_site"
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "e2e_db_settings.py").write_text("CONNECT_ARGS = {'timeout': 60}\n")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
+    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"] = "e2e_db_settings.CONNECT_ARGS"
     env.update(
         {
             "AIRFLOW_HOME": str(home),
