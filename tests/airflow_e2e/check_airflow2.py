@@ -239,6 +239,16 @@ def main(argv: list[str] | None = None) -> int:
                 all({"running"} < set(v) for v in terminal.values()),
                 str(terminal),
             )
+            supervisor_logs = "".join(
+                q.read_text(errors="replace") for q in (home / "async_executor").glob("supervisor-*.log")
+            )
+            check(
+                "2.11 scheduler: tasks were forked warm (`python -m airflow` from the fork server)",
+                "fork server pid" in supervisor_logs
+                and " ready " in supervisor_logs
+                and "could not preload" not in supervisor_logs,
+                supervisor_logs[-1500:],
+            )
             # `airflow tasks run --local` exits 0 when the task fails (the task records its own
             # state), so the executor's terminal event for `fails` is "success", as with
             # LocalExecutor; the TI state checked above is what counts.
