@@ -424,6 +424,9 @@ def base_env(home: Path) -> dict[str, str]:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
             "PYTHONDONTWRITEBYTECODE": "1",
+            # 16 cold interpreters on 2 busy cores can starve the api-server past the default
+            # timeout (tasks then die of ReadTimeout): the same, longer, timeout for every stack
+            "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
         }
     )
     return env
@@ -677,6 +680,15 @@ def scenario_fanout(stack: Stack, res: Results, runs: int) -> list[float]:
             state["state"] == "success" and len(ok) == 40 and len(tis) == 40,
             f"run={state['state']} success={len(ok)}/{len(tis)}",
         )
+        if len(ok) != len(tis):
+            bad = [t for t in tis if t["state"] != "success"]
+            res.measure(
+                f"[{stack.name}] fan-out run {i} tasks not successful",
+                ", ".join(f"{t['task_id']}={t['state']}" for t in bad),
+            )
+            logs = sorted((stack.async_dir / "logs").glob(f"*{bad[0]['task_id']}*"), key=os.path.getmtime)
+            if logs:
+                log(f"[{stack.name}] tail of {logs[-1]}:\n{read_text(str(logs[-1]))[-3000:]}")
         res.measure(f"[{stack.name}] fan-out run {i} wall (trigger -> run terminal, polled)", f"{wall:.2f}s")
         lat = _latencies(tis)
         if lat:
