@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 
 from ._limits import raise_nofile_limit
+from ._logs import precreate_log
 from ._spawn import LocalBackend, ProcessEvents, proc_start_ticks, signal_group
 
 logger = logging.getLogger("async_executor.supervisor")
@@ -491,6 +492,8 @@ class SupervisorBackend(_SupervisorLink):
         if self._channel.closed:
             self._fail_spawn(task, "the task supervisor is not running")
             return
+        if log_path is not None:
+            precreate_log(log_path)
         self._channel.send(
             {"op": "spawn", "id": task, "argv": argv, "env": env, "cwd": cwd, "log": log_path, "tag": tag}
         )
