@@ -24,6 +24,7 @@ import signal
 import socket
 import struct
 import sys
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,12 +32,17 @@ import orjson
 
 from ._forkserver import WarmStart
 from ._limits import raise_nofile_limit
+from ._logs import precreate_log
 from ._spawn import LocalBackend, ProcessEvents, proc_start_ticks, reap_in_background, signal_group
 
 logger = logging.getLogger("async_executor.supervisor")
 
 Message = dict[str, Any]
 _READ_SIZE = 1 << 18
+#: Most tasks the supervisor launches per loop iteration (exits are handled in between).
+SPAWN_BATCH = 8
+#: A channel writes out once this many messages are queued, without waiting for the loop.
+FLUSH_EVERY = 16
 
 
 class Channel:
@@ -69,13 +75,20 @@ class Channel:
         """Queue ``message``; everything queued in one loop iteration goes out in one write."""
         if self.closed:
             return
-        self._out.append(orjson.dumps(message))
-        if not self._flush_scheduled:
+        out = self._out
+        out.append(orjson.dumps(message))
+        if len(out) >= FLUSH_EVERY:
+            self.flush()  # a long burst streams out instead of waiting for its end
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self.flush()
+
+    def flush(self) -> None:
+        """Write out what is queued now (without blocking; the rest goes when writable)."""
         if self.closed:
             return
         if self._out:
@@ -187,6 +200,10 @@ class Supervisor(ProcessEvents):
         loop.add_reader(self.listener.fileno(), self._accept)
         self.done: asyncio.Future[None] = loop.create_future()
         self.closing = False
+        #: Tasks spawned in this loop iteration whose spawn records are not written yet.
+        self._unrecorded: list[Message] = []
+        #: Spawn requests not launched yet (a few per loop iteration, so exits keep flowing).
+        self._to_spawn: deque[Message] = deque()
 
     # messages from the owner
     def _message(self, message: Message) -> None:
@@ -194,13 +211,15 @@ class Supervisor(ProcessEvents):
         if op == "spawn":
             task = message["id"]
             self.children[task] = {"id": task, "tag": message.get("tag")}
-            env = message.get("env")
-            self.backend.spawn(task, tuple(message["argv"]), env, message.get("cwd"), message.get("log"))
+            if not self._to_spawn:
+                self.loop.call_soon(self._spawn_some)
+            self._to_spawn.append(message)
         elif op == "stop":
             self.backend.stop(message["id"])
         elif op == "kill":
             self.backend.kill(message["id"])
         elif op == "forget":
+            self._to_spawn = deque(m for m in self._to_spawn if m["id"] != message["id"])
             self.backend.abandon(message["id"])
             self.children.pop(message["id"], None)
         elif op == "hello":
@@ -210,6 +229,27 @@ class Supervisor(ProcessEvents):
             self._maybe_exit()
         else:
             logger.error("supervisor: unknown message %r", message)
+
+    def _spawn_some(self) -> None:
+        """Launch up to ``SPAWN_BATCH`` queued tasks, report them, and let the loop run.
+
+        Launching a long batch in one go would hold back the exits (and so the refills) of
+        tasks that end meanwhile; a few per iteration keeps both directions streaming.
+        """
+        queue = self._to_spawn
+        for _ in range(min(SPAWN_BATCH, len(queue))):
+            message = queue.popleft()
+            task = message["id"]
+            if task not in self.children:  # forgotten meanwhile
+                continue
+            self.backend.spawn(
+                task, tuple(message["argv"]), message.get("env"), message.get("cwd"), message.get("log")
+            )
+        self._record_spawns()
+        if self.owner is not None:
+            self.owner.flush()
+        if queue:
+            self.loop.call_soon(self._spawn_some)
 
     def _send(self, message: Message) -> None:
         if self.owner is not None:
@@ -232,6 +272,7 @@ class Supervisor(ProcessEvents):
         if self.owner is not None:
             self.owner.close()
         self.closing = False
+        self._record_spawns()
         self.owner = Channel(self.loop, conn, self._message, self._owner_lost)
         self._send({"op": "children", "children": list(self.children.values())})
 
@@ -239,11 +280,33 @@ class Supervisor(ProcessEvents):
     def spawned(self, token: Any, pid: int, proc_start: int | None = None, warm: bool = False) -> None:
         child = self.children[token]
         child["pid"] = pid
-        child["start"] = proc_start_ticks(pid)
         child["t0"] = _now()
+        child["warm"] = warm
+        # Recorded once the whole batch of spawn requests is launched: reading /proc of a
+        # child that is still exec'ing is slow, and one write covers the batch.
+        self._unrecorded.append(child)  # recorded at the end of _spawn_some
+        if warm:
+            # A warm child waits for its "go" until this returns: record it now, so a task
+            # never runs before its spawn record exists.
+            self._record_spawns()
+
+    def _record_spawns(self) -> None:
+        """Write the spawn records of the tasks just started, then tell the owner."""
+        children, self._unrecorded = self._unrecorded, []
+        if not children:
+            return
+        records = []
+        for child in children:
+            if "start" not in child:
+                child["start"] = proc_start_ticks(child["pid"])
+            records.append(orjson.dumps({"ev": "spawn", **child}))
         # Durable before anyone hears of it: a started task is never unknown to recovery.
-        os.write(self.exits_fd, orjson.dumps({"ev": "spawn", **child}) + b"\n")
-        self._send({"op": "started", "warm": warm, **child})
+        try:
+            _write_all(self.exits_fd, b"\n".join(records) + b"\n")
+        except OSError as exc:
+            logger.error("supervisor: could not record %d spawn(s): %s", len(records), exc)
+        for child in children:
+            self._send({"op": "started", **child})
 
     def spawn_failed(self, token: Any, exc: OSError, detail: str) -> None:
         self.children.pop(token, None)
@@ -253,6 +316,7 @@ class Supervisor(ProcessEvents):
     def exited(
         self, token: Any, returncode: int | None, signum: int | None, detail: str | None = None
     ) -> None:
+        self._record_spawns()  # its spawn record (and "started") always come first
         child = self.children.pop(token, {"id": token})
         record = {**child, "ev": "exit", "rc": returncode, "sig": signum, "t": _now()}
         os.write(self.exits_fd, orjson.dumps(record) + b"\n")  # before telling anyone
@@ -262,6 +326,12 @@ class Supervisor(ProcessEvents):
     def _maybe_exit(self) -> None:
         if not self.children and (self.owner is None or self.closing) and not self.done.done():
             self.done.set_result(None)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _now() -> float:
@@ -437,6 +507,8 @@ class SupervisorBackend(_SupervisorLink):
         if self._channel.closed:
             self._fail_spawn(task, "the task supervisor is not running")
             return
+        if log_path is not None:
+            precreate_log(log_path)
         self._channel.send(
             {"op": "spawn", "id": task, "argv": argv, "env": env, "cwd": cwd, "log": log_path, "tag": tag}
         )

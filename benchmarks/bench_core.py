@@ -127,13 +127,22 @@ def c_facade(
     loop: str,
     tmpdir: str | None,
     journal: bool,
+    supervisor_only: bool = False,
 ) -> Measurement:
-    """Sync façade driven like a scheduler: queue all, then heartbeat + drain until done."""
+    """Sync façade driven like a scheduler: queue all, then heartbeat + drain until done.
+
+    ``supervisor_only``: no journal, but tasks still spawned by a supervisor process (what the
+    supervisor alone costs; set up through the engine's backend seam, not a public option).
+    """
     raise_nofile()
     from async_executor import AsyncExecutor
 
     with _executor_home(tmpdir, journal) as kwargs:
         ex = AsyncExecutor(parallelism=parallelism, loop=loop, **kwargs)
+        if supervisor_only:
+            from async_executor._supervisor import SupervisorBackend
+
+            ex._engine.backend = SupervisorBackend(os.environ["ASYNC_EXECUTOR_HOME"], ex.executor_id)
         with Stopwatch() as setup:
             ex.start()
         ok = failed = heartbeats = idle = 0
@@ -526,12 +535,15 @@ def _contenders(
     """(name, child params) for every contender that applies."""
     out: list[tuple[str, dict[str, Any]]] = []
     if core:
-        for name, idle, journal in (
-            ("facade-tight", 0.0, True),
-            ("facade-idle1ms", 0.001, True),
-            ("facade-idle1ms/no-journal", 0.001, False),
+        for name, idle, journal, supervisor_only in (
+            ("facade-tight", 0.0, True, False),
+            ("facade-idle1ms", 0.001, True, False),
+            ("facade-idle1ms/supervisor-only", 0.001, False, True),
+            ("facade-idle1ms/no-journal", 0.001, False, False),
         ):
             params = {"idle_sleep": idle, "loop": loop, "tmpdir": tmpdir, "journal": journal}
+            if supervisor_only:
+                params["supervisor_only"] = True
             out.append((name, {"fn": "facade", **params}))
         for lp in ("asyncio", "uvloop") if uvloop else ("asyncio",):
             out.append((f"async-with/{lp}", {"fn": "async_with", "loop": lp, "tmpdir": tmpdir}))
@@ -566,7 +578,8 @@ def _spawn_limit(suite: Suite, parallelisms: Sequence[int]) -> tuple[float, str]
 BASELINES = (("vs bare", "bare-asyncio"), ("vs raw", "raw-spawn/asyncio"), ("vs xargs", "xargs"))
 
 
-FACADES = ("facade-tight", "facade-idle1ms", "facade-idle1ms/no-journal")
+NO_JOURNAL = "facade-idle1ms/no-journal"
+FACADES = ("facade-tight", "facade-idle1ms", "facade-idle1ms/supervisor-only", "facade-idle1ms/no-journal")
 
 
 def _ratios(suite: Suite, labels: dict[str, str]) -> list[Ratio]:
@@ -581,6 +594,9 @@ def _ratios(suite: Suite, labels: dict[str, str]) -> list[Ratio]:
                 suite.ratio(t, "true", 64, fac, "xargs", target=">= 1.0"),
             )
         ),
+        # durability cost: wall with journal + supervisor (and with the supervisor alone) over none
+        suite.ratio(t, "true", 64, "facade-idle1ms", NO_JOURNAL, kind="wall", target="<= 1.15"),
+        suite.ratio(t, "true", 64, "facade-idle1ms/supervisor-only", NO_JOURNAL, kind="wall"),
         suite.ratio(t, "true", 64, "async-with/asyncio", "bare-asyncio"),
         suite.ratio(t, "true", 64, "async-with/uvloop", "bare-asyncio"),
         suite.ratio(t, "true", 64, "bare-asyncio", "raw-spawn/asyncio"),

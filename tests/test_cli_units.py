@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import pytest
 
 from async_executor import FailureReason, TaskInfo, TaskState
@@ -14,6 +16,25 @@ def test_parse_skips_blanks_and_comments_and_splits_with_shell_rules() -> None:
     jobs = parse_jobs(["# header", "", "   ", "echo 'a b' c  # trailing", "  true  ", "\t# indented comment"])
     assert [(j.seq, j.line, j.argv) for j in jobs] == [(1, 4, ("echo", "a b", "c")), (2, 5, ("true",))]
     assert jobs[0].text == "echo 'a b' c  # trailing"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "/bin/true",
+        "echo a  b\tc --x=1 /tmp/a.b $HOME;|&*",
+        "echo a#b",
+        "echo 'a b'",
+        'echo "a b"',
+        "echo a\\ b",
+        "echo a # comment",
+        "echo a\u00a0b",
+        "echo a\x0bb",
+    ],
+)
+def test_plain_lines_split_exactly_like_shlex(text: str) -> None:
+    (job,) = parse_jobs([text])
+    assert job.argv == tuple(shlex.split(text, comments=True))
 
 
 def test_keys_are_line_number_and_text_hash() -> None:
