@@ -230,14 +230,14 @@ class Supervisor(ProcessEvents):
         else:
             logger.error("supervisor: unknown message %r", message)
 
-    def _spawn_some(self) -> None:
-        """Launch up to ``SPAWN_BATCH`` queued tasks, report them, and let the loop run.
+    def _spawn_some(self, limit: int = 0) -> None:
+        """Launch up to ``limit`` (default ``SPAWN_BATCH``) queued tasks, report them, let the loop run.
 
         Launching a long batch in one go would hold back the exits (and so the refills) of
         tasks that end meanwhile; a few per iteration keeps both directions streaming.
         """
         queue = self._to_spawn
-        for _ in range(min(SPAWN_BATCH, len(queue))):
+        for _ in range(min(limit or SPAWN_BATCH, len(queue))):
             message = queue.popleft()
             task = message["id"]
             if task not in self.children:  # forgotten meanwhile
@@ -248,7 +248,7 @@ class Supervisor(ProcessEvents):
         self._record_spawns()
         if self.owner is not None:
             self.owner.flush()
-        if queue:
+        if queue and not limit:
             self.loop.call_soon(self._spawn_some)
 
     def _send(self, message: Message) -> None:
@@ -272,7 +272,9 @@ class Supervisor(ProcessEvents):
         if self.owner is not None:
             self.owner.close()
         self.closing = False
-        self._record_spawns()
+        # Launch what is queued first: the newcomer must see every accepted task with its pid
+        # (one without would look never started, and could be queued again).
+        self._spawn_some(len(self._to_spawn))
         self.owner = Channel(self.loop, conn, self._message, self._owner_lost)
         self._send({"op": "children", "children": list(self.children.values())})
 
