@@ -215,11 +215,7 @@ async def recover(
         # Start-up only: a stat and a small file read on the loop are acceptable here.
         if not rows and not os.path.exists(exits_path):  # noqa: ASYNC240
             continue
-        spawns, exits = read_exits(exits_path)
-        rows_by_tag = {_tag_of(row): row for row in rows}
-        for tag in spawns.keys() - rows_by_tag.keys():
-            if await journal.row(_tuplify(spawns[tag]["tag"][0]), tag[1]) is None:
-                rows_by_tag[tag] = row_from_spawn(old_id, spawns[tag])
+        rows_by_tag: dict[tuple[str, int], JournalRow] = {}
 
         def late_exit(message: Message, rows_by_tag: dict[tuple[str, int], JournalRow] = rows_by_tag) -> None:
             tag = _tag_key(message.get("tag"))
@@ -230,6 +226,16 @@ async def recover(
         supervisor = AttachedSupervisor(old_id, late_exit)
         connected = supervisor.connect()
         children = {_tag_key(c.get("tag")): c for c in supervisor.children.values()} if connected else {}
+        # Read the exits file only now, after the supervisor's greeting: a task that ends after
+        # the read is then still in ``children`` (and its exit comes over the connection), and
+        # one that ended before the greeting is in the file. Read before connecting, a task
+        # ending in between would be in neither: its real status lost, reported as failed or
+        # as never started although it ran.
+        spawns, exits = read_exits(exits_path)
+        rows_by_tag.update((_tag_of(row), row) for row in rows)
+        for tag in spawns.keys() - rows_by_tag.keys():
+            if await journal.row(_tuplify(spawns[tag]["tag"][0]), tag[1]) is None:
+                rows_by_tag[tag] = row_from_spawn(old_id, spawns[tag])
         pending_adoption = False
         for tag, row in rows_by_tag.items():
             origin = f"recovered from executor {old_id}"

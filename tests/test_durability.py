@@ -18,11 +18,11 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from async_executor import AsyncExecutor, FailureReason, TaskState
+from async_executor import AsyncExecutor, FailureReason, TaskState, _durable
 from async_executor._journal import Journal
 from async_executor._records import TaskSpec
 
-from .conftest import PY, drain, pid_alive
+from .conftest import PY, drain, pid_alive, wait_for_file
 
 # A process that runs an executor: hands over every task, makes the hand-over durable,
 # says "accepted", then drives the executor and appends each event it sees to a file.
@@ -333,3 +333,41 @@ def test_sigkill_at_a_random_point_loses_nothing(
         returncode = first[0][1] if first else later[0][1].returncode
         assert returncode == i % 3  # the real exit status, in whichever life it was seen
         assert runs_of(tmp_path, i) == 1
+
+
+def test_task_ending_while_the_next_executor_connects_keeps_its_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task that ends between recovery's read of the exits file and the supervisor's greeting.
+
+    Recovery once read the exits file before connecting to the supervisor: such a task was in
+    neither (no exit yet in the file, no longer a child in the greeting) and was reported with
+    no exit status (or as never started, although it ran). The read is held open here until the
+    task has ended and its exit is recorded, so the window is hit every time.
+    """
+    release = tmp_path / "release"
+    proc = start_life_one(
+        tmp_path, count=1, parallelism=1, template=f"while [ ! -e {release} ]; do sleep 0.01; done; exit 2"
+    )
+    wait_for_file(tmp_path / "markers" / "0")
+    kill(proc)
+    read_exits = _durable.read_exits
+
+    def read_then_let_the_task_end(path: str) -> Any:
+        found = read_exits(path)  # the task still runs: no exit in the file yet
+        release.touch()
+        deadline = time.monotonic() + 10
+        while not read_exits(path)[1]:  # its exit is recorded by the supervisor
+            assert time.monotonic() < deadline, "the task did not end"
+            time.sleep(0.01)
+        return found
+
+    monkeypatch.setattr(_durable, "read_exits", read_then_let_the_task_end)
+    ex = second_life(tmp_path)
+    try:
+        ex.adopt_all()
+        events = drain(ex)
+    finally:
+        ex.end()
+    assert [(state, info.returncode) for state, info in events[("t", 0)]] == [(TaskState.FAILED, 2)]
+    assert runs_of(tmp_path, 0) == 1
