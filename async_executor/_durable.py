@@ -138,6 +138,18 @@ def row_from_spawn(executor_id: str, record: Message) -> JournalRow:
     )
 
 
+def started_from_spawn(row: JournalRow, record: Message) -> JournalRow:
+    """``row`` (still ``queued`` in the journal) as its supervisor's spawn record has it: running."""
+    return attrs.evolve(
+        row,
+        state="running",
+        pid=record.get("pid"),
+        pgid=record.get("pid"),
+        proc_start=record.get("start"),
+        started_at=record.get("t0"),
+    )
+
+
 def _tuplify(value: Any) -> Any:
     return tuple(_tuplify(item) for item in value) if isinstance(value, list) else value
 
@@ -232,7 +244,12 @@ async def recover(
         # ending in between would be in neither: its real status lost, reported as failed or
         # as never started although it ran.
         spawns, exits = read_exits(exits_path)
-        rows_by_tag.update((_tag_of(row), row) for row in rows)
+        for row in rows:
+            tag = _tag_of(row)
+            # Started by the supervisor, but the executor died before its journal heard of it.
+            rows_by_tag[tag] = (
+                started_from_spawn(row, spawns[tag]) if row.state == "queued" and tag in spawns else row
+            )
         for tag in spawns.keys() - rows_by_tag.keys():
             if await journal.row(_tuplify(spawns[tag]["tag"][0]), tag[1]) is None:
                 rows_by_tag[tag] = row_from_spawn(old_id, spawns[tag])

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from async_executor import AsyncExecutor, FailureReason, TaskState, _durable
 from async_executor._journal import Journal
 from async_executor._records import TaskSpec
+from async_executor._spawn import proc_start_ticks
 
 from .conftest import PY, drain, pid_alive, wait_for_file
 
@@ -371,3 +372,47 @@ def test_task_ending_while_the_next_executor_connects_keeps_its_status(
         ex.end()
     assert [(state, info.returncode) for state, info in events[("t", 0)]] == [(TaskState.FAILED, 2)]
     assert runs_of(tmp_path, 0) == 1
+
+
+async def _dead_executor_with_unjournaled_starts(state: Path, alive: int) -> None:
+    """Rows still ``queued`` in the journal whose tasks the supervisor's exits file says it started."""
+    journal = Journal(state)
+    await journal.open()
+    await journal.register_executor("deadbeef", pid=999_999, proc_start=1, supervisor_socket=None)
+    for number in (1, 2):
+        journal.accepted("deadbeef", TaskSpec(key=("spawned", number), argv=("sleep", "60")), accepted_at=0.0)
+    await journal.close()
+    records = [
+        {"ev": "spawn", "id": 1, "tag": [["spawned", 1], 1], "pid": alive, "start": proc_start_ticks(alive)},
+        {"ev": "spawn", "id": 2, "tag": [["spawned", 2], 1], "pid": 999_999, "start": 1},
+    ]
+    (state.parent / "exits-deadbeef.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_a_started_task_the_journal_had_as_queued_is_not_reported_unstarted(tmp_path: Path) -> None:
+    """Executor and supervisor both gone; the spawn record outranks the journal's ``queued``.
+
+    Reported as never started, a task that did run would be queued again by the caller.
+    """
+    state = tmp_path / "state" / "journal.sqlite"
+    other = subprocess.Popen(["sleep", "30"])  # stands in for task 1, still running
+    try:
+        anyio.run(_dead_executor_with_unjournaled_starts, state, other.pid)
+        ex = AsyncExecutor(log_dir=tmp_path / "logs", state_path=state)
+        ex.start()
+        try:
+            events = ex.get_event_buffer()
+            ex.sync()
+            events.update(ex.get_event_buffer())
+            assert ex.queue_command(("spawned", 1), ["true"]) is False  # it still runs: never twice
+        finally:
+            ex.end()
+        assert ("spawned", 1) not in events
+        state_, info = events[("spawned", 2)]
+        assert state_ == TaskState.FAILED
+        assert info.reason is not FailureReason.NOT_STARTED
+        assert "no exit status was recorded" in (info.detail or "")
+        assert other.poll() is None  # left alone
+    finally:
+        other.kill()
+        other.wait()
