@@ -316,24 +316,75 @@ def test_sigkill_at_a_random_point_loses_nothing(
     time.sleep(delay)
     kill(proc)
     seen = life_one_events(tmp_path)
+    exits_before = _exits_files(tmp_path)  # recovery deletes them
     ex = second_life(tmp_path)
     try:
         ex.adopt_all()
         second = drain(ex, timeout=60)
     finally:
         ex.end()
+    problems = []
     for i in range(count):
         key = ("t", i)
         first = seen.get(key, [])
         later = second.get(key, [])
-        assert len(first) + len(later) == 1, (key, first, later)
-        assert runs_of(tmp_path, i) <= 1  # never twice
-        if later and later[0][1].reason is FailureReason.NOT_STARTED:
-            assert runs_of(tmp_path, i) == 0
-            continue
-        returncode = first[0][1] if first else later[0][1].returncode
-        assert returncode == i % 3  # the real exit status, in whichever life it was seen
-        assert runs_of(tmp_path, i) == 1
+        runs = runs_of(tmp_path, i)
+        if len(first) + len(later) != 1:
+            problems.append(f"{key}: {len(first) + len(later)} terminal events, expected 1")
+        elif runs > 1:
+            problems.append(f"{key}: ran {runs} times")
+        elif later and later[0][1].reason is FailureReason.NOT_STARTED:
+            if runs:
+                problems.append(f"{key}: reported not started, but it ran")
+        elif (first[0][1] if first else later[0][1].returncode) != i % 3:
+            problems.append(f"{key}: not its real exit status {i % 3}")
+        elif runs != 1:
+            problems.append(f"{key}: has an exit status but never ran")
+    assert not problems, _diagnosis(tmp_path, delay, count, problems, seen, second, exits_before)
+
+
+def _exits_files(tmp_path: Path) -> dict[str, str]:
+    return {path.name: path.read_text() for path in sorted((tmp_path / "state").glob("exits-*.jsonl"))}
+
+
+async def _journal_rows(state: Path, keys: list[Any]) -> dict[Any, Any]:
+    journal = Journal(state)
+    await journal.open()
+    try:
+        return {key: await journal.row(key, 1) for key in keys}
+    finally:
+        await journal.close()
+
+
+def _diagnosis(
+    tmp_path: Path,
+    delay: float,
+    count: int,
+    problems: list[str],
+    seen: dict[Any, list[tuple[str, int | None]]],
+    second: dict[Any, list[tuple[TaskState, Any]]],
+    exits_before: dict[str, str],
+) -> str:
+    """Everything needed to tell which life lost or doubled what, for a failure message."""
+    keys = [("t", i) for i in range(count)]
+    rows = anyio.run(_journal_rows, tmp_path / "state" / "journal.sqlite", keys)
+    lines = [f"killed after {delay:.3f}s; state in {tmp_path}", *problems, "per task:"]
+    for i, key in enumerate(keys):
+        row = rows[key]
+        journal = "no row" if row is None else f"{row.state} pid={row.pid} rc={row.returncode} {row.detail!r}"
+        later = [
+            (str(state), info.returncode, info.reason, info.detail) for state, info in second.get(key, [])
+        ]
+        lines.append(
+            f"  {key}: runs={runs_of(tmp_path, i)} life1={seen.get(key, [])} life2={later} journal: {journal}"
+        )
+    for name, text in exits_before.items():
+        lines.append(f"{name} when life one was killed:")
+        lines.extend(f"  {line}" for line in text.splitlines())
+    for log in sorted((tmp_path / "state").glob("supervisor-*.log")):
+        lines.append(f"{log.name}:")
+        lines.extend(f"  {line}" for line in log.read_text().splitlines()[-20:])
+    return "\n".join(lines)
 
 
 def test_task_ending_while_the_next_executor_connects_keeps_its_status(
