@@ -204,6 +204,8 @@ class Supervisor(ProcessEvents):
         self._unrecorded: list[Message] = []
         #: Spawn requests not launched yet (a few per loop iteration, so exits keep flowing).
         self._to_spawn: deque[Message] = deque()
+        #: An adopting executor's connection, greeted once no launch is under way.
+        self._greeting: socket.socket | None = None
 
     # messages from the owner
     def _message(self, message: Message) -> None:
@@ -269,12 +271,28 @@ class Supervisor(ProcessEvents):
         if peer_uid(conn) != os.getuid():
             conn.close()
             return
+        if self._greeting is not None:  # an earlier newcomer still waiting: the latest one wins
+            self._greeting.close()
+        self._greeting = conn  # first: closing the old owner must not make an idle supervisor exit
         if self.owner is not None:
             self.owner.close()
         self.closing = False
         # Launch what is queued first: the newcomer must see every accepted task with its pid
         # (one without would look never started, and could be queued again).
         self._spawn_some(len(self._to_spawn))
+        self._maybe_greet()
+
+    def _maybe_greet(self) -> None:
+        """Greet the newcomer with the children list once no launch is under way.
+
+        Warm launches finish asynchronously (the fork server answers later): until they have,
+        their children have no pid yet, and greeting then would show them as never started.
+        """
+        conn = self._greeting
+        if conn is None or self._to_spawn or any("pid" not in child for child in self.children.values()):
+            return
+        self._greeting = None
+        self._record_spawns()
         self.owner = Channel(self.loop, conn, self._message, self._owner_lost)
         self._send({"op": "children", "children": list(self.children.values())})
 
@@ -291,6 +309,7 @@ class Supervisor(ProcessEvents):
             # A warm child waits for its "go" until this returns: record it now, so a task
             # never runs before its spawn record exists.
             self._record_spawns()
+            self._maybe_greet()
 
     def _record_spawns(self) -> None:
         """Write the spawn records of the tasks just started, then tell the owner."""
@@ -313,6 +332,7 @@ class Supervisor(ProcessEvents):
     def spawn_failed(self, token: Any, exc: OSError, detail: str) -> None:
         self.children.pop(token, None)
         self._send({"op": "failed", "id": token, "errno": exc.errno, "detail": detail})
+        self._maybe_greet()
         self._maybe_exit()
 
     def exited(
@@ -323,9 +343,12 @@ class Supervisor(ProcessEvents):
         record = {**child, "ev": "exit", "rc": returncode, "sig": signum, "t": _now()}
         os.write(self.exits_fd, orjson.dumps(record) + b"\n")  # before telling anyone
         self._send({"op": "exit", **record})
+        self._maybe_greet()
         self._maybe_exit()
 
     def _maybe_exit(self) -> None:
+        if self._greeting is not None:
+            return
         if not self.children and (self.owner is None or self.closing) and not self.done.done():
             self.done.set_result(None)
 
@@ -609,7 +632,7 @@ class AttachedSupervisor(_SupervisorLink):
         self._sock: socket.socket | None = None
         self._early = b""
 
-    def connect(self, timeout: float = 5.0) -> bool:
+    def connect(self, timeout: float = READY_TIMEOUT) -> bool:
         """Connect and read the list of running tasks; ``False`` if the supervisor is gone.
 
         Blocking, with a timeout: it runs once, while the executor starts.
