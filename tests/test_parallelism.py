@@ -14,6 +14,8 @@ from .conftest import PY, drain
 
 # Each child increments a shared counter under an exclusive lock, records the highest value
 # seen, stays a moment, then decrements: the children themselves measure how many run at once.
+# Until the peak has reached the target (argv[3]), a child stays until it does (at most 10 s):
+# on a loaded machine the children's interpreters start too far apart to overlap otherwise.
 COUNTING_CHILD = """
 import fcntl, os, sys, time
 path = sys.argv[1]
@@ -24,7 +26,12 @@ def update(delta):
         now += delta
         peak = max(peak, now)
         f.seek(0); f.truncate(); f.write(f"{now} {peak}")
-update(+1)
+    return peak
+peak = update(+1)
+deadline = time.monotonic() + 10
+while peak < int(sys.argv[3]) and time.monotonic() < deadline:
+    time.sleep(0.01)
+    peak = update(0)
 time.sleep(float(sys.argv[2]))
 update(-1)
 """
@@ -36,14 +43,15 @@ def test_children_never_see_more_than_parallelism(
 ) -> None:
     counter = tmp_path / "counter"
     counter.write_text("0 0")
+    target = str(parallelism)
     ex = AsyncExecutor(parallelism=parallelism, log_dir=tmp_path / "logs", **mode)
     ex.start()
     try:
         for i in range(4 * parallelism + 2):
-            ex.queue_command(i, [PY, "-c", COUNTING_CHILD, str(counter), "0.05"], priority=i % 4)
+            ex.queue_command(i, [PY, "-c", COUNTING_CHILD, str(counter), "0.05", target], priority=i % 4)
         # direct hand-offs bypass heartbeat's slot accounting; the engine still holds the line
         for i in range(parallelism + 2):
-            ex.execute_async(("direct", i), [PY, "-c", COUNTING_CHILD, str(counter), "0.05"])
+            ex.execute_async(("direct", i), [PY, "-c", COUNTING_CHILD, str(counter), "0.05", target])
         events = drain(ex)
     finally:
         ex.end()
