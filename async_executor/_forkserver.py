@@ -42,7 +42,7 @@ from typing import Any
 import attrs
 import orjson
 
-from ._spawn import reap_in_background
+from ._spawn import reap_in_background, spawn_helper
 
 logger = logging.getLogger("async_executor.forkserver")
 
@@ -564,31 +564,16 @@ class ForkServer:
     def _start(self) -> None:
         self._loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        boot = (
-            f"import sys; sys.path.insert(1, {package_root!r}); "
-            "from async_executor._forkserver import main; main()"
-        )
-        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         try:
-            self.pid = os.posix_spawn(
+            # sys.path[0] stays '' (the cwd), as `python -c` has it for the tasks it forks
+            self.pid = spawn_helper(
                 self.config.python,
-                [
-                    self.config.python,
-                    "-c",
-                    boot,
-                    "--control-fd",
-                    "3",
-                    "--imports",
-                    ",".join(self.config.imports),
-                ],
+                "_forkserver",
+                ["--imports", ",".join(self.config.imports)],
                 self.base_env,
-                file_actions=[
-                    (os.POSIX_SPAWN_DUP2, devnull, 0),
-                    (os.POSIX_SPAWN_DUP2, devnull, 1),
-                    (os.POSIX_SPAWN_DUP2, theirs.fileno(), 3),
-                ],
-                setsid=True,  # Ctrl-C at a terminal must not kill it along with the CLI
+                theirs.fileno(),
+                None,
+                path_index=1,
             )
         except OSError as exc:
             ours.close()
@@ -600,7 +585,6 @@ class ForkServer:
             raise ForkServerUnavailable(str(exc)) from None
         finally:
             theirs.close()
-            os.close(devnull)
         self.starts += 1
         logger.info(
             "fork server pid %d starting (preloading %s)",
