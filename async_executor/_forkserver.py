@@ -406,6 +406,7 @@ def _run_main(argv: list[str], base_path: list[str]) -> int:  # pragma: no cover
         if argv[1] == "-m":
             sys.argv = ["-m", *argv[3:]]
             sys.path[:] = [os.getcwd(), *base_path[1:]]
+            _forget_main_module(argv[2])
             runpy._run_module_as_main(argv[2], alter_argv=True)  # type: ignore[attr-defined]
         else:
             import builtins
@@ -431,6 +432,21 @@ def _run_main(argv: list[str], base_path: list[str]) -> int:  # pragma: no cover
         sys.excepthook(type(exc), exc.with_traceback(trimmed), trimmed)
         return 1
     return 0
+
+
+def _forget_main_module(name: str) -> None:  # pragma: no cover - in the child
+    """Drop a preloaded copy of the module ``-m`` is about to run as ``__main__``.
+
+    A fresh ``python -m MOD`` has not imported MOD; runpy warns ("found in sys.modules ... prior
+    to execution") when it has been, as it is when the fork server preloaded it.  Packages stay
+    (their ``__main__`` submodule is what runs).
+    """
+    module = sys.modules.get(name)
+    if module is not None and hasattr(module, "__path__"):
+        name += ".__main__"
+        module = sys.modules.get(name)
+    if module is not None and not hasattr(module, "__path__"):
+        del sys.modules[name]
 
 
 def _exit_code(code: object) -> int:
