@@ -121,7 +121,7 @@ class Settings:
     loop: str
     warm_start: bool = True
     warm_preload: tuple[str, ...] = ()
-    exit_wake: bool = True
+    exit_wake: bool = True  # parsed here so a bad value fails start(); _warmup reads it
     queue_ahead: int | None = None  # None: as many as [core] parallelism
 
     @classmethod
