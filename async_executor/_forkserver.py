@@ -42,7 +42,7 @@ from typing import Any
 import attrs
 import orjson
 
-from ._spawn import reap_in_background
+from ._spawn import reap_in_background, spawn_helper
 
 logger = logging.getLogger("async_executor.forkserver")
 
@@ -406,6 +406,7 @@ def _run_main(argv: list[str], base_path: list[str]) -> int:  # pragma: no cover
         if argv[1] == "-m":
             sys.argv = ["-m", *argv[3:]]
             sys.path[:] = [os.getcwd(), *base_path[1:]]
+            _forget_main_module(argv[2])
             runpy._run_module_as_main(argv[2], alter_argv=True)  # type: ignore[attr-defined]
         else:
             import builtins
@@ -431,6 +432,21 @@ def _run_main(argv: list[str], base_path: list[str]) -> int:  # pragma: no cover
         sys.excepthook(type(exc), exc.with_traceback(trimmed), trimmed)
         return 1
     return 0
+
+
+def _forget_main_module(name: str) -> None:  # pragma: no cover - in the child
+    """Drop a preloaded copy of the module ``-m`` is about to run as ``__main__``.
+
+    A fresh ``python -m MOD`` has not imported MOD; runpy warns ("found in sys.modules ... prior
+    to execution") when it has been, as it is when the fork server preloaded it.  Packages stay
+    (their ``__main__`` submodule is what runs).
+    """
+    module = sys.modules.get(name)
+    if module is not None and hasattr(module, "__path__"):
+        name += ".__main__"
+        module = sys.modules.get(name)
+    if module is not None and not hasattr(module, "__path__"):
+        del sys.modules[name]
 
 
 def _exit_code(code: object) -> int:
@@ -564,31 +580,16 @@ class ForkServer:
     def _start(self) -> None:
         self._loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        boot = (
-            f"import sys; sys.path.insert(1, {package_root!r}); "
-            "from async_executor._forkserver import main; main()"
-        )
-        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         try:
-            self.pid = os.posix_spawn(
+            # sys.path[0] stays '' (the cwd), as `python -c` has it for the tasks it forks
+            self.pid = spawn_helper(
                 self.config.python,
-                [
-                    self.config.python,
-                    "-c",
-                    boot,
-                    "--control-fd",
-                    "3",
-                    "--imports",
-                    ",".join(self.config.imports),
-                ],
+                "_forkserver",
+                ["--imports", ",".join(self.config.imports)],
                 self.base_env,
-                file_actions=[
-                    (os.POSIX_SPAWN_DUP2, devnull, 0),
-                    (os.POSIX_SPAWN_DUP2, devnull, 1),
-                    (os.POSIX_SPAWN_DUP2, theirs.fileno(), 3),
-                ],
-                setsid=True,  # Ctrl-C at a terminal must not kill it along with the CLI
+                theirs.fileno(),
+                None,
+                path_index=1,
             )
         except OSError as exc:
             ours.close()
@@ -600,7 +601,6 @@ class ForkServer:
             raise ForkServerUnavailable(str(exc)) from None
         finally:
             theirs.close()
-            os.close(devnull)
         self.starts += 1
         logger.info(
             "fork server pid %d starting (preloading %s)",

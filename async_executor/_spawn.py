@@ -140,6 +140,41 @@ def _start_error(argv: tuple[str, ...], cwd: str | None, exc: OSError) -> str:
     return f"could not start {argv[0]!r}{where}: {exc.strerror or exc}"
 
 
+def spawn_helper(
+    python: str,
+    module: str,
+    args: list[str],
+    env: Mapping[str, str],
+    control: int,
+    output: int | None,
+    path_index: int = 0,
+) -> int:
+    """Start one of our helper processes (``async_executor.<module>.main()``) in its own session.
+
+    It gets ``control`` as descriptor 3, stdin on /dev/null and stdout (and stderr when
+    ``output`` is given) on ``output`` (else /dev/null, stderr inherited). The package's
+    directory goes at ``sys.path[path_index]``, so a source checkout works uninstalled.
+    Raises ``OSError`` when it cannot be started.
+    """
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    boot = (
+        f"import sys; sys.path.insert({path_index}, {package_root!r}); "
+        f"from async_executor.{module} import main; main()"
+    )
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        actions = [(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, output or devnull, 1)]
+        if output is not None:
+            actions.append((os.POSIX_SPAWN_DUP2, output, 2))
+        actions.append((os.POSIX_SPAWN_DUP2, control, 3))
+        # its own session: Ctrl-C at a terminal and signals to our group must not reach it
+        return os.posix_spawn(
+            python, [python, "-c", boot, "--control-fd", "3", *args], env, file_actions=actions, setsid=True
+        )
+    finally:
+        os.close(devnull)
+
+
 def reap_in_background(pid: int) -> None:
     """Collect a helper process's exit status (it exits soon) without blocking the loop."""
     import threading

@@ -33,7 +33,14 @@ import orjson
 from ._forkserver import WarmStart
 from ._limits import raise_nofile_limit
 from ._logs import precreate_log
-from ._spawn import LocalBackend, ProcessEvents, proc_start_ticks, reap_in_background, signal_group
+from ._spawn import (
+    LocalBackend,
+    ProcessEvents,
+    proc_start_ticks,
+    reap_in_background,
+    signal_group,
+    spawn_helper,
+)
 
 logger = logging.getLogger("async_executor.supervisor")
 
@@ -468,40 +475,16 @@ class SupervisorBackend(_SupervisorLink):
             os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
             0o600,
         )
-        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        boot = (
-            f"import sys; sys.path.insert(0, {package_root!r}); "
-            "from async_executor._supervisor import main; main()"
-        )
+        args = ["--exits", self.exits_path, "--listen", socket_name(self.executor_id)[1:]]
+        if self.warm is not None:
+            args += ["--warm", orjson.dumps(self.warm.to_json()).decode()]
         try:
-            self.supervisor_pid = os.posix_spawn(
-                sys.executable,
-                [
-                    sys.executable,
-                    "-c",
-                    boot,
-                    "--control-fd",
-                    "3",
-                    "--exits",
-                    self.exits_path,
-                    "--listen",
-                    socket_name(self.executor_id)[1:],
-                    *(["--warm", orjson.dumps(self.warm.to_json()).decode()] if self.warm else []),
-                ],
-                dict(os.environ),
-                file_actions=[
-                    (os.POSIX_SPAWN_DUP2, devnull, 0),
-                    (os.POSIX_SPAWN_DUP2, log_fd, 1),
-                    (os.POSIX_SPAWN_DUP2, log_fd, 2),
-                    (os.POSIX_SPAWN_DUP2, theirs.fileno(), 3),
-                ],
-                setsid=True,
+            self.supervisor_pid = spawn_helper(
+                sys.executable, "_supervisor", args, dict(os.environ), theirs.fileno(), log_fd
             )
         finally:
             theirs.close()
             os.close(log_fd)
-            os.close(devnull)
         self._channel = Channel(loop, ours, self._message, self._lost)
         self._ready = loop.create_future()
         self._channel.send({"op": "hello"})

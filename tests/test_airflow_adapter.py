@@ -142,3 +142,97 @@ def test_directory_must_be_a_directory(tmp_path: Path) -> None:
     target.write_text("")
     with pytest.raises((RuntimeError, FileExistsError, NotADirectoryError)):
         WorkloadFiles(target).open()
+
+
+# --------------------------------------------------------------------- the fork server's warm-up
+
+
+class _Supervisor:
+    """Stands in for Airflow's task supervisor: what the exit-wake wrapper reads, and a record."""
+
+    def __init__(self, pid: int, registered: bool = False) -> None:
+        import selectors
+        import socket
+
+        self.pid = pid
+        self._exit_code: int | None = None
+        self.selector = selectors.DefaultSelector()
+        self.calls: list[float] = []
+        self._pair = socket.socketpair()
+        if registered:
+            self.selector.register(self._pair[0], selectors.EVENT_READ)
+
+    def _service_subprocess(self, max_wait_time: float) -> None:
+        self.calls.append(max_wait_time)
+
+    def close(self) -> None:
+        self.selector.close()
+        for s in self._pair:
+            s.close()
+
+
+def _wrapped_call(sup: _Supervisor, max_wait_time: float) -> None:
+    from async_executor._airflow._warmup import wake_on_exit
+
+    wake_on_exit(_Supervisor._service_subprocess)(sup, max_wait_time)
+
+
+def test_wait_for_exit_sees_the_exit_without_reaping() -> None:
+    from async_executor._airflow._warmup import wait_for_exit
+
+    child = subprocess.Popen(["sleep", "0.2"])
+    assert wait_for_exit(child.pid, 30.0)
+    # still ours to reap, with its real status
+    assert os.waitpid(child.pid, 0)[1] == 0
+    child.returncode = 0
+
+
+def test_wait_for_exit_returns_false_at_the_deadline() -> None:
+    from async_executor._airflow._warmup import wait_for_exit
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert not wait_for_exit(child.pid, 0.05)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_exit_wake_waits_for_the_exit_when_nothing_is_left_to_read() -> None:
+    child = subprocess.Popen(["sleep", "0.2"])
+    sup = _Supervisor(child.pid)
+    try:
+        _wrapped_call(sup, 30.0)
+        # the exit was seen (not the 30 s deadline): Airflow's step runs without waiting again
+        assert sup.calls == [0]
+        assert child.poll() == 0  # and the process is still there to be reaped by Airflow's code
+    finally:
+        sup.close()
+
+
+def test_exit_wake_leaves_the_step_alone_otherwise() -> None:
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        with_sockets = _Supervisor(child.pid, registered=True)
+        _wrapped_call(with_sockets, 7.5)  # sockets to read: Airflow's select waits on them
+        assert with_sockets.calls == [7.5]
+        with_sockets.close()
+        exited = _Supervisor(child.pid)
+        exited._exit_code = 0  # exit already seen
+        _wrapped_call(exited, 7.5)
+        assert exited.calls == [7.5]
+        exited.close()
+        alive = _Supervisor(child.pid)
+        _wrapped_call(alive, 0.05)  # still running at the deadline: same wait as before
+        assert alive.calls == [0.05]
+        alive.close()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_exit_wake_wraps_once() -> None:
+    from async_executor._airflow._warmup import wake_on_exit
+
+    once = wake_on_exit(_Supervisor._service_subprocess)
+    assert wake_on_exit(once) is once

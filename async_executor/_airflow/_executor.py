@@ -11,6 +11,8 @@ Airflow is not installed.
   forked by a fork server that has Airflow's task-running modules imported already, instead
   of paying ~1.5 s of imports per task. Tasks whose ``env`` changes ``AIRFLOW*`` or
   ``PYTHON*`` variables are exec'd cold, since those shape what was imported.
+* With warm start on Airflow 3, ``[async_executor] exit_wake`` (on by default) makes the task
+  supervisor notice its task process's exit at once instead of up to 5 s later (``_warmup``).
 * ``sync()`` drains the engine's results without blocking and reports them with
   ``running_state`` (pid as the external executor id), ``success`` and ``fail``.
 """
@@ -18,6 +20,7 @@ Airflow is not installed.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import re
 import shutil
@@ -30,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.executors.base_executor import BaseExecutor
 from airflow.utils.state import TaskInstanceState
 
-from .._records import TaskInfo, TaskState
+from .._records import FailureReason, TaskInfo, TaskState
 from ._workload_files import WorkloadFiles
 
 if TYPE_CHECKING:
@@ -49,7 +52,10 @@ _ExecuteCallback: Any = getattr(_workloads, "ExecuteCallback", None)
 
 WORKLOAD_MODULE = "airflow.sdk.execution_time.execute_workload"
 #: What the fork server imports for Airflow 3 workloads: everything a task needs before
-#: its own DAG file (measured: ~1.3 s of CPU and ~120 MB cold).
+#: its own DAG file (measured: ~1.3 s of CPU and ~120 MB cold).  The task runner parses the
+#: DAG file through ``airflow.dag_processing.dagbag`` (serialisation, ORM models: profiled at
+#: ~90 modules and most of a warm task's own CPU), so that is preloaded too, as it is in
+#: LocalExecutor's workers, which are forked from the scheduler.
 PRELOAD_V3 = (
     WORKLOAD_MODULE,
     "airflow.executors.workloads",
@@ -58,7 +64,17 @@ PRELOAD_V3 = (
     "airflow.settings",
     "airflow.sdk.execution_time.supervisor",
     "airflow.sdk.execution_time.task_runner",
+    "airflow.dag_processing.dagbag",
     "pydantic",
+    "jinja2.ext",
+    "encodings.idna",
+)
+#: Imported last by the fork server (Airflow 3): see its docstring.
+WARMUP_MODULE = "async_executor._airflow._warmup"
+#: The operators most DAGs import, preloaded when their provider is installed.
+PRELOAD_OPTIONAL = (
+    "airflow.providers.standard.operators.bash",
+    "airflow.providers.standard.operators.python",
 )
 #: ... and for Airflow 2 ``python -m airflow tasks run``.
 PRELOAD_V2 = (
@@ -69,9 +85,25 @@ PRELOAD_V2 = (
     "airflow.task.task_runner.standard_task_runner",
 )
 SECTION = "async_executor"
+
+
+def _installed(modules: Sequence[str]) -> tuple[str, ...]:
+    """The ``modules`` that can be found (looked up, not imported; parent packages are)."""
+    found = []
+    for name in modules:
+        try:
+            if importlib.util.find_spec(name) is not None:
+                found.append(name)
+        except ImportError:  # a parent package is missing
+            continue
+    return tuple(found)
+
+
 #: ``executor_config`` keys read from ``executor_config["async_executor"]`` (per task).
 TASK_OPTIONS = ("timeout", "env", "cwd")
 _TAIL_BYTES = 4096
+#: BaseExecutor's dicts of work handed to the executor and not yet given to us.
+_AIRFLOW_QUEUES = ("queued_tasks", "queued_callbacks", "queued_connection_tests")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+")
 _UNLIMITED = 4096  # Airflow 2's parallelism 0 ("unlimited"); the engine caps it by descriptors
 
@@ -89,6 +121,8 @@ class Settings:
     loop: str
     warm_start: bool = True
     warm_preload: tuple[str, ...] = ()
+    exit_wake: bool = True  # parsed here so a bad value fails start(); _warmup reads it
+    queue_ahead: int | None = None  # None: as many as [core] parallelism
 
     @classmethod
     def from_conf(cls, conf: Any) -> Settings:
@@ -120,6 +154,8 @@ class Settings:
         return cls(
             warm_start=flag("warm_start", "true"),
             warm_preload=tuple(name.strip() for name in get("warm_preload", "").split(",") if name.strip()),
+            exit_wake=flag("exit_wake", "true"),
+            queue_ahead=None if get("queue_ahead", "") == "" else int(number("queue_ahead", "0")),
             state_path=os.path.expanduser(get("state_path", os.path.join(base, "state.db"))),
             log_dir=os.path.expanduser(get("log_dir", os.path.join(base, "logs"))),
             workload_dir=os.path.expanduser(get("workload_dir", os.path.join(base, "workloads"))),
@@ -170,6 +206,39 @@ class AsyncLocalExecutor(BaseExecutor):  # type: ignore[misc,unused-ignore]  # A
         self._tracked: dict[Any, _Tracked] = {}  # engine key -> what we know
         self._quiet: set[Any] = set()  # revoked: their engine events are swallowed
         self._start_failures: list[tuple[Any, str]] = []  # Airflow 2: reported at the next sync()
+
+    # ------------------------------------------------------------------ slots
+
+    @property
+    def queue_ahead(self) -> int:
+        """How many tasks beyond ``parallelism`` this executor takes to hold, not yet started.
+
+        They wait in the engine's queue, so a task starts the moment another one's process
+        exits, instead of one scheduler loop (about a second) later.  At most ``parallelism``
+        processes run either way.  ``[async_executor] queue_ahead``; by default as many as
+        ``parallelism``.  (Airflow 3's LocalExecutor takes any number into its queue.)
+        """
+        configured = self._settings.queue_ahead if self._settings is not None else None
+        if configured is not None:
+            return configured
+        return self.parallelism if self.parallelism and self.parallelism > 0 else 0
+
+    def _queued_here(self) -> int:
+        return sum(len(getattr(self, name, None) or ()) for name in _AIRFLOW_QUEUES)
+
+    @property
+    def slots_occupied(self) -> int:
+        """Tasks counted against ``[core] parallelism``: those held ahead are not."""
+        return max(0, len(self.running) + self._queued_here() - self.queue_ahead)
+
+    @property
+    def slots_available(self) -> int:
+        """New tasks this executor takes now (``parallelism`` plus ``queue_ahead``, minus held)."""
+        return int(self.parallelism) - self.slots_occupied
+
+    def trigger_tasks(self, open_slots: int) -> None:
+        """Hand over queued tasks: as many as ``open_slots`` plus what we hold ahead."""
+        super().trigger_tasks(open_slots + self.queue_ahead)
 
     # ------------------------------------------------------------------ settings / lifecycle
 
@@ -229,7 +298,10 @@ class AsyncLocalExecutor(BaseExecutor):  # type: ignore[misc,unused-ignore]  # A
         from .._forkserver import WarmStart
 
         modules = (WORKLOAD_MODULE,) if AIRFLOW_V3 else ("airflow",)
-        preload = (PRELOAD_V3 if AIRFLOW_V3 else PRELOAD_V2) + settings.warm_preload
+        preload = (PRELOAD_V3 if AIRFLOW_V3 else PRELOAD_V2) + _installed(PRELOAD_OPTIONAL)
+        if AIRFLOW_V3:
+            preload += (WARMUP_MODULE,)
+        preload += settings.warm_preload
         return WarmStart(modules=modules, preload=preload, match_env=("PYTHON", "AIRFLOW"))
 
     # ------------------------------------------------------------------ Airflow 3: workloads
@@ -274,7 +346,7 @@ class AsyncLocalExecutor(BaseExecutor):  # type: ignore[misc,unused-ignore]  # A
             self.running.add(key)
 
     def _queue_holding(self, key: Any) -> dict[Any, Any] | None:
-        for name in ("queued_tasks", "queued_callbacks", "queued_connection_tests"):
+        for name in _AIRFLOW_QUEUES:
             queue = getattr(self, name, None)
             if queue is not None and key in queue:
                 return queue  # type: ignore[no-any-return]
@@ -354,6 +426,12 @@ class AsyncLocalExecutor(BaseExecutor):  # type: ignore[misc,unused-ignore]  # A
             self._files.discard(tracked.workload_file)
         if engine_key in self._quiet:  # revoked: no event, per BaseExecutor.revoke_task
             self._quiet.discard(engine_key)
+            self.running.discard(tracked.key)
+            return
+        if info.reason is FailureReason.NOT_STARTED:
+            # The executor ended before this task started: no event, so it stays queued in
+            # Airflow and the next scheduler queues it again (as with LocalExecutor's queue).
+            self.log.info("async_executor: %s was not started before the end; left queued", tracked.key)
             self.running.discard(tracked.key)
             return
         if state is TaskState.SUCCESS:

@@ -68,6 +68,38 @@ def get_provider_info() -> dict[str, Any]:
                         "example": None,
                         "default": "10.0",
                     },
+                    "warm_start": {
+                        "description": "Fork task processes from a server that has Airflow's task path "
+                        "imported, instead of starting a fresh interpreter for each.",
+                        "version_added": "0.1.0",
+                        "type": "boolean",
+                        "example": None,
+                        "default": "True",
+                    },
+                    "warm_preload": {
+                        "description": "Extra modules (comma-separated) for the fork server to import.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "pandas,my_company.operators",
+                        "default": "",
+                    },
+                    "exit_wake": {
+                        "description": "Airflow 3 with warm start: let the task supervisor notice its "
+                        "task process's exit at once (works around a race that delays it by "
+                        "[workers] min_heartbeat_interval).",
+                        "version_added": "0.1.0",
+                        "type": "boolean",
+                        "example": None,
+                        "default": "True",
+                    },
+                    "queue_ahead": {
+                        "description": "Tasks held beyond [core] parallelism in the executor's own queue, "
+                        "started the moment a slot frees. Empty: as many as parallelism; 0: none.",
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "32",
+                        "default": "",
+                    },
                 },
             }
         },

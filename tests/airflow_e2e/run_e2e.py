@@ -632,6 +632,33 @@ def cpu_busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` plus its children that it has reaped (utime+stime+cutime+cstime)."""
+    stat = read_text(f"/proc/{pid}/stat")
+    if not stat:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def stack_cpu(stack: Stack) -> dict[str, float]:
+    """CPU seconds used so far by one stack, by role, counting only its own processes.
+
+    Every live process of the stack plus the children each has reaped: a task process is
+    counted once, in whichever process waited for it.  Unlike the machine-wide figure this
+    is not inflated by anything else running on the machine.  Roles: each component, and
+    ``executor+tasks`` for everything below the scheduler (LocalExecutor's workers and their
+    tasks; our supervisor, fork server and tasks).
+    """
+    out: dict[str, float] = {}
+    for name, proc in stack.procs.items():
+        out[name] = process_cpu(proc.pid)
+        below = "executor+tasks" if name == "scheduler" else name
+        for pid in descendants(proc.pid):  # found by parentage: setproctitle can hide the environ
+            out[below] = out.get(below, 0.0) + process_cpu(pid)
+    return out
+
+
 def helper_processes(stack: Stack, module: str) -> list[int]:
     """Live descendants of the scheduler running ``async_executor.<module>``."""
     sched = stack.procs["scheduler"].pid
@@ -664,14 +691,23 @@ def scenario_fanout(stack: Stack, res: Results, runs: int) -> list[float]:
     for i in range(1, runs + 1):
         run_id = f"fanout_{i}_{secrets.token_hex(3)}"
         t0 = time.monotonic()
-        c0 = cpu_busy_seconds()
+        c0, s0 = cpu_busy_seconds(), stack_cpu(stack)
         stack.trigger("e2e_fanout", run_id)
         state = stack.wait_run("e2e_fanout", run_id, timeout=600)
         wall = time.monotonic() - t0
         cpu = cpu_busy_seconds() - c0
+        time.sleep(1.0)  # let the last task processes exit and be reaped before counting
+        s1 = stack_cpu(stack)
+        own = {role: s1.get(role, 0.0) - s0.get(role, 0.0) for role in sorted(set(s0) | set(s1))}
         res.measure(
             f"[{stack.name}] fan-out run {i} CPU, whole machine",
             f"{cpu:.1f} CPU-s = {cpu / 40:.2f} CPU-s per task ({os.cpu_count()} cores)",
+        )
+        res.measure(
+            f"[{stack.name}] fan-out run {i} CPU, this stack's processes",
+            f"{sum(own.values()):.1f} CPU-s = {sum(own.values()) / 40:.2f} per task ("
+            + ", ".join(f"{role} {sec:.1f}" for role, sec in own.items())
+            + ")",
         )
         tis = stack.task_instances("e2e_fanout", run_id)
         ok = [t for t in tis if t["state"] == "success"]
@@ -906,6 +942,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--require-adoption", action="store_true", help="treat pending adoption as a failure")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--keep", action="store_true", help="keep the temporary AIRFLOW_HOMEs")
+    ap.add_argument(
+        "--ours-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for our executor's warm stack (e.g. AIRFLOW__ASYNC_EXECUTOR__QUEUE_AHEAD=0)",
+    )
     args = ap.parse_args(argv)
 
     def on_term(signum: int, frame: object) -> None:  # run the finally (stop what we started)
@@ -938,7 +981,8 @@ def main(argv: list[str] | None = None) -> int:
             plan.append(("local", LOCAL_EXECUTOR, {}))
         if not args.no_compare_cold and args.executor != LOCAL_EXECUTOR and "fanout" in scenarios:
             plan.append(("cold", args.executor, {"AIRFLOW__ASYNC_EXECUTOR__WARM_START": "False"}))
-        plan.append(("ours" if args.executor != LOCAL_EXECUTOR else "local", args.executor, {}))
+        ours_env = dict(item.split("=", 1) for item in args.ours_env)
+        plan.append(("ours" if args.executor != LOCAL_EXECUTOR else "local", args.executor, ours_env))
         for name, executor, extra_env in plan:
             stack = Stack(name, root, executor, template_db, args.parallelism, extra_env)
             stacks.append(stack)

@@ -79,7 +79,7 @@ def test_success_failure_and_running_state_with_pid(executor: AsyncLocalExecutor
     executor.execute_async(ok, ["sh", "-c", "echo hello; sleep 0.3"])
     executor.execute_async(bad, ["sh", "-c", "echo boom >&2; exit 3"])
     assert executor.running == {ok, bad}
-    assert executor.slots_available == 2
+    assert executor.slots_occupied == 0  # within the 4 held ahead
     got = wait_events(executor, {ok, bad})
     assert str(got[ok][-1][0]) == "success"
     assert str(got[bad][-1][0]) == "failed"
@@ -235,3 +235,91 @@ def test_provider_info_matches_airflows_schema() -> None:
     if not schema_file.is_file():
         pytest.skip("this Airflow ships no provider_info schema")
     jsonschema.validate(get_provider_info(), json.loads(schema_file.read_text()))
+
+
+def test_queue_ahead_takes_more_than_parallelism_but_runs_at_most_parallelism(
+    executor: AsyncLocalExecutor, tmp_path: Path
+) -> None:
+    assert executor.queue_ahead == executor.parallelism == 4  # default: as many as parallelism
+    assert executor.slots_available == 4 and executor.slots_occupied == 0
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    keys = [key(f"held{i}") for i in range(6)]
+    for i, k in enumerate(keys):
+        # each task counts the others running with it, then holds its slot a while
+        executor.execute_async(
+            k,
+            [
+                "sh",
+                "-c",
+                f"touch {marks}/{i}; ls {marks} | wc -l >> {tmp_path}/seen; sleep 0.5; rm {marks}/{i}",
+            ],
+        )
+    # 6 held: 2 beyond the held-ahead allowance count against [core] parallelism
+    assert executor.slots_occupied == 2
+    assert executor.slots_available == 2
+    wait_events(executor, set(keys))
+    seen = [int(n) for n in (tmp_path / "seen").read_text().split()]
+    assert len(seen) == 6 and max(seen) <= 4, seen
+    assert executor.slots_occupied == 0 and executor.slots_available == 4
+
+
+def test_queue_ahead_zero_is_airflows_accounting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__STATE_PATH", str(tmp_path / "state.db"))
+    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__QUEUE_AHEAD", "0")
+    ex = AsyncLocalExecutor(parallelism=3)
+    ex.start()
+    try:
+        assert ex.queue_ahead == 0
+        ex.execute_async(key("one"), ["sleep", "5"])
+        assert ex.slots_occupied == 1 and ex.slots_available == 2
+    finally:
+        ex.terminate()
+
+
+def test_queue_ahead_must_be_a_number(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__STATE_PATH", str(tmp_path / "state.db"))
+    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__QUEUE_AHEAD", "lots")
+    ex = AsyncLocalExecutor(parallelism=3)
+    with pytest.raises(ValueError, match="queue_ahead"):
+        ex.start()
+
+
+def test_tasks_not_started_by_the_end_are_left_queued(executor: AsyncLocalExecutor) -> None:
+    busy = [key(f"busy{i}") for i in range(4)]
+    waiting = [key(f"waiting{i}") for i in range(2)]
+    for k in busy:
+        executor.execute_async(k, ["sleep", "60"])
+    for k in waiting:
+        executor.execute_async(k, ["true"])  # held ahead: all 4 slots are taken
+    executor.end()  # drain_timeout 1 s: the sleepers are left running, the others never start
+    events = executor.get_event_buffer()
+    # no terminal event for either: the sleepers were left running; the others stay queued in
+    # Airflow, whose next scheduler queues them again
+    terminal = {k for k, (state, _) in events.items() if str(state) in ("success", "failed")}
+    assert not terminal & set(busy + waiting), events
+    assert not set(events) & set(waiting), events
+    assert not set(executor.running) & set(waiting)
+    nxt = AsyncLocalExecutor(parallelism=4)
+    nxt.start()
+    try:
+        tis = [type("TI", (), {"key": k})() for k in busy + waiting]
+        left = {ti.key for ti in nxt.try_adopt_task_instances(tis)}
+        assert left == set(waiting)  # never started: Airflow resets them to be scheduled again
+        nxt.terminate()  # stops the adopted sleepers
+        assert {k for k, (state, _) in nxt.get_event_buffer().items() if str(state) == "failed"} == set(busy)
+    finally:
+        nxt.terminate()
+
+
+def test_fork_server_warmup_prepares_the_task_sdk() -> None:
+    from airflow.sdk.api.client import Client
+    from airflow.sdk.execution_time.supervisor import ActivitySubprocess
+
+    from async_executor._airflow import _warmup
+
+    assert _warmup.prebuild_client_tls()
+    assert Client._get_ssl_context_cached.cache_info().currsize >= 1
+    assert _warmup.install_exit_wake()
+    assert getattr(ActivitySubprocess._service_subprocess, "_async_executor_exit_wake", False)
