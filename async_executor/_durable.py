@@ -9,6 +9,11 @@ each task into one of four outcomes:
 * it was accepted but never started: reported as failed with reason ``not_started``;
 * it started but its process is gone with no status recorded: reported as failed.
 
+Outcomes a dead executor recorded but whose caller never confirmed them (see
+``AsyncExecutor.get_event_buffer``) are delivered again, marked ``redelivered``: delivery is
+at-least-once, so a crash between the journal's commit and the caller's own bookkeeping
+cannot lose an outcome.
+
 Rows of executors that are still alive (two executors sharing one state file) are left
 alone; their running keys are refused here, so no task runs twice.
 """
@@ -58,6 +63,9 @@ class JournalRecorder:
 
     def finished(self, info: TaskInfo) -> None:
         self.journal.finished(self.executor_id, info)
+
+    def reported(self, infos: list[TaskInfo]) -> None:
+        self.journal.reported([(info.key, info.try_number) for info in infos])
 
     async def wait_durable(self) -> None:
         await self.journal.flush()
@@ -170,6 +178,24 @@ def info_from_exit(row: JournalRow, record: Message, detail: str | None) -> Task
     )
 
 
+def redelivered_info(row: JournalRow) -> TaskInfo:
+    """A finished row's outcome, as its executor reported it, marked as delivered again."""
+    return TaskInfo(
+        key=row.key,
+        state=TaskState.SUCCESS if row.state == "success" else TaskState.FAILED,
+        returncode=row.returncode,
+        signal=row.signal,
+        pid=row.pid,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        log_path=row.log_path,
+        reason=FailureReason(row.reason) if row.reason is not None else None,
+        detail=row.detail,
+        try_number=row.try_number,
+        redelivered=True,
+    )
+
+
 def failed_info(row: JournalRow, reason: FailureReason | None, detail: str) -> TaskInfo:
     return TaskInfo(
         key=row.key,
@@ -207,6 +233,10 @@ async def recover(
     by_executor: dict[str, list[JournalRow]] = {}
     for row in await journal.unfinished(exclude_executor=executor_id):
         by_executor.setdefault(row.executor_id, []).append(row)
+    unreported: dict[str, list[JournalRow]] = {}
+    for row in await journal.unreported(exclude_executor=executor_id):
+        unreported.setdefault(row.executor_id, []).append(row)
+        by_executor.setdefault(row.executor_id, [])
     # Executors that died with tasks the journal never heard of (spawned within the last
     # commit interval) still left a spawn record in their exits file.
     for old_id in executors:
@@ -223,6 +253,11 @@ async def recover(
             )
             recovery.foreign_live.update(row.key for row in rows)
             continue
+        if unreported.get(old_id):
+            # Outcomes it recorded but its caller never confirmed: deliver them again. Claimed
+            # first, so an executor starting later does not deliver them a third time.
+            await journal.claim(executor_id, unreported[old_id])
+            recovery.events.extend(redelivered_info(row) for row in unreported[old_id])
         exits_path = os.path.join(state_dir, f"exits-{old_id}.jsonl")
         # Start-up only: a stat and a small file read on the loop are acceptable here.
         if not rows and not os.path.exists(exits_path):  # noqa: ASYNC240

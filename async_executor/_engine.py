@@ -84,6 +84,10 @@ class Recorder(Protocol):
 
     def finished(self, info: TaskInfo) -> None: ...
 
+    def reported(self, infos: list[TaskInfo]) -> None:
+        """The caller confirmed these outcomes: they need not be delivered again after a crash."""
+        ...
+
     async def wait_durable(self) -> None:
         """Return once everything recorded so far is on disk."""
         ...
@@ -458,15 +462,18 @@ class Engine:
         )
         self.deliver(info, future)
 
-    def deliver(self, info: TaskInfo, future: asyncio.Future[TaskInfo] | None = None) -> None:
+    def deliver(
+        self, info: TaskInfo, future: asyncio.Future[TaskInfo] | None = None, *, record: bool = True
+    ) -> None:
         """Report a terminal outcome: through ``future`` if given, else the results deque.
 
-        With a journal, the outcome becomes visible only once its record is committed, so a
-        crash can never make a reported outcome be reported again by the next executor.
-        Commits stay grouped: one commit covers every outcome that waited for it.
+        With a journal, the outcome becomes visible only once its record is committed, so an
+        outcome a caller saw is always one the next executor knows. Commits stay grouped: one
+        commit covers every outcome that waited for it. ``record=False`` is for an outcome the
+        journal already holds (delivered again after a crash).
         """
         self.counters["succeeded" if info.state is TaskState.SUCCESS else "failed"] += 1
-        if self.recorder is None:
+        if self.recorder is None or not record:
             self._publish(info, future)
             return
         self.recorder.finished(info)
@@ -498,9 +505,11 @@ class Engine:
 
     def _publish(self, info: TaskInfo, future: asyncio.Future[TaskInfo] | None) -> None:
         if future is None:
-            self.results.append(info)
+            self.results.append(info)  # confirmed when the façade hands it out (get_event_buffer)
         elif not future.done():
-            future.set_result(info)
+            future.set_result(info)  # handed to its awaiting caller: confirmed now
+            if self.recorder is not None:
+                self.recorder.reported([info])
         self._check_idle()
 
     def _is_idle(self) -> bool:

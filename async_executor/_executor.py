@@ -42,6 +42,7 @@ T = TypeVar("T")
 EventBuffer = dict[Any, tuple[TaskState, TaskInfo]]
 
 _NEW, _STARTED, _CLOSED = "new", "started", "closed"
+_TERMINAL = (TaskState.SUCCESS, TaskState.FAILED)
 
 
 class _DefaultState:
@@ -158,6 +159,9 @@ class AsyncExecutor:
         self.queued_tasks: dict[Any, TaskSpec] = {}
         self.running: set[Any] = set()
         self.event_buffer: EventBuffer = {}
+        #: Outcomes the last get_event_buffer() handed out, confirmed to the journal by the next
+        #: call (or end()): the caller has handled them by then.
+        self._handed: list[TaskInfo] = []
         self._loop_kind = loop
         self._tries: dict[Any, int] = {}
         self._state = _NEW
@@ -331,16 +335,42 @@ class AsyncExecutor:
             buffer[info.key] = (info.state, info)
 
     def get_event_buffer(self, keys_or_dag_ids: Iterable[Any] | None = None) -> EventBuffer:
-        """Return and flush ``{key: (state, info)}``; optionally only for these keys / dag_ids."""
+        """Return and flush ``{key: (state, info)}``; optionally only for these keys / dag_ids.
+
+        With a journal, delivery is at-least-once: the outcomes one call hands out count as
+        handled when the caller comes back for more (the next call), or at ``end()`` /
+        ``terminate()``. If the process dies before that, the next executor on the same
+        journal delivers them again, marked ``info.redelivered``.
+        """
+        if self._handed:
+            self._confirm(self._handed)
+            self._handed = []
         if keys_or_dag_ids is None:
             buffer, self.event_buffer = self.event_buffer, {}
-            return buffer
-        wanted = set(keys_or_dag_ids)
-        cleared: EventBuffer = {}
-        for key in list(self.event_buffer):
-            if key in wanted or getattr(key, "dag_id", None) in wanted:
-                cleared[key] = self.event_buffer.pop(key)
-        return cleared
+        else:
+            wanted = set(keys_or_dag_ids)
+            buffer = {}
+            for key in list(self.event_buffer):
+                if key in wanted or getattr(key, "dag_id", None) in wanted:
+                    buffer[key] = self.event_buffer.pop(key)
+        if buffer and self._journal is not None:
+            self._handed = [info for state, info in buffer.values() if state in _TERMINAL]
+        return buffer
+
+    def _confirm(self, infos: list[TaskInfo]) -> None:
+        recorder = self._engine.recorder
+        if recorder is not None and self._state == _STARTED and infos:
+            recorder.reported(infos)
+
+    def _confirm_all(self) -> None:
+        """At a clean end: everything handed out, buffered or about to be is confirmed (the
+        caller's process is alive and owns the buffer)."""
+        recorder = self._engine.recorder
+        infos, self._handed = self._handed, []
+        infos += [info for state, info in self.event_buffer.values() if state in _TERMINAL]
+        infos += [info for info in self._engine.results if info.state in _TERMINAL]
+        if recorder is not None and infos:
+            recorder.reported(infos)
 
     def has_task(self, key: Any) -> bool:
         """Is the task queued or running here?"""
@@ -587,7 +617,10 @@ class AsyncExecutor:
             for supervisor in self._attached:
                 supervisor.open(loop, self._engine)
             for info in recovery.events:
-                self._report_recovered(info)
+                if info.redelivered:  # already final in the journal: deliver, do not record
+                    self._engine.deliver(info, record=False)
+                else:
+                    self._report_recovered(info)
             await self._engine.wait_idle()  # recovered outcomes committed and in the results
             if recovery.events or recovery.adoptable:
                 logger.info(
@@ -637,6 +670,7 @@ class AsyncExecutor:
         for supervisor in self._attached:
             supervisor.close()
         if self._journal is not None:
+            self._confirm_all()
             # Ended: a later executor in this same process must treat our rows as recoverable.
             await self._journal.register_executor(
                 self.executor_id, pid=0, proc_start=None, supervisor_socket=socket_name(self.executor_id)[1:]

@@ -26,9 +26,12 @@ pending and is retried with back-off; ``flush()`` reports the failure as ``Journ
 - A finished row is final: ``started()`` / ``finished()`` never change it again (the first
   terminal status wins; later ones are counted as ``missed_updates``). Only a new ``accepted()``
   for the same ``(key, try_number)`` starts it afresh.
-- ``prune()`` deletes finished rows only (older than ``keep_seconds``, and beyond the newest
-  ``keep_tasks``), of every executor; unfinished rows are never pruned. It runs by itself after
-  opening and every ``PRUNE_EVERY`` finished rows.
+- ``finished()`` marks the row *unreported* (``reported = 0``); ``reported()`` marks it reported
+  once the caller has confirmed the outcome. A later executor delivers the unreported outcomes of
+  a dead one again (at-least-once delivery; see ``_durable``).
+- ``prune()`` deletes finished, reported rows only (older than ``keep_seconds``, and beyond the
+  newest ``keep_tasks``), of every executor; unfinished and unreported rows are never pruned. It
+  runs by itself after opening and every ``PRUNE_EVERY`` finished rows.
 
 Because the primary key is ``(key, try_number)``, a key reused by a later run with the same try
 number replaces the earlier run's finished row: callers that want both kept give them different
@@ -44,7 +47,8 @@ reaches the pending list, the database or its WAL.
 **Schema.** ``PRAGMA user_version`` holds the schema version, ``PRAGMA application_id`` marks the
 file as ours. Opening applies the steps of ``MIGRATIONS`` in order, in one transaction, from the
 file's version up to ``Journal.SCHEMA_VERSION`` (a new file runs them all). Version 1 was the first
-layout (tasks only); version 2 added the ``run`` column and the ``executors`` registry. A file
+layout (tasks only); version 2 added the ``run`` column and the ``executors`` registry; version 3
+the ``reported`` column (rows from before count as reported). A file
 from a newer version, a file that is not a SQLite database (or not ours), a corrupt, locked or
 read-only file, or a directory that cannot be created all raise ``JournalError`` from ``open()``,
 after at most ``LOCK_TIMEOUT`` seconds of waiting for a lock, never falling back to anything.
@@ -93,7 +97,7 @@ APPLICATION_ID = 0x41454A4E
 
 _FINISHED = ("success", "failed")
 _UNFINISHED = ("queued", "running")
-_OP_ACCEPTED, _OP_STARTED, _OP_FINISHED = 1, 2, 3
+_OP_ACCEPTED, _OP_STARTED, _OP_FINISHED, _OP_REPORTED = 1, 2, 3, 4
 
 
 class JournalError(AsyncExecutorError, RuntimeError):
@@ -129,6 +133,8 @@ class JournalRow:
     signal: int | None
     reason: str | None
     detail: str | None
+    #: ``False`` while a terminal outcome awaits its caller's confirmation (redelivered after a crash).
+    reported: bool = True
 
     @property
     def finished(self) -> bool:
@@ -275,16 +281,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             started_at REAL NOT NULL
         ) WITHOUT ROWID""",
     ),
+    # 2 -> 3: delivery. ``reported = 0`` marks a terminal outcome its caller has not yet
+    # confirmed; a later executor delivers it again. Rows from before are taken as reported.
+    (
+        "ALTER TABLE tasks ADD COLUMN reported INTEGER NOT NULL DEFAULT 1",
+        "CREATE INDEX tasks_unreported ON tasks (executor_id) WHERE reported = 0",
+    ),
 )
 
 _COLUMNS = (
     "executor_id, key_json, try_number, run, argv, options, priority, state, pid, pgid, proc_start, "
-    "log_path, accepted_at, started_at, ended_at, returncode, signal, reason, detail"
+    "log_path, accepted_at, started_at, ended_at, returncode, signal, reason, detail, reported"
 )
-_N_COLUMNS = 19
+_N_COLUMNS = 20
 # indices into an insert row (same order as _COLUMNS)
 _I_EXECUTOR, _I_STATE, _I_PID, _I_PGID, _I_PROC_START, _I_LOG = 0, 7, 8, 9, 10, 11
-_I_STARTED, _I_ENDED, _I_RC, _I_SIGNAL, _I_REASON, _I_DETAIL = 13, 14, 15, 16, 17, 18
+_I_STARTED, _I_ENDED, _I_RC, _I_SIGNAL, _I_REASON, _I_DETAIL, _I_REPORTED = 13, 14, 15, 16, 17, 18, 19
 
 _UPSERT = (
     f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * _N_COLUMNS)}) "  # noqa: S608
@@ -300,8 +312,12 @@ _UPDATE_STARTED = (
 _UPDATE_FINISHED = (
     "UPDATE tasks SET executor_id = ?, state = ?, pid = coalesce(?, pid), "
     "started_at = coalesce(?, started_at), log_path = coalesce(?, log_path), ended_at = ?, "
-    "returncode = ?, signal = ?, reason = ?, detail = ? "
+    "returncode = ?, signal = ?, reason = ?, detail = ?, reported = 0 "
     "WHERE key_json = ? AND try_number = ? AND state IN ('queued', 'running')"
+)
+_UPDATE_REPORTED = (
+    "UPDATE tasks SET reported = 1 "
+    "WHERE key_json = ? AND try_number = ? AND state IN ('success', 'failed') AND reported = 0"
 )
 _SELECT = f"SELECT {_COLUMNS} FROM tasks"  # noqa: S608
 
@@ -310,12 +326,13 @@ class _Segment:
     """Pending transitions merged per row. A row's transitions merge while they come in order
     (accepted < started < finished); one that does not starts the next segment."""
 
-    __slots__ = ("finished", "inserts", "stage", "started")
+    __slots__ = ("finished", "inserts", "reported", "stage", "started")
 
     def __init__(self) -> None:
         self.inserts: dict[tuple[str, int], list[Any]] = {}
         self.started: dict[tuple[str, int], tuple[Any, ...]] = {}
         self.finished: dict[tuple[str, int], tuple[Any, ...]] = {}
+        self.reported: list[tuple[str, int]] = []
         self.stage: dict[tuple[str, int], int] = {}
 
 
@@ -644,6 +661,12 @@ class Journal:
             raise ValueError(f"finished() needs a terminal TaskInfo, not one in state {state!r}")
         self._push((_OP_FINISHED, executor_id, info, time.time()))
 
+    def reported(self, tags: list[tuple[Any, int]]) -> None:
+        """Record that the caller confirmed these outcomes (``(key, try_number)`` each): a later
+        executor no longer delivers them again. Tags without a finished row are ignored."""
+        if tags:
+            self._push((_OP_REPORTED, tags))
+
     def _push(self, op: tuple[Any, ...]) -> None:
         if self._closing:
             raise JournalError(f"journal {self.path} is closed")
@@ -824,7 +847,10 @@ class Journal:
                         self.path,
                         len(rows) - changed,
                     )
-            for sql, updates in ((_UPDATE_STARTED, segment.started), (_UPDATE_FINISHED, segment.finished)):
+            for sql, updates in (
+                (_UPDATE_STARTED, segment.started),
+                (_UPDATE_FINISHED, segment.finished),
+            ):
                 if updates:
                     params = list(updates.values())
                     async with db.executemany(sql, params) as cursor:
@@ -837,6 +863,9 @@ class Journal:
                             self.path,
                             len(params) - changed,
                         )
+            if segment.reported:
+                await db.executemany(_UPDATE_REPORTED, segment.reported)
+                written += len(segment.reported)
         return written
 
     def _build(self, batch: list[tuple[Any, ...]]) -> tuple[list[_Segment], int]:
@@ -849,6 +878,15 @@ class Journal:
         for op in batch:
             try:
                 kind = op[0]
+                if kind == _OP_REPORTED:
+                    for key, try_number in op[1]:
+                        row_id = (key_json(key), try_number)
+                        if segment.stage.get(row_id, 0) >= kind:
+                            segment = _Segment()
+                            segments.append(segment)
+                        segment.stage[row_id] = kind
+                        segment.reported.append(row_id)
+                    continue
                 if kind == _OP_ACCEPTED:
                     _, executor_id, spec, run, accepted_at, argv, env = op
                     row_id = (key_json(spec.key), spec.try_number)
@@ -875,7 +913,7 @@ class Journal:
                     segment.inserts[row_id] = [
                         executor_id, row_id[0], row_id[1], run, orjson.dumps(argv).decode(),
                         orjson.dumps(options).decode(), spec.priority, "queued", None, None, None, None,
-                        accepted_at, None, None, None, None, None, None,
+                        accepted_at, None, None, None, None, None, None, 1,
                     ]
                     # fmt: on
                 elif kind == _OP_STARTED:
@@ -920,6 +958,7 @@ class Journal:
                         row[_I_SIGNAL] = info.signal
                         row[_I_REASON] = reason
                         row[_I_DETAIL] = info.detail
+                        row[_I_REPORTED] = 0
                     else:
                         segment.finished[row_id] = (
                             executor_id,
@@ -980,6 +1019,7 @@ class Journal:
             signal=values[16],
             reason=values[17],
             detail=values[18],
+            reported=bool(values[19]),
         )
 
     async def unfinished(self, *, exclude_executor: str | None = None) -> list[JournalRow]:
@@ -991,6 +1031,31 @@ class Journal:
             sql += " AND executor_id != ?"
             params = (exclude_executor,)
         return [self._row(r) for r in await self._query(sql + " ORDER BY accepted_at", params)]
+
+    async def unreported(self, *, exclude_executor: str | None = None) -> list[JournalRow]:
+        """Finished rows whose outcome no caller confirmed (of every executor but
+        ``exclude_executor``), oldest first."""
+        sql = f"{_SELECT} WHERE reported = 0"
+        params: tuple[Any, ...] = ()
+        if exclude_executor is not None:
+            sql += " AND executor_id != ?"
+            params = (exclude_executor,)
+        return [self._row(r) for r in await self._query(sql + " ORDER BY ended_at", params)]
+
+    async def claim(self, executor_id: str, rows: Sequence[JournalRow]) -> int:
+        """Make ``executor_id`` the owner of these unreported rows (it delivers them now), so an
+        executor starting later does not deliver them as well. Returns the rows claimed."""
+        db, lock = self._require_open()
+        async with lock:
+            try:
+                async with db.executemany(
+                    "UPDATE tasks SET executor_id = ? "
+                    "WHERE key_json = ? AND try_number = ? AND executor_id = ? AND reported = 0",
+                    [(executor_id, row.key_json, row.try_number, row.executor_id) for row in rows],
+                ) as cursor:
+                    return int(cursor.rowcount)
+            except sqlite3.Error as exc:
+                raise self._error(exc, "cannot write") from exc
 
     async def latest(self, *, run: str | None = None) -> list[JournalRow]:
         """The newest try of every key (of every key in ``run``), oldest accepted first."""
@@ -1086,7 +1151,7 @@ class Journal:
                         db,
                         lock,
                         "SELECT key_json, try_number FROM tasks WHERE state IN ('success', 'failed') "
-                        "AND ended_at < ? ORDER BY ended_at LIMIT ?",
+                        "AND reported = 1 AND ended_at < ? ORDER BY ended_at LIMIT ?",
                         (cutoff, self.PRUNE_CHUNK),
                     )
                     deleted += count
@@ -1096,7 +1161,9 @@ class Journal:
                 while True:
                     async with lock:
                         total = await self._scalar(
-                            db, "SELECT count(*) FROM tasks WHERE state IN ('success', 'failed')"
+                            db,
+                            "SELECT count(*) FROM tasks "
+                            "WHERE state IN ('success', 'failed') AND reported = 1",
                         )
                     excess = min(int(total) - self.keep_tasks, self.PRUNE_CHUNK)
                     if excess <= 0:
@@ -1105,7 +1172,7 @@ class Journal:
                         db,
                         lock,
                         "SELECT key_json, try_number FROM tasks WHERE state IN ('success', 'failed') "
-                        "ORDER BY ended_at LIMIT ?",
+                        "AND reported = 1 ORDER BY ended_at LIMIT ?",
                         (excess,),
                     )
             if deleted:
@@ -1115,7 +1182,7 @@ class Journal:
                         "DELETE FROM executors WHERE executor_id NOT IN "
                         "(SELECT executor_id FROM executors ORDER BY started_at DESC LIMIT 100) "
                         "AND executor_id NOT IN "
-                        "(SELECT executor_id FROM tasks WHERE state IN ('queued', 'running'))"
+                        "(SELECT executor_id FROM tasks WHERE state IN ('queued', 'running') OR reported = 0)"
                     )
         except sqlite3.Error as exc:
             raise self._error(exc, "cannot prune") from exc

@@ -456,14 +456,17 @@ async def test_migrates_a_version_1_database(db: Path) -> None:
             None,
         )
         assert [r.key for r in await j.unfinished()] == [("old", 1)]
+        assert await j.unreported() == []  # outcomes from before version 3 count as delivered
         j.accepted("ex-v2", spec("new"), run="r2", accepted_at=time.time())
         await j.register_executor("ex-v2", pid=1, proc_start=None, supervisor_socket=None)
         assert (await j.row("new")).run == "r2"  # type: ignore[union-attr]
         assert [r.run for r in await j.runs()] == ["r2"]
     with sqlite3.connect(db) as con:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == Journal.SCHEMA_VERSION == 2
+        assert con.execute("PRAGMA user_version").fetchone()[0] == Journal.SCHEMA_VERSION == 3
         names = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
-        assert {"tasks", "executors", "tasks_run", "meta"} <= names
+        assert {"tasks", "executors", "tasks_run", "tasks_unreported", "meta"} <= names
+        # the old finished row (pruned at open by age, if not): taken as reported
+        assert con.execute("SELECT count(*) FROM tasks WHERE reported = 0").fetchone()[0] == 0
     con.close()
 
 
@@ -644,12 +647,15 @@ async def test_prune_keeps_unfinished_rows(db: Path) -> None:
         for i in range(20):
             j.accepted("ex", spec(("done", i)), accepted_at=now - 1000)
             j.finished("ex", info(("done", i), ended_at=now - 1000 + i))
+        j.reported([(("done", i), 1) for i in range(20)])
         j.accepted("ex", spec("waiting"), accepted_at=now - 10**6)
         j.accepted("ex", spec("busy"), accepted_at=now - 10**6)
+        j.accepted("ex", spec("undelivered"), accepted_at=now - 10**6)
+        j.finished("ex", info("undelivered", ended_at=now - 10**6))  # never confirmed: kept
         start(j, "ex", "busy")
         assert await j.prune() == 15
         keys = {r.key for r in await j.latest()}
-        assert keys == {"waiting", "busy"} | {("done", i) for i in range(15, 20)}
+        assert keys == {"waiting", "busy", "undelivered"} | {("done", i) for i in range(15, 20)}
         assert await j.prune() == 0
         assert j.statistics()["pruned"] == 15
 
@@ -660,6 +666,7 @@ async def test_prune_by_age(db: Path) -> None:
         for i in range(10):
             j.accepted("ex", spec(("t", i)), accepted_at=now - 7200)
             j.finished("ex", info(("t", i), ended_at=now - 7200 if i < 6 else now))
+        j.reported([(("t", i), 1) for i in range(10)])
         j.accepted("ex", spec("old-but-queued"), accepted_at=now - 10**7)
         assert await j.prune() == 6
         assert len(await j.latest()) == 5
@@ -673,6 +680,7 @@ async def test_prune_runs_by_itself(db: Path) -> None:
         for i in range(200):
             j.accepted("ex", spec(("t", i)), accepted_at=time.time())
             j.finished("ex", info(("t", i)))
+            j.reported([(("t", i), 1)])
             if i % 20 == 0:
                 await j.flush()
         await j.flush()
@@ -811,3 +819,39 @@ async def test_writer_survives_an_internal_error(db: Path, monkeypatch: pytest.M
             await j.flush()
         await j.flush()  # retried: nothing lost
         assert (await j.row("k")).state == "queued"  # type: ignore[union-attr]
+
+
+async def test_outcomes_stay_unreported_until_confirmed(db: Path) -> None:
+    async with opened(db) as j:
+        for key in ("a", "b", "c"):
+            j.accepted("ex1", spec(key), accepted_at=time.time())
+        start(j, "ex1", "a")
+        j.finished("ex1", info("a"))
+        j.accepted("ex1", spec("b"), accepted_at=time.time())
+        j.finished("ex1", info("b", TaskState.FAILED, returncode=3))
+        await j.flush()
+        assert sorted(r.key for r in await j.unreported()) == ["a", "b"]  # "c" is not finished
+        assert [r.key for r in await j.unreported(exclude_executor="ex1")] == []
+        j.reported([("a", 1), ("c", 1), ("nope", 7)])  # unfinished / unknown tags are ignored
+        rows = await j.unreported()
+        assert [(r.key, r.returncode, r.reported) for r in rows] == [("b", 3, False)]
+        assert (await j.row("c")).state == "queued"  # type: ignore[union-attr]
+        # another executor takes the outcome over; its owner changes, only while unreported
+        assert await j.claim("ex2", rows) == 1
+        assert await j.claim("ex3", rows) == 0
+        assert [r.executor_id for r in await j.unreported()] == ["ex2"]
+
+
+async def test_a_report_lands_after_its_finish_in_one_batch(db: Path) -> None:
+    # finished, reported, accepted again and finished again, all in one commit: the report
+    # applies to the first outcome only, so the second one is still owed to its caller
+    async with opened(db, commit_interval=60) as j:
+        j.accepted("ex", spec("k"), accepted_at=time.time())
+        j.finished("ex", info("k"))
+        j.reported([("k", 1)])
+        j.accepted("ex", spec("k"), accepted_at=time.time())
+        j.finished("ex", info("k", TaskState.FAILED, returncode=9))
+        await j.flush()
+        assert [(r.key, r.returncode) for r in await j.unreported()] == [("k", 9)]
+        j.reported([("k", 1)])
+        assert await j.unreported() == []
