@@ -511,7 +511,7 @@ def grep_jwt(paths: list[Path]) -> tuple[int, list[str]]:
 # --------------------------------------------------------------------------------------------- scenarios
 
 
-def scheduler_pss(stack: Stack) -> dict[str, int]:
+def scheduler_pss(stack: Stack) -> dict[str, Any]:
     sched = stack.procs["scheduler"].pid
     kids = descendants(sched)
     # the executor's own helper processes: LocalExecutor's workers; our supervisor and fork server
@@ -524,7 +524,12 @@ def scheduler_pss(stack: Stack) -> dict[str, int]:
     ]
     others = [k for k in kids if k not in workers]
     sm = smaps(sched)
+    per = [(k, smaps(k)) for k in workers]
     return {
+        "workers_uss_kb": sum(m.get("Private_Clean", 0) + m.get("Private_Dirty", 0) for _, m in per),
+        "per_worker": [
+            (role(k), m.get("Pss", 0), m.get("Private_Clean", 0) + m.get("Private_Dirty", 0)) for k, m in per
+        ],
         "scheduler_rss_kb": sm.get("Rss", 0),
         "scheduler_uss_kb": sm.get("Private_Clean", 0) + sm.get("Private_Dirty", 0),
         "scheduler_kb": pss_kb(sched) or 0,
@@ -533,6 +538,19 @@ def scheduler_pss(stack: Stack) -> dict[str, int]:
         "other_children_kb": sum(pss_kb(k) or 0 for k in others),
         "n_other_children": len(others),
     }
+
+
+def role(pid: int) -> str:
+    """A short name for one of the executor's helper processes (by its command line)."""
+    line = cmdline(pid)
+    for pattern, name in (
+        ("_forkserver", "fork server"),
+        ("_supervisor", "supervisor"),
+        ("LocalExecutor", "LocalExecutor worker"),
+    ):
+        if pattern in line:
+            return name
+    return line[:40]
 
 
 PROBE = r"""
@@ -618,7 +636,9 @@ def measure_idle_pss(stack: Stack, res: Results, label: str, settle: float, afte
         f"scheduler {m['scheduler_kb'] / 1024:.1f} MB + executor workers {m['workers_kb'] / 1024:.1f} MB "
         f"({m['n_workers']} procs) = {(m['scheduler_kb'] + m['workers_kb']) / 1024:.1f} MB; "
         f"scheduler RSS {m['scheduler_rss_kb'] / 1024:.1f} MB, USS {m['scheduler_uss_kb'] / 1024:.1f} MB "
-        f"[other children excluded: {m['n_other_children']} procs, {m['other_children_kb'] / 1024:.1f} MB]",
+        f"[other children excluded: {m['n_other_children']} procs, {m['other_children_kb'] / 1024:.1f} MB]; "
+        f"executor workers USS {m['workers_uss_kb'] / 1024:.1f} MB; per process (PSS/USS MB): "
+        + ", ".join(f"{r} {p / 1024:.1f}/{u / 1024:.1f}" for r, p, u in m["per_worker"]),
     )
     attr = "pss_after" if after else "pss"
     setattr(stack, attr, getattr(stack, attr, {}))
@@ -1093,9 +1113,19 @@ def print_summary(
         if "local+" in pss and "ours+" in pss:
             for p in sorted(set(pss["local+"]) & set(pss["ours+"])):
                 lo, ou = pss["local+"][p], pss["ours+"][p]
-                in_scheduler = probes.get(p, (0, 0))[0]
+                in_scheduler, in_scheduler_uss = probes.get(p, (0, 0))
                 owned = ou["workers_kb"] + in_scheduler
                 ratio = owned / lo["workers_kb"] if lo["workers_kb"] else float("nan")
+                uss_ratio = (
+                    (ou["workers_uss_kb"] + in_scheduler_uss) / lo["workers_uss_kb"]
+                    if lo["workers_uss_kb"]
+                    else float("nan")
+                )
+                print(
+                    f"  parallelism {p}, idle after the fan-out, USS (what the processes add): ours "
+                    f"{ou['workers_uss_kb'] / 1024:.1f} MB + in-scheduler {in_scheduler_uss / 1024:.1f} MB USS; "
+                    f"LocalExecutor's workers {lo['workers_uss_kb'] / 1024:.1f} MB; ratio {uss_ratio:.2f}"
+                )
                 print(
                     f"  parallelism {p}, idle after the fan-out: executor-owned memory, ours = supervisor + "
                     f"fork server PSS {ou['workers_kb'] / 1024:.1f} MB + in-scheduler "
