@@ -201,6 +201,9 @@ class AsyncExecutor:
         """Start the engine on a private event-loop thread (for synchronous callers)."""
         if self._state != _NEW:
             raise RuntimeError(f"executor is {self._state}; start() can be called once")
+        prefork = getattr(self._engine.backend, "prefork", None)
+        if prefork is not None:  # warm start's fork_from_caller: fork while single-threaded
+            prefork()
         thread = LoopThread(self._loop_kind)
         loop = thread.start()
         try:
