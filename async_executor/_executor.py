@@ -210,6 +210,9 @@ class AsyncExecutor:
             thread.run(self._start_on_loop)
         except BaseException:
             thread.stop()
+            drop = getattr(self._engine.backend, "drop_prefork", None)
+            if drop is not None:  # start failed before the backend took what prefork() started
+                drop()
             raise
         self._thread, self._loop, self._loop_name = thread, loop, thread.loop_name
         self._loop_thread_id = thread.thread.ident

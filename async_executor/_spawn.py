@@ -389,6 +389,13 @@ class LocalBackend:
         except OSError as exc:
             logger.warning("could not fork the fork server (%s); it starts on the first warm launch", exc)
 
+    def drop_prefork(self) -> None:
+        """Let go of a fork server ``prefork()`` started if ``open()`` never took it."""
+        forked, self._forked = self._forked, None
+        if forked is not None:
+            forked[1].close()  # it exits on EOF
+            reap_in_background(forked[0])
+
     def adopt_forkserver(self, pid: int, sock: socket.socket) -> None:
         """Use this fork server (our child, forked from our owner's process) once open."""
         self._forked = (pid, sock)

@@ -555,6 +555,14 @@ class SupervisorBackend(_SupervisorLink):
             threading.active_count(),
         )
 
+    def drop_prefork(self) -> None:
+        """Let go of a supervisor ``prefork()`` started if ``open()`` never took it."""
+        ours, self._preforked = self._preforked, None
+        if ours is not None:
+            ours.close()  # with no task and no owner it exits, and its fork server with it
+            if self.supervisor_pid is not None:
+                reap_in_background(self.supervisor_pid)
+
     def open(self, loop: asyncio.AbstractEventLoop, events: ProcessEvents) -> None:
         self._loop, self._events = loop, events
         ours, self._preforked = self._preforked, None

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from async_executor import AsyncExecutor, TaskState, WarmStart
+from async_executor import AsyncExecutor, JournalError, TaskState, WarmStart
 
 from .conftest import PY, drain, pid_alive, wait_for_file
 
@@ -247,3 +247,19 @@ time.sleep(600)
     while pid_alive(servers[0]) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not pid_alive(servers[0])
+
+
+def test_a_failed_start_lets_the_forked_supervisor_and_server_go(tmp_path: Path) -> None:
+    """start() fails after prefork() (here: a journal that is not SQLite): nothing is left."""
+    state = tmp_path / "state" / "j.sqlite"
+    state.parent.mkdir()
+    state.write_bytes(b"not a database" * 100)
+    ex = AsyncExecutor(parallelism=2, log_dir=tmp_path / "logs", state_path=state, warm_start=FORKED)
+    with pytest.raises(JournalError):
+        ex.start()
+    supervisor = ex._engine.backend.supervisor_pid  # type: ignore[attr-defined]
+    assert supervisor is not None
+    deadline = time.monotonic() + 30  # it sees EOF, has no task, exits (and is reaped)
+    while pid_alive(supervisor) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(supervisor)
