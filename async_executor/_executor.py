@@ -205,12 +205,18 @@ class AsyncExecutor:
         """Start the engine on a private event-loop thread (for synchronous callers)."""
         if self._state != _NEW:
             raise RuntimeError(f"executor is {self._state}; start() can be called once")
+        prefork = getattr(self._engine.backend, "prefork", None)
+        if prefork is not None:  # warm start's fork_from_caller: fork while single-threaded
+            prefork()
         thread = LoopThread(self._loop_kind)
         loop = thread.start()
         try:
             thread.run(self._start_on_loop)
         except BaseException:
             thread.stop()
+            drop = getattr(self._engine.backend, "drop_prefork", None)
+            if drop is not None:  # start failed before the backend took what prefork() started
+                drop()
             raise
         self._thread, self._loop, self._loop_name = thread, loop, thread.loop_name
         self._loop_thread_id = thread.thread.ident

@@ -24,6 +24,7 @@ server talks only over a socketpair with its parent, and forks only while single
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import gc
 import importlib
@@ -36,7 +37,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -110,6 +111,12 @@ class WarmStart:
     match_env: tuple[str, ...] = attrs.field(default=("PYTHON",), converter=_prefixes)
     #: Seconds the fork server may take to import ``preload`` (then tasks are exec'd cold).
     start_timeout: float = DEFAULT_START_TIMEOUT
+    #: Start the fork server by forking the process that calls ``AsyncExecutor.start()``
+    #: (before its loop thread starts) instead of a fresh interpreter: it shares that
+    #: process's already-imported modules copy-on-write, and only imports what ``preload``
+    #: adds. Its children inherit the caller's modules and state, not a fresh interpreter's
+    #: (as Airflow's LocalExecutor workers do). A server that dies is restarted fresh.
+    fork_from_caller: bool = False
 
     @property
     def imports(self) -> tuple[str, ...]:
@@ -152,6 +159,7 @@ class WarmStart:
             "python": self.python,
             "match_env": list(self.match_env),
             "start_timeout": self.start_timeout,
+            "fork_from_caller": self.fork_from_caller,
         }
 
     @classmethod
@@ -234,9 +242,13 @@ def _clone_parent() -> int:
 class _Server:
     """Runs in the fork server: imports, freezes, then forks one child per request."""
 
-    def __init__(self, sock: socket.socket, imports: tuple[str, ...]) -> None:
+    def __init__(
+        self, sock: socket.socket, imports: tuple[str, ...], placeholders: frozenset[int] = frozenset()
+    ) -> None:
         self.sock = sock
         self.imports = imports
+        #: Descriptors kept open on /dev/null in the children (see :func:`serve_forked`).
+        self.placeholders = placeholders
         self.base_env = dict(os.environ)
         self.base_path = list(sys.path)
         self.signals = {
@@ -255,6 +267,7 @@ class _Server:
                 failed[name] = f"{type(exc).__name__}: {exc}"
         gc.collect()
         gc.freeze()
+        _release_free_memory()
         self._send(
             {
                 "op": "ready",
@@ -353,7 +366,7 @@ class _Server:
             go = b""
         if go != b"1":  # the owner never registered this pid: do not run unwatched
             os._exit(126)
-        os.closerange(3, _fd_limit())
+        _close_fds(self.placeholders)
         _set_title(request["argv"])
         for sig, handler in self.signals.items():
             try:
@@ -382,6 +395,20 @@ def _set_title(argv: list[str]) -> None:  # pragma: no cover - in the child
             return
 
 
+def _release_free_memory() -> None:
+    """Give the heap's free pages back to the system (glibc ``malloc_trim``), once, idle.
+
+    Importing leaves freed memory behind in the allocator; in a server that then only
+    forks, those pages would stay resident (and be inherited by every child) for nothing.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        return
+
+
 def _thread_count() -> int:
     try:
         return len(os.listdir("/proc/self/task"))
@@ -396,6 +423,15 @@ def _fd_limit() -> int:
 
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return soft if 0 < soft < 1 << 20 else 1 << 16
+
+
+def _close_fds(keep: frozenset[int]) -> None:  # pragma: no cover - in the child
+    """Close every descriptor from 3 up, except those in ``keep``."""
+    low = 3
+    for fd in sorted(fd for fd in keep if fd >= low):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, _fd_limit())
 
 
 def _run_main(argv: list[str], base_path: list[str]) -> int:  # pragma: no cover - in the child
@@ -491,6 +527,147 @@ def main(argv: list[str] | None = None) -> None:
     sock = socket.socket(fileno=args.control_fd)
     imports = tuple(name for name in args.imports.split(",") if name)
     _Server(sock, imports).serve()
+
+
+def fork_server(imports: tuple[str, ...], stderr_fd: int | None = None) -> tuple[int, socket.socket]:
+    """Fork a fork server from this process (``fork_from_caller``); its pid and our socket end.
+
+    The server shares this process's imported modules copy-on-write and imports only what
+    ``imports`` adds. Call it while this thread is the only one that matters (before the
+    executor's loop thread starts): the server keeps only this thread. Like Airflow's
+    LocalExecutor, the collector is frozen around the fork so that the parent's next
+    collections do not touch (and so copy) the pages the two processes share.
+    ``stderr_fd`` becomes the server's stderr (default: ours). Raises ``OSError``.
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with frozen_gc():
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            raise
+        if pid == 0:  # pragma: no cover - the server, which never returns
+            ours.close()
+            serve_forked(theirs, imports, stderr_fd)
+    theirs.close()
+    return pid, ours
+
+
+@contextlib.contextmanager
+def frozen_gc() -> Iterator[None]:
+    """``gc.freeze()`` for the duration (undone only if nothing was frozen before)."""
+    frozen_before = gc.get_freeze_count()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        if not frozen_before:
+            gc.unfreeze()
+
+
+def serve_forked(
+    sock: socket.socket, imports: tuple[str, ...], stderr_fd: int | None
+) -> None:  # pragma: no cover - runs in the forked server, never returns
+    """Turn a fork of the owner's process into a fork server, serve, and ``_exit``.
+
+    What the owner's process had that a fresh server would not is undone: its descriptors
+    (pipes, sockets, files: they stay open on /dev/null, so no stale object can reach a
+    descriptor the server or a task opens later, and nothing of the owner's is held
+    open), its signal handlers and mask, its ``sys.std*`` replacements and its ``atexit``
+    handlers (the owner's, not the task's; ``logging.shutdown`` is kept). The server never
+    returns into the caller's stack.
+    """
+    code = 1
+    try:
+        try:
+            os.setsid()  # like an exec'd helper: signals aimed at the owner's group miss it
+        except OSError:
+            pass
+        placeholders = _detach_descriptors(sock.fileno(), stderr_fd)
+        _reset_signals()
+        for name in ("stdin", "stdout", "stderr"):
+            original = getattr(sys, f"__{name}__", None)
+            if original is not None:
+                setattr(sys, name, original)
+        import atexit
+
+        atexit._clear()
+        atexit.register(logging.shutdown)
+        from ._limits import raise_nofile_limit
+
+        raise_nofile_limit()  # as the supervisor (which spawns cold tasks) has it
+        _set_server_title(sock.fileno())
+        _Server(sock, imports, placeholders).serve()
+        code = 0
+    except ConnectionError:  # the owner went away first
+        code = 0
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        _flush()
+        os._exit(code)
+
+
+def _detach_descriptors(keep: int, stderr_fd: int | None) -> frozenset[int]:  # pragma: no cover
+    """0 and 1 on /dev/null, 2 on ``stderr_fd``; every other inherited one on /dev/null."""
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    if stderr_fd is not None:
+        os.dup2(stderr_fd, 2)
+    placeholders = set()
+    for fd in [int(name) for name in os.listdir("/proc/self/fd")]:
+        if fd <= 2 or fd in (keep, null, stderr_fd):
+            continue
+        try:
+            os.dup2(null, fd, inheritable=False)
+        except OSError:  # the listing's own descriptor, closed meanwhile
+            continue
+        placeholders.add(fd)
+    if stderr_fd is not None and stderr_fd > 2:
+        os.dup2(null, stderr_fd, inheritable=False)
+        placeholders.add(stderr_fd)
+    os.close(null)
+    return frozenset(placeholders)
+
+
+def _reset_signals() -> None:  # pragma: no cover - in the forked server
+    """Signal handlers as a fresh interpreter has them (the owner may have installed its own)."""
+    fresh: dict[int, Any] = {
+        signal.SIGINT: signal.default_int_handler,
+        signal.SIGPIPE: signal.SIG_IGN,
+        signal.SIGXFSZ: signal.SIG_IGN,
+    }
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(sig, fresh.get(sig, signal.SIG_DFL))
+        except (OSError, ValueError, RuntimeError):
+            continue
+    try:
+        signal.set_wakeup_fd(-1)
+    except ValueError:
+        pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
+def _set_server_title(fd: int) -> None:  # pragma: no cover - in the forked server
+    """Name the forked server in ``ps`` (it would show the owner's command line)."""
+    title = f"python -m async_executor._forkserver --control-fd {fd} --forked-from {os.getppid()}"
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(title)
+    except ImportError:
+        try:
+            with open("/proc/self/comm", "w") as handle:
+                handle.write("forkserver")
+        except OSError:
+            return
 
 
 # ---------------------------------------------------------------------------- owner side
@@ -611,6 +788,26 @@ class ForkServer:
         self._sock = ours
         self._ready = self._loop.create_future()
         self._loop.add_reader(ours.fileno(), self._readable)
+
+    def adopt(self, loop: asyncio.AbstractEventLoop, pid: int, sock: socket.socket) -> None:
+        """Take a server forked from the owner's process (:func:`fork_server`) as this one.
+
+        It is this process's child and talks over ``sock``; it says "ready" once it has
+        imported what the owner's process had not. If it dies, the next launch starts an
+        exec'd one, as usual.
+        """
+        self._loop = loop
+        self.pid = pid
+        self.starts += 1
+        logger.info(
+            "fork server pid %d forked from the executor's process, starting (adds what it lacks of %s)",
+            pid,
+            ", ".join(self.config.imports) or "nothing",
+        )
+        sock.setblocking(False)
+        self._sock = sock
+        self._ready = loop.create_future()
+        loop.add_reader(sock.fileno(), self._readable)
 
     def _count_failed_start(self, why: str) -> None:
         self._failures += 1

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -156,11 +158,6 @@ def spawn_helper(
     directory goes at ``sys.path[path_index]``, so a source checkout works uninstalled.
     Raises ``OSError`` when it cannot be started.
     """
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    boot = (
-        f"import sys; sys.path.insert({path_index}, {package_root!r}); "
-        f"from async_executor.{module} import main; main()"
-    )
     devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     try:
         actions = [(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, output or devnull, 1)]
@@ -169,10 +166,45 @@ def spawn_helper(
         actions.append((os.POSIX_SPAWN_DUP2, control, 3))
         # its own session: Ctrl-C at a terminal and signals to our group must not reach it
         return os.posix_spawn(
-            python, [python, "-c", boot, "--control-fd", "3", *args], env, file_actions=actions, setsid=True
+            python, helper_argv(python, module, args, path_index), env, file_actions=actions, setsid=True
         )
     finally:
         os.close(devnull)
+
+
+def helper_argv(python: str, module: str, args: list[str], path_index: int = 0) -> list[str]:
+    """The command line of a helper process (control descriptor 3)."""
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    boot = (
+        f"import sys; sys.path.insert({path_index}, {package_root!r}); "
+        f"from async_executor.{module} import main; main()"
+    )
+    return [python, "-c", boot, "--control-fd", "3", *args]
+
+
+def exec_helper(
+    python: str, module: str, args: list[str], env: Mapping[str, str], fds: list[int], output: int
+) -> None:  # pragma: no cover - runs in a forked child; returns only if the exec failed
+    """Become a helper process, in a forked child: ``fds`` as descriptors 3, 4, ...
+
+    What :func:`spawn_helper` does, for a child that had to fork first (see
+    ``SupervisorBackend.prefork``): stdin on /dev/null, stdout and stderr on ``output``,
+    every other descriptor closed, then exec. Raises ``OSError`` if the exec fails.
+    """
+    wanted = [os.open(os.devnull, os.O_RDONLY), output, output, *fds]
+    # move everything above the targets first, so no dup2 overwrites a source still needed
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64 + len(wanted)) for fd in wanted]
+    for target, fd in enumerate(high):
+        os.dup2(fd, target)  # inheritable
+    os.closerange(len(wanted), _max_fd())
+    os.execve(python, helper_argv(python, module, args), env)  # noqa: S606 - argv, no shell
+
+
+def _max_fd() -> int:
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft if 0 < soft < 1 << 20 else 1 << 16
 
 
 def reap_in_background(pid: int) -> None:
@@ -336,16 +368,54 @@ class LocalBackend:
         self._polled: list[Any] = []
         self._poll_handle: asyncio.TimerHandle | None = None
         self._devnull_w = -1
+        #: A fork server forked from this process before the loop started: (pid, socket).
+        self._forked: tuple[int, socket.socket] | None = None
+
+    def prefork(self) -> None:
+        """With ``fork_from_caller``, fork the fork server now, from the calling thread.
+
+        Called by the synchronous ``start()`` before the loop thread exists. If the fork
+        fails, the server starts the usual way (exec'd) on the first warm launch.
+        """
+        config = self._warm_config
+        if config is None or not config.fork_from_caller or self._forked is not None:
+            return
+        from ._forkserver import clone_parent_supported, fork_server
+
+        if not clone_parent_supported():
+            return
+        try:
+            self._forked = fork_server(config.imports)
+        except OSError as exc:
+            logger.warning("could not fork the fork server (%s); it starts on the first warm launch", exc)
+
+    def drop_prefork(self) -> None:
+        """Let go of a fork server ``prefork()`` started if ``open()`` never took it."""
+        forked, self._forked = self._forked, None
+        if forked is not None:
+            forked[1].close()  # it exits on EOF
+            reap_in_background(forked[0])
+
+    def adopt_forkserver(self, pid: int, sock: socket.socket) -> None:
+        """Use this fork server (our child, forked from our owner's process) once open."""
+        self._forked = (pid, sock)
 
     def open(self, loop: asyncio.AbstractEventLoop, events: ProcessEvents) -> None:
         self._loop, self._events = loop, events
         if self._launcher is None:
             self._launcher = ExecLauncher()
+        forked, self._forked = self._forked, None
         if self._warm_config is not None:
             from ._forkserver import ForkServer
 
             base_env = getattr(self._launcher, "environment", lambda _: dict(os.environ))(None)
             self.forkserver = ForkServer(self._warm_config, base_env)
+            if forked is not None and self.forkserver.disabled_reason is None:
+                self.forkserver.adopt(loop, *forked)
+                forked = None
+        if forked is not None:  # not usable here: let it go (it exits on EOF)
+            forked[1].close()
+            reap_in_background(forked[0])
         self._devnull_w = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
 
     async def wait_ready(self) -> None:

@@ -24,6 +24,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -36,6 +37,7 @@ from ._logs import precreate_log
 from ._spawn import (
     LocalBackend,
     ProcessEvents,
+    exec_helper,
     proc_start_ticks,
     reap_in_background,
     signal_group,
@@ -193,9 +195,12 @@ class Supervisor(ProcessEvents):
         exits_path: str,
         listen_name: str,
         warm: WarmStart | None = None,
+        forked: tuple[int, socket.socket] | None = None,
     ) -> None:
         self.loop = loop
         self.backend = LocalBackend(warm=warm)
+        if forked is not None:  # a fork server forked from the executor's process
+            self.backend.adopt_forkserver(*forked)
         self.backend.open(loop, self)
         self.children: dict[int, Message] = {}
         self.owner: Channel | None = Channel(loop, control, self._message, self._owner_lost)
@@ -372,10 +377,17 @@ def _now() -> float:
     return time.time()
 
 
-async def _serve(control_fd: int, exits_path: str, listen_name: str, warm: WarmStart | None) -> None:
+async def _serve(
+    control_fd: int,
+    exits_path: str,
+    listen_name: str,
+    warm: WarmStart | None,
+    forked: tuple[int, int] | None = None,
+) -> None:
     loop = asyncio.get_running_loop()
     control = socket.socket(fileno=control_fd)
-    supervisor = Supervisor(loop, control, exits_path, listen_name, warm)
+    server = (forked[0], socket.socket(fileno=forked[1])) if forked is not None else None
+    supervisor = Supervisor(loop, control, exits_path, listen_name, warm, server)
     await supervisor.done
     if supervisor.owner is not None:
         supervisor.owner.flush_blocking()
@@ -388,7 +400,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--exits", required=True)
     parser.add_argument("--listen", required=True)
     parser.add_argument("--warm", default=None, help="WarmStart as JSON")
+    parser.add_argument("--forkserver-fd", type=int, default=None, help="socket of a forked fork server")
+    parser.add_argument("--forkserver-pid", type=int, default=None, help="... and its pid (our child)")
     args = parser.parse_args(argv)
+    forked = None
+    if args.forkserver_fd is not None and args.forkserver_pid is not None:
+        forked = (args.forkserver_pid, args.forkserver_fd)
     warm = WarmStart.from_json(orjson.loads(args.warm)) if args.warm else None
     raise_nofile_limit()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor[%(process)d] %(message)s")
@@ -398,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
         runner: Callable[..., Any] = uvloop.run
     except ImportError:
         runner = asyncio.run
-    runner(_serve(args.control_fd, args.exits, "\0" + args.listen, warm))
+    runner(_serve(args.control_fd, args.exits, "\0" + args.listen, warm, forked))
 
 
 # ---------------------------------------------------------------------------- executor side
@@ -465,26 +482,100 @@ class SupervisorBackend(_SupervisorLink):
         self._ids = 0
         self._pids: dict[int, int] = {}
         self._ready: asyncio.Future[None] | None = None
+        #: Our end of the control socket of a supervisor started by ``prefork()``.
+        self._preforked: socket.socket | None = None
 
-    def open(self, loop: asyncio.AbstractEventLoop, events: ProcessEvents) -> None:
-        self._loop, self._events = loop, events
-        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        log_fd = os.open(
-            self._log_path,
-            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-            0o600,
-        )
+    def _args(self) -> list[str]:
         args = ["--exits", self.exits_path, "--listen", socket_name(self.executor_id)[1:]]
         if self.warm is not None:
             args += ["--warm", orjson.dumps(self.warm.to_json()).decode()]
+        return args
+
+    def _open_log(self) -> int:
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        return os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+    def prefork(self) -> None:
+        """With warm start's ``fork_from_caller``: start the supervisor now, with a fork server.
+
+        Called by the synchronous ``start()`` from the caller's thread, before the loop
+        thread exists. The fork server must be the supervisor's child (tasks it forks are
+        the supervisor's children) and yet a fork of this process (to share its imported
+        modules): so this process forks a child, which forks the fork server and then
+        execs the supervisor, keeping its pid and its child. If anything fails, the
+        supervisor starts as usual in ``open()`` (the fork server then on the first launch).
+        """
+        from ._forkserver import clone_parent_supported, frozen_gc
+
+        warm = self.warm
+        if warm is None or not warm.fork_from_caller or self._preforked is not None:
+            return
+        if not clone_parent_supported():
+            return
+        log_fd = self._open_log()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        server_end, supervisor_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        env, args = dict(os.environ), self._args()
         try:
-            self.supervisor_pid = spawn_helper(
-                sys.executable, "_supervisor", args, dict(os.environ), theirs.fileno(), log_fd
-            )
+            with frozen_gc():
+                pid = os.fork()
+                if pid == 0:  # pragma: no cover - becomes the supervisor
+                    os.close(status_r)
+                    ours.close()
+                    _become_supervisor(warm, args, env, theirs, server_end, supervisor_end, log_fd, status_w)
+        except OSError as exc:
+            for sock in (ours, theirs, server_end, supervisor_end):
+                sock.close()
+            os.close(status_r)
+            logger.warning("could not fork the task supervisor (%s); starting it the usual way", exc)
+            return
         finally:
-            theirs.close()
+            os.close(status_w)
             os.close(log_fd)
+        for sock in (theirs, server_end, supervisor_end):
+            sock.close()
+        with os.fdopen(status_r, "rb") as status:
+            failed = status.read()  # EOF at the exec: closed on exec
+        if failed:
+            code = struct.unpack("i", failed[:4])[0] if len(failed) >= 4 else errno.EIO
+            reap_in_background(pid)
+            ours.close()
+            logger.warning(
+                "the forked task supervisor could not exec %s (%s); starting it the usual way",
+                sys.executable,
+                os.strerror(code),
+            )
+            return
+        self.supervisor_pid = pid
+        self._preforked = ours
+        logger.info(
+            "task supervisor pid %d started with a fork server forked from this process (%d thread(s) here)",
+            pid,
+            threading.active_count(),
+        )
+
+    def drop_prefork(self) -> None:
+        """Let go of a supervisor ``prefork()`` started if ``open()`` never took it."""
+        ours, self._preforked = self._preforked, None
+        if ours is not None:
+            ours.close()  # with no task and no owner it exits, and its fork server with it
+            if self.supervisor_pid is not None:
+                reap_in_background(self.supervisor_pid)
+
+    def open(self, loop: asyncio.AbstractEventLoop, events: ProcessEvents) -> None:
+        self._loop, self._events = loop, events
+        ours, self._preforked = self._preforked, None
+        if ours is None:
+            log_fd = self._open_log()
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                self.supervisor_pid = spawn_helper(
+                    sys.executable, "_supervisor", self._args(), dict(os.environ), theirs.fileno(), log_fd
+                )
+            finally:
+                theirs.close()
+                os.close(log_fd)
         self._channel = Channel(loop, ours, self._message, self._lost)
         self._ready = loop.create_future()
         self._channel.send({"op": "hello"})
@@ -595,6 +686,44 @@ class SupervisorBackend(_SupervisorLink):
             else:
                 signal_group(pid, signal.SIGKILL)
                 self._events.exited(token, None, None, "the task supervisor died; the task was killed")
+
+
+def _become_supervisor(
+    warm: WarmStart,
+    args: list[str],
+    env: Mapping[str, str],
+    control: socket.socket,
+    server_end: socket.socket,
+    supervisor_end: socket.socket,
+    log_fd: int,
+    status_w: int,
+) -> None:  # pragma: no cover - in the child forked by prefork(); never returns
+    """Fork the fork server, then exec the supervisor with it as a child (see ``prefork``)."""
+    try:
+        os.setsid()  # its own session, as spawn_helper gives it
+        try:
+            server_pid = os.fork()
+        except OSError:
+            server_pid = -1  # no forked server: the supervisor starts one when needed
+        if server_pid == 0:
+            supervisor_end.close()
+            control.close()
+            os.close(status_w)
+            from ._forkserver import serve_forked
+
+            serve_forked(server_end, warm.imports, log_fd)
+        fds = [control.fileno()]
+        if server_pid > 0:
+            fds.append(supervisor_end.fileno())
+            args = [*args, "--forkserver-fd", "4", "--forkserver-pid", str(server_pid)]
+        exec_helper(sys.executable, "_supervisor", args, env, fds, log_fd)
+    except BaseException as exc:
+        code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO
+        try:
+            os.write(status_w, struct.pack("i", code))
+        finally:
+            os._exit(127)
+    os._exit(127)
 
 
 class AttachedSupervisor(_SupervisorLink):

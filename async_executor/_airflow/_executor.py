@@ -121,6 +121,7 @@ class Settings:
     loop: str
     warm_start: bool = True
     warm_preload: tuple[str, ...] = ()
+    warm_fork_scheduler: bool = True
     exit_wake: bool = True  # parsed here so a bad value fails start(); _warmup reads it
     queue_ahead: int | None = None  # None: as many as [core] parallelism
 
@@ -154,6 +155,7 @@ class Settings:
         return cls(
             warm_start=flag("warm_start", "true"),
             warm_preload=tuple(name.strip() for name in get("warm_preload", "").split(",") if name.strip()),
+            warm_fork_scheduler=flag("warm_fork_scheduler", "true"),
             exit_wake=flag("exit_wake", "true"),
             queue_ahead=None if get("queue_ahead", "") == "" else int(number("queue_ahead", "0")),
             state_path=os.path.expanduser(get("state_path", os.path.join(base, "state.db"))),
@@ -302,7 +304,14 @@ class AsyncLocalExecutor(BaseExecutor):  # type: ignore[misc,unused-ignore]  # A
         if AIRFLOW_V3:
             preload += (WARMUP_MODULE,)
         preload += settings.warm_preload
-        return WarmStart(modules=modules, preload=preload, match_env=("PYTHON", "AIRFLOW"))
+        return WarmStart(
+            modules=modules,
+            preload=preload,
+            match_env=("PYTHON", "AIRFLOW"),
+            # forked from the scheduler at start(), as LocalExecutor's workers are: it shares
+            # the Airflow the scheduler imported instead of importing its own (~100 MB)
+            fork_from_caller=settings.warm_fork_scheduler,
+        )
 
     # ------------------------------------------------------------------ Airflow 3: workloads
 

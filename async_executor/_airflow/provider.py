@@ -83,6 +83,16 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "pandas,my_company.operators",
                         "default": "",
                     },
+                    "warm_fork_scheduler": {
+                        "description": "Start the fork server by forking the scheduler when the "
+                        "executor starts (as LocalExecutor forks its workers), so that it shares the "
+                        "scheduler's imported Airflow instead of importing its own copy in a fresh "
+                        "interpreter. If it dies, a fresh one is started.",
+                        "version_added": "0.1.0",
+                        "type": "boolean",
+                        "example": "False",
+                        "default": "True",
+                    },
                     "exit_wake": {
                         "description": "Airflow 3 with warm start: let the task supervisor notice its "
                         "task process's exit at once (works around a race that delays it by "

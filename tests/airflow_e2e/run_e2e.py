@@ -28,6 +28,7 @@ import secrets
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -511,7 +512,7 @@ def grep_jwt(paths: list[Path]) -> tuple[int, list[str]]:
 # --------------------------------------------------------------------------------------------- scenarios
 
 
-def scheduler_pss(stack: Stack) -> dict[str, int]:
+def scheduler_pss(stack: Stack) -> dict[str, Any]:
     sched = stack.procs["scheduler"].pid
     kids = descendants(sched)
     # the executor's own helper processes: LocalExecutor's workers; our supervisor and fork server
@@ -524,7 +525,15 @@ def scheduler_pss(stack: Stack) -> dict[str, int]:
     ]
     others = [k for k in kids if k not in workers]
     sm = smaps(sched)
+    per = [(k, smaps(k)) for k in workers]
+    # the stack's other processes (api-server, dag-processor, serve-logs) hold pages too
+    stack_pids = [p.pid for p in stack.procs.values() if p.pid != sched]
     return {
+        "workers_added_kb": added_kb(workers, [sched, *others, *stack_pids]),
+        "workers_uss_kb": sum(m.get("Private_Clean", 0) + m.get("Private_Dirty", 0) for _, m in per),
+        "per_worker": [
+            (role(k), m.get("Pss", 0), m.get("Private_Clean", 0) + m.get("Private_Dirty", 0)) for k, m in per
+        ],
         "scheduler_rss_kb": sm.get("Rss", 0),
         "scheduler_uss_kb": sm.get("Private_Clean", 0) + sm.get("Private_Dirty", 0),
         "scheduler_kb": pss_kb(sched) or 0,
@@ -533,6 +542,54 @@ def scheduler_pss(stack: Stack) -> dict[str, int]:
         "other_children_kb": sum(pss_kb(k) or 0 for k in others),
         "n_other_children": len(others),
     }
+
+
+def present_pages(pid: int) -> set[int]:
+    """Physical frame numbers of the pages ``pid`` has in memory (/proc/PID/pagemap; needs root,
+    else every frame number reads as 0 and the set is empty)."""
+    frames: set[int] = set()
+    try:
+        with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+            for line in maps:
+                start, end = (int(x, 16) for x in line.split()[0].split("-"))
+                if start >= 1 << 47:  # [vsyscall]
+                    continue
+                pagemap.seek(start // 4096 * 8)
+                data = pagemap.read((end - start) // 4096 * 8)
+                for (entry,) in struct.iter_unpack("Q", data):
+                    if entry >> 63 and entry & ((1 << 55) - 1):
+                        frames.add(entry & ((1 << 55) - 1))
+    except OSError:
+        pass
+    return frames
+
+
+def added_kb(pids: list[int], base: list[int]) -> int | None:
+    """kB of physical pages mapped by ``pids`` and by none of ``base``: what those processes add
+    to the machine (pages they share among themselves counted once, pages shared with ``base``
+    not at all). ``None`` when frame numbers are not readable (not root)."""
+    mine: set[int] = set()
+    for pid in pids:
+        mine |= present_pages(pid)
+    theirs: set[int] = set()
+    for pid in base:
+        theirs |= present_pages(pid)
+    if not theirs:
+        return None
+    return len(mine - theirs) * 4
+
+
+def role(pid: int) -> str:
+    """A short name for one of the executor's helper processes (by its command line)."""
+    line = cmdline(pid)
+    for pattern, name in (
+        ("_forkserver", "fork server"),
+        ("_supervisor", "supervisor"),
+        ("LocalExecutor", "LocalExecutor worker"),
+    ):
+        if pattern in line:
+            return name
+    return line[:40]
 
 
 PROBE = r"""
@@ -609,6 +666,10 @@ def restart_scheduler(stack: Stack, parallelism: int) -> None:
     stack.wait_scheduler_healthy()
 
 
+def fmt_kb(kb: int | None) -> str:
+    return "n/a (not root)" if kb is None else f"{kb / 1024:.1f} MB"
+
+
 def measure_idle_pss(stack: Stack, res: Results, label: str, settle: float, after: bool = False) -> None:
     time.sleep(settle)
     m = scheduler_pss(stack)
@@ -618,7 +679,10 @@ def measure_idle_pss(stack: Stack, res: Results, label: str, settle: float, afte
         f"scheduler {m['scheduler_kb'] / 1024:.1f} MB + executor workers {m['workers_kb'] / 1024:.1f} MB "
         f"({m['n_workers']} procs) = {(m['scheduler_kb'] + m['workers_kb']) / 1024:.1f} MB; "
         f"scheduler RSS {m['scheduler_rss_kb'] / 1024:.1f} MB, USS {m['scheduler_uss_kb'] / 1024:.1f} MB "
-        f"[other children excluded: {m['n_other_children']} procs, {m['other_children_kb'] / 1024:.1f} MB]",
+        f"[other children excluded: {m['n_other_children']} procs, {m['other_children_kb'] / 1024:.1f} MB]; "
+        f"executor workers USS {m['workers_uss_kb'] / 1024:.1f} MB, pages they hold that no other "
+        f"process of the stack does: {fmt_kb(m['workers_added_kb'])}; per process (PSS/USS MB): "
+        + ", ".join(f"{r} {p / 1024:.1f}/{u / 1024:.1f}" for r, p, u in m["per_worker"]),
     )
     attr = "pss_after" if after else "pss"
     setattr(stack, attr, getattr(stack, attr, {}))
@@ -1096,6 +1160,28 @@ def print_summary(
                 in_scheduler = probes.get(p, (0, 0))[0]
                 owned = ou["workers_kb"] + in_scheduler
                 ratio = owned / lo["workers_kb"] if lo["workers_kb"] else float("nan")
+                # in the scheduler: the probe's RSS growth (its USS is meaningless once start()
+                # forks a fork server: the pages it then shares stop being private)
+                uss_ratio = (
+                    (ou["workers_uss_kb"] + in_scheduler) / lo["workers_uss_kb"]
+                    if lo["workers_uss_kb"]
+                    else float("nan")
+                )
+                print(
+                    f"  parallelism {p}, idle after the fan-out, USS: ours supervisor + fork server "
+                    f"{ou['workers_uss_kb'] / 1024:.1f} MB + in-scheduler {in_scheduler / 1024:.1f} MB RSS = "
+                    f"{(ou['workers_uss_kb'] + in_scheduler) / 1024:.1f} MB; LocalExecutor's workers "
+                    f"{lo['workers_uss_kb'] / 1024:.1f} MB; ratio {uss_ratio:.2f} (target < 0.20)"
+                )
+                if ou.get("workers_added_kb") is not None and lo.get("workers_added_kb"):
+                    ours_added = ou["workers_added_kb"] + in_scheduler
+                    print(
+                        f"  parallelism {p}, idle after the fan-out, pages only the executor's processes "
+                        f"hold (none of the stack's others): ours {ou['workers_added_kb'] / 1024:.1f} MB + "
+                        f"in-scheduler {in_scheduler / 1024:.1f} MB = {ours_added / 1024:.1f} MB; "
+                        f"LocalExecutor's workers {lo['workers_added_kb'] / 1024:.1f} MB; ratio "
+                        f"{ours_added / lo['workers_added_kb']:.2f} (target < 0.20)"
+                    )
                 print(
                     f"  parallelism {p}, idle after the fan-out: executor-owned memory, ours = supervisor + "
                     f"fork server PSS {ou['workers_kb'] / 1024:.1f} MB + in-scheduler "

@@ -323,3 +323,35 @@ def test_fork_server_warmup_prepares_the_task_sdk() -> None:
     assert Client._get_ssl_context_cached.cache_info().currsize >= 1
     assert _warmup.install_exit_wake()
     assert getattr(ActivitySubprocess._service_subprocess, "_async_executor_exit_wake", False)
+
+
+def _supervisor_children(ex: AsyncLocalExecutor) -> list[int]:
+    supervisor = ex._require_inner()._engine.backend.supervisor_pid  # type: ignore[attr-defined]
+    with open(f"/proc/{supervisor}/task/{supervisor}/children") as f:
+        return [int(pid) for pid in f.read().split()]
+
+
+@pytest.mark.parametrize("fork", ["true", "false"])
+def test_warm_fork_scheduler_forks_the_fork_server_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fork: str
+) -> None:
+    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__STATE_PATH", str(tmp_path / "state.db"))
+    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__WORKLOAD_DIR", str(tmp_path / "workloads"))
+    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__WARM_FORK_SCHEDULER", fork)
+    ex = AsyncLocalExecutor(parallelism=2)
+    ex.start()
+    try:
+        children = _supervisor_children(ex)
+    finally:
+        ex.end()
+    # forked: the server is the supervisor's child from start(); exec'd: started by a first task
+    assert len(children) == (1 if fork == "true" else 0)
+
+
+def test_warm_fork_scheduler_must_be_a_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__STATE_PATH", str(tmp_path / "state.db"))
+    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__WARM_FORK_SCHEDULER", "maybe")
+    ex = AsyncLocalExecutor(parallelism=2)
+    with pytest.raises(ValueError, match="warm_fork_scheduler"):
+        ex.start()
