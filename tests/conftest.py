@@ -131,3 +131,22 @@ def _private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
         del os.environ["ASYNC_EXECUTOR_HOME"]
     else:
         os.environ["ASYNC_EXECUTOR_HOME"] = old
+
+
+def adopt_three_after_crash(tmp_path: Path, pids: list[int]) -> None:
+    """A fresh executor adopts tasks ("t", 0..2) of a killed one (exit status i, marker file
+    m<i> written once per run) and reports each with its real status and pid, run once."""
+    ex = AsyncExecutor(
+        parallelism=4, log_dir=tmp_path / "logs", state_path=tmp_path / "state" / "j.sqlite", kill_grace=0.5
+    )
+    ex.start()
+    try:
+        assert sorted(ex.adopt_all()) == [("t", i) for i in range(3)]
+        events = drain(ex)
+    finally:
+        ex.end()
+    for i in range(3):
+        state, info = events[("t", i)][0]
+        assert info.returncode == i and info.pid == pids[i]
+        assert state == (TaskState.SUCCESS if i == 0 else TaskState.FAILED)
+        assert len((tmp_path / f"m{i}").read_text().splitlines()) == 1  # ran once

@@ -106,6 +106,16 @@ def second_life(tmp_path: Path, **options: Any) -> AsyncExecutor:
     return ex
 
 
+def assert_nothing_to_deliver(tmp_path: Path) -> None:
+    """A fresh executor on the journal has no outcome to report (each was reported once)."""
+    ex = second_life(tmp_path)
+    try:
+        ex.sync()
+        assert ex.get_event_buffer() == {}
+    finally:
+        ex.end()
+
+
 def runs_of(tmp_path: Path, i: int) -> int:
     path = tmp_path / "markers" / str(i)
     return len(path.read_text().splitlines()) if path.exists() else 0
@@ -134,12 +144,7 @@ def test_exit_status_recorded_while_no_executor_is_alive(tmp_path: Path) -> None
             assert "ended while no executor ran" in (info.detail or "")
         assert runs_of(tmp_path, i) == 1
     # a third life sees nothing new: reported exactly once
-    again = second_life(tmp_path)
-    try:
-        again.sync()
-        assert again.get_event_buffer() == {}
-    finally:
-        again.end()
+    assert_nothing_to_deliver(tmp_path)
 
 
 def test_adoption_after_executor_crash(tmp_path: Path) -> None:
@@ -400,12 +405,7 @@ def test_outcomes_handed_out_but_not_confirmed_are_delivered_again(tmp_path: Pat
             "works": (TaskState.SUCCESS, 0, True),
         }
     # the second life confirmed them (its end()): a third one delivers nothing
-    again = second_life(tmp_path)
-    try:
-        again.sync()
-        assert again.get_event_buffer() == {}
-    finally:
-        again.end()
+    assert_nothing_to_deliver(tmp_path)
 
 
 # Awaits one task through the async API, makes the journal durable, says so, waits to be killed.
@@ -429,12 +429,7 @@ def test_an_outcome_its_awaiting_caller_got_is_not_delivered_again(tmp_path: Pat
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "handled"
     kill(proc)
-    ex = second_life(tmp_path)
-    try:
-        ex.sync()
-        assert ex.get_event_buffer() == {}
-    finally:
-        ex.end()
+    assert_nothing_to_deliver(tmp_path)
 
 
 def test_end_confirms_what_the_caller_never_drained(tmp_path: Path) -> None:
@@ -442,12 +437,7 @@ def test_end_confirms_what_the_caller_never_drained(tmp_path: Path) -> None:
     ex.queue_command("k", ["true"])
     ex.end()  # the outcome waits in the buffer of a live, cleanly ended executor: it is its caller's
     assert ex.get_event_buffer()["k"][0] == TaskState.SUCCESS
-    again = second_life(tmp_path)
-    try:
-        again.sync()
-        assert again.get_event_buffer() == {}
-    finally:
-        again.end()
+    assert_nothing_to_deliver(tmp_path)
 
 
 def _exits_files(tmp_path: Path) -> dict[str, str]:

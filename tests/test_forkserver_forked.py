@@ -25,7 +25,7 @@ import pytest
 
 from async_executor import AsyncExecutor, JournalError, TaskState, WarmStart
 
-from .conftest import PY, drain, pid_alive, wait_for_file
+from .conftest import PY, adopt_three_after_crash, drain, pid_alive, wait_for_file
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="warm start needs Linux")
 
@@ -229,20 +229,7 @@ time.sleep(600)
     proc.kill()
     proc.wait()
     proc.stdout.close()
-    ex = AsyncExecutor(
-        parallelism=4, log_dir=tmp_path / "logs", state_path=tmp_path / "state" / "j.sqlite", kill_grace=0.5
-    )
-    ex.start()
-    try:
-        assert sorted(ex.adopt_all()) == [("t", i) for i in range(3)]
-        events = drain(ex)
-    finally:
-        ex.end()
-    for i in range(3):
-        state, info = events[("t", i)][0]
-        assert info.returncode == i and info.pid == pids[i]
-        assert state == (TaskState.SUCCESS if i == 0 else TaskState.FAILED)
-        assert len((tmp_path / f"m{i}").read_text().splitlines()) == 1  # ran once
+    adopt_three_after_crash(tmp_path, pids)
     deadline = time.monotonic() + 30  # the supervisor, done, lets its fork server go
     while pid_alive(servers[0]) and time.monotonic() < deadline:
         time.sleep(0.05)
