@@ -428,8 +428,16 @@ class AsyncLocalExecutor(BaseExecutor):  # type: ignore[misc,unused-ignore]  # A
                 self.running_state(tracked.key, str(info.pid) if info.pid is not None else None)
             return
         tracked = self._tracked.pop(engine_key, None)
-        if tracked is None:  # not ours to report (should not happen)
-            self.log.warning("async_executor: result for unknown task %r ignored", engine_key)
+        if tracked is None:
+            # An outcome recovered from an earlier scheduler's executor (ended while none ran,
+            # or delivered again after a crash) for a task this one does not track: its task
+            # instance got its state from the task itself, or is reset by Airflow and re-queued.
+            self.log.info(
+                "async_executor: %s outcome of %r from an earlier executor%s: not reported to Airflow",
+                state,
+                engine_key,
+                " (delivered again)" if info.redelivered else "",
+            )
             return
         if self._files is not None:
             self._files.discard(tracked.workload_file)
