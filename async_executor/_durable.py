@@ -100,10 +100,16 @@ def _tag_key(tag: Any) -> tuple[str, int] | None:
     return (orjson.dumps(tag[0]).decode(), int(tag[1]))
 
 
-def read_exits(path: str) -> tuple[dict[tuple[str, int], Message], dict[tuple[str, int], Message]]:
-    """``(spawns, exits)`` a supervisor recorded, by task tag. A torn last line is ignored."""
-    spawns: dict[tuple[str, int], Message] = {}
-    exits: dict[tuple[str, int], Message] = {}
+_Records = dict[tuple[str, int], Message]
+
+
+def read_exits(path: str) -> tuple[_Records, _Records, _Records]:
+    """``(spawns, exits, launches)`` a supervisor recorded, by task tag (``launches``: about to
+    be launched, written before the spawn records of a batch). A torn last line is ignored."""
+    spawns: _Records = {}
+    exits: _Records = {}
+    launches: _Records = {}
+    kinds = {"spawn": spawns, "exit": exits, "launch": launches}
     try:
         with open(path, "rb") as handle:
             for line in handle:
@@ -112,11 +118,12 @@ def read_exits(path: str) -> tuple[dict[tuple[str, int], Message], dict[tuple[st
                 except orjson.JSONDecodeError:
                     continue
                 tag = _tag_key(record.get("tag"))
-                if tag is not None:
-                    (spawns if record.get("ev") == "spawn" else exits)[tag] = record
+                kind = kinds.get(record.get("ev"))
+                if tag is not None and kind is not None:
+                    kind[tag] = record
     except FileNotFoundError:
         pass
-    return spawns, exits
+    return spawns, exits, launches
 
 
 def row_from_spawn(executor_id: str, record: Message) -> JournalRow:
@@ -278,7 +285,7 @@ async def recover(
         # one that ended before the greeting is in the file. Read before connecting, a task
         # ending in between would be in neither: its real status lost, reported as failed or
         # as never started although it ran.
-        spawns, exits = read_exits(exits_path)
+        spawns, exits, launches = read_exits(exits_path)
         for row in rows:
             tag = _tag_of(row)
             # Started by the supervisor, but the executor died before its journal heard of it.
@@ -312,6 +319,17 @@ async def recover(
             elif row.state == "running":
                 recovery.events.append(
                     failed_info(row, None, f"its process is gone and no exit status was recorded ({origin})")
+                )
+            elif tag in launches and not connected:
+                # Its supervisor died between "about to launch" and the spawn record: it may
+                # have run. Not "never started", which would invite running it again.
+                recovery.events.append(
+                    failed_info(
+                        row,
+                        None,
+                        f"its supervisor died while launching it: it may have run, and no exit status "
+                        f"was recorded ({origin})",
+                    )
                 )
             else:
                 recovery.events.append(

@@ -251,14 +251,16 @@ class Supervisor(ProcessEvents):
         tasks that end meanwhile; a few per iteration keeps both directions streaming.
         """
         queue = self._to_spawn
+        batch = []
         for _ in range(min(limit or SPAWN_BATCH, len(queue))):
             message = queue.popleft()
-            task = message["id"]
-            if task not in self.children:  # forgotten meanwhile
-                continue
-            self.backend.spawn(
-                task, tuple(message["argv"]), message.get("env"), message.get("cwd"), message.get("log")
-            )
+            if message["id"] in self.children:  # else forgotten meanwhile
+                batch.append(message)
+        if batch:
+            self._record_launches(batch)
+        spawn = self.backend.spawn
+        for m in batch:
+            spawn(m["id"], tuple(m["argv"]), m.get("env"), m.get("cwd"), m.get("log"))
         self._record_spawns()
         if self.owner is not None:
             self.owner.flush()
@@ -322,6 +324,16 @@ class Supervisor(ProcessEvents):
             # never runs before its spawn record exists.
             self._record_spawns()
             self._maybe_greet()
+
+    def _record_launches(self, batch: list[Message]) -> None:
+        """Before a batch is launched, say so in the exits file (one write): if this process
+        dies before the batch's spawn records are written, recovery then knows these tasks
+        may have started, and does not report them as never started (they could run twice)."""
+        records = [orjson.dumps({"ev": "launch", "id": m["id"], "tag": m.get("tag")}) for m in batch]
+        try:
+            _write_all(self.exits_fd, b"\n".join(records) + b"\n")
+        except OSError as exc:
+            logger.error("supervisor: could not record %d launch(es): %s", len(records), exc)
 
     def _record_spawns(self) -> None:
         """Write the spawn records of the tasks just started, then tell the owner."""

@@ -565,3 +565,34 @@ def test_a_started_task_the_journal_had_as_queued_is_not_reported_unstarted(tmp_
     finally:
         other.kill()
         other.wait()
+
+
+async def _dead_executor_and_supervisor_mid_launch(state: Path) -> None:
+    """Rows still ``queued``; the exits file says a batch was about to be launched, then nothing:
+    the supervisor died between its launch record and its spawn records."""
+    journal = Journal(state)
+    await journal.open()
+    await journal.register_executor("deadbeef", pid=999_999, proc_start=1, supervisor_socket=None)
+    for number in (1, 2):
+        journal.accepted("deadbeef", TaskSpec(key=("batch", number), argv=("true",)), accepted_at=0.0)
+    await journal.close()
+    record = {"ev": "launch", "id": 1, "tag": [["batch", 1], 1]}
+    (state.parent / "exits-deadbeef.jsonl").write_text(json.dumps(record) + "\n")
+
+
+def test_a_task_its_dead_supervisor_was_launching_is_not_reported_unstarted(tmp_path: Path) -> None:
+    """It may have run: reported failed with no status, not as never started (which a caller
+    would take as "queue it again"). A task of the same executor never launched still is."""
+    state = tmp_path / "state" / "journal.sqlite"
+    anyio.run(_dead_executor_and_supervisor_mid_launch, state)
+    ex = AsyncExecutor(log_dir=tmp_path / "logs", state_path=state)
+    ex.start()
+    try:
+        ex.sync()
+        events = ex.get_event_buffer()
+    finally:
+        ex.end()
+    launching, never = events[("batch", 1)][1], events[("batch", 2)][1]
+    assert launching.state == TaskState.FAILED and launching.reason is None
+    assert "may have run" in (launching.detail or "")
+    assert never.reason is FailureReason.NOT_STARTED

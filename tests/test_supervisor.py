@@ -67,7 +67,8 @@ async def _greeting_waits_for_launches(tmp_path: Path) -> None:
     assert greeting["op"] == "children"
     assert [(child["id"], child["pid"]) for child in greeting["children"]] == [(1, os.getpid())]
     records = [json.loads(line) for line in exits.read_text().splitlines()]
-    assert [(r["ev"], r["pid"]) for r in records] == [("spawn", os.getpid())]  # before the greeting
+    # the launch intent before the launch, the spawn record before the greeting
+    assert [(r["ev"], r.get("pid")) for r in records] == [("launch", None), ("spawn", os.getpid())]
     newcomer.close()
     supervisor.exited(1, 0, None)
     await asyncio.wait_for(supervisor.done, 5)
