@@ -155,7 +155,10 @@ class Settings:
         return cls(
             warm_start=flag("warm_start", "true"),
             warm_preload=tuple(name.strip() for name in get("warm_preload", "").split(",") if name.strip()),
-            warm_fork_scheduler=flag("warm_fork_scheduler", "true"),
+            # Off on 2.x: `airflow tasks run` uses the metadata database in the task process,
+            # and forked from the process holding its connection, SQLite failed ("disk I/O
+            # error" in `dags test --use-executor`). Airflow 3 tasks talk to the API server.
+            warm_fork_scheduler=flag("warm_fork_scheduler", "true" if AIRFLOW_V3 else "false"),
             exit_wake=flag("exit_wake", "true"),
             queue_ahead=None if get("queue_ahead", "") == "" else int(number("queue_ahead", "0")),
             state_path=os.path.expanduser(get("state_path", os.path.join(base, "state.db"))),

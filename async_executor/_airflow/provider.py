@@ -87,11 +87,12 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "Start the fork server by forking the scheduler when the "
                         "executor starts (as LocalExecutor forks its workers), so that it shares the "
                         "scheduler's imported Airflow instead of importing its own copy in a fresh "
-                        "interpreter. If it dies, a fresh one is started.",
+                        "interpreter. If it dies, a fresh one is started. Default: True on "
+                        "Airflow 3, False on 2.x (its task processes use the metadata database).",
                         "version_added": "0.1.0",
                         "type": "boolean",
                         "example": "False",
-                        "default": "True",
+                        "default": "",
                     },
                     "exit_wake": {
                         "description": "Airflow 3 with warm start: let the task supervisor notice its "

@@ -331,7 +331,7 @@ def _supervisor_children(ex: AsyncLocalExecutor) -> list[int]:
         return [int(pid) for pid in f.read().split()]
 
 
-@pytest.mark.parametrize("fork", ["true", "false"])
+@pytest.mark.parametrize("fork", ["true", "false", ""])  # "": the default, on for Airflow 3
 def test_warm_fork_scheduler_forks_the_fork_server_at_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fork: str
 ) -> None:
@@ -346,7 +346,7 @@ def test_warm_fork_scheduler_forks_the_fork_server_at_start(
     finally:
         ex.end()
     # forked: the server is the supervisor's child from start(); exec'd: started by a first task
-    assert len(children) == (1 if fork == "true" else 0)
+    assert len(children) == (1 if fork in ("true", "") else 0)
 
 
 def test_warm_fork_scheduler_must_be_a_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
