@@ -150,3 +150,26 @@ def adopt_three_after_crash(tmp_path: Path, pids: list[int]) -> None:
         assert info.returncode == i and info.pid == pids[i]
         assert state == (TaskState.SUCCESS if i == 0 else TaskState.FAILED)
         assert len((tmp_path / f"m{i}").read_text().splitlines()) == 1  # ran once
+
+
+def warm_three_then_wait(tmp_path: Path, *, fork_from_caller: bool = False) -> str:
+    """A program (for ``python -c``) that runs an executor with warm start, launches tasks
+    ("t", 0..2) warm (each appends its pid to m<i>, sleeps 1.5 s, exits i), prints "running"
+    (and, forked from the caller, the supervisor's pid), then waits to be killed."""
+    said = ", ex._engine.backend.supervisor_pid" if fork_from_caller else ""
+    return f"""
+import sys, time
+from async_executor import AsyncExecutor, WarmStart
+ex = AsyncExecutor(parallelism=4, log_dir={str(tmp_path / "logs")!r},
+                   state_path={str(tmp_path / "state" / "j.sqlite")!r},
+                   warm_start=WarmStart(inline_code=True, fork_from_caller={fork_from_caller!r}))
+ex.start()
+for i in range(3):
+    ex.queue_command(("t", i), [sys.executable, "-c",
+        "import os, sys, time; open(sys.argv[1], 'a').write(str(os.getpid()) + chr(10)); "
+        "time.sleep(1.5); sys.exit(int(sys.argv[2]))", {str(tmp_path)!r} + f"/m{{i}}", str(i)])
+while ex.statistics().warm_launched < 3:
+    ex.heartbeat(); time.sleep(0.01)
+print("running"{said}, flush=True)
+time.sleep(600)
+"""

@@ -106,6 +106,14 @@ def second_life(tmp_path: Path, **options: Any) -> AsyncExecutor:
     return ex
 
 
+def recovered_events(ex: AsyncExecutor) -> dict[Any, Any]:
+    """What a just-started executor reports from earlier lives (recovery is done by start())."""
+    events = ex.get_event_buffer()
+    ex.sync()
+    events.update(ex.get_event_buffer())
+    return events
+
+
 def assert_nothing_to_deliver(tmp_path: Path) -> None:
     """A fresh executor on the journal has no outcome to report (each was reported once)."""
     ex = second_life(tmp_path)
@@ -204,9 +212,7 @@ def test_tasks_accepted_but_never_started_are_reported(tmp_path: Path) -> None:
     kill(proc)
     ex = second_life(tmp_path)
     try:
-        events = ex.get_event_buffer()
-        ex.sync()
-        events.update(ex.get_event_buffer())
+        events = recovered_events(ex)
         not_started = {k for k, (_, info) in events.items() if info.reason is FailureReason.NOT_STARTED}
         assert not_started == {("t", 1), ("t", 2)}
         assert ex.try_adopt_task_instances([("t", 0)]) == []
@@ -244,9 +250,7 @@ def test_pid_reuse_is_not_adopted(tmp_path: Path) -> None:
         ex = AsyncExecutor(log_dir=tmp_path / "logs", state_path=state)
         ex.start()
         try:
-            events = ex.get_event_buffer()
-            ex.sync()
-            events.update(ex.get_event_buffer())
+            events = recovered_events(ex)
             assert ex.try_adopt_task_instances([("reused", 1)]) == [("reused", 1)]
         finally:
             ex.end()
@@ -550,9 +554,7 @@ def test_a_started_task_the_journal_had_as_queued_is_not_reported_unstarted(tmp_
         ex = AsyncExecutor(log_dir=tmp_path / "logs", state_path=state)
         ex.start()
         try:
-            events = ex.get_event_buffer()
-            ex.sync()
-            events.update(ex.get_event_buffer())
+            events = recovered_events(ex)
             assert ex.queue_command(("spawned", 1), ["true"]) is False  # it still runs: never twice
         finally:
             ex.end()

@@ -21,7 +21,7 @@ import pytest
 from async_executor import AsyncExecutor, FailureReason, TaskState, WarmStart
 from async_executor._forkserver import ForkServer, same_python
 
-from .conftest import PY, WARM, adopt_three_after_crash, drain, pid_alive, wait_for_file
+from .conftest import PY, WARM, adopt_three_after_crash, drain, pid_alive, wait_for_file, warm_three_then_wait
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="warm start needs Linux")
 
@@ -290,22 +290,7 @@ def test_warm_tasks_are_adopted_after_an_executor_crash(tmp_path: Path) -> None:
     """SIGKILL the executor while warm tasks run: the next one adopts them, real statuses."""
     import subprocess
 
-    program = f"""
-import sys, time
-from async_executor import AsyncExecutor, WarmStart
-ex = AsyncExecutor(parallelism=4, log_dir={str(tmp_path / "logs")!r},
-                   state_path={str(tmp_path / "state" / "j.sqlite")!r},
-                   warm_start=WarmStart(inline_code=True))
-ex.start()
-for i in range(3):
-    ex.queue_command(("t", i), [sys.executable, "-c",
-        "import os, sys, time; open(sys.argv[1], 'a').write(str(os.getpid()) + chr(10)); "
-        "time.sleep(1.5); sys.exit(int(sys.argv[2]))", {str(tmp_path)!r} + f"/m{{i}}", str(i)])
-while ex.statistics().warm_launched < 3:
-    ex.heartbeat(); time.sleep(0.01)
-print("running", flush=True)
-time.sleep(600)
-"""
+    program = warm_three_then_wait(tmp_path)
     proc = subprocess.Popen([PY, "-c", program], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "running"

@@ -25,7 +25,7 @@ import pytest
 
 from async_executor import AsyncExecutor, JournalError, TaskState, WarmStart
 
-from .conftest import PY, adopt_three_after_crash, drain, pid_alive, wait_for_file
+from .conftest import PY, adopt_three_after_crash, drain, pid_alive, wait_for_file, warm_three_then_wait
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="warm start needs Linux")
 
@@ -202,22 +202,7 @@ def test_warm_start_off_or_async_api_means_no_fork(tmp_path: Path) -> None:
 
 def test_forked_warm_tasks_outlive_a_killed_executor(tmp_path: Path) -> None:
     """SIGKILL the executor: its forked-server tasks run on, and their exits are adopted."""
-    program = f"""
-import sys, time
-from async_executor import AsyncExecutor, WarmStart
-ex = AsyncExecutor(parallelism=4, log_dir={str(tmp_path / "logs")!r},
-                   state_path={str(tmp_path / "state" / "j.sqlite")!r},
-                   warm_start=WarmStart(inline_code=True, fork_from_caller=True))
-ex.start()
-for i in range(3):
-    ex.queue_command(("t", i), [sys.executable, "-c",
-        "import os, sys, time; open(sys.argv[1], 'a').write(str(os.getpid()) + chr(10)); "
-        "time.sleep(1.5); sys.exit(int(sys.argv[2]))", {str(tmp_path)!r} + f"/m{{i}}", str(i)])
-while ex.statistics().warm_launched < 3:
-    ex.heartbeat(); time.sleep(0.01)
-print("running", ex._engine.backend.supervisor_pid, flush=True)
-time.sleep(600)
-"""
+    program = warm_three_then_wait(tmp_path, fork_from_caller=True)
     proc = subprocess.Popen([PY, "-c", program], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     word, supervisor = proc.stdout.readline().split()

@@ -278,11 +278,14 @@ def test_queue_ahead_zero_is_airflows_accounting(tmp_path: Path, monkeypatch: py
         ex.terminate()
 
 
-def test_queue_ahead_must_be_a_number(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("setting", "value"), [("queue_ahead", "lots"), ("warm_fork_scheduler", "maybe")])
+def test_a_bad_setting_fails_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str, value: str
+) -> None:
     monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__STATE_PATH", str(tmp_path / "state.db"))
-    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__QUEUE_AHEAD", "lots")
+    monkeypatch.setenv(f"AIRFLOW__ASYNC_EXECUTOR__{setting.upper()}", value)
     ex = AsyncLocalExecutor(parallelism=3)
-    with pytest.raises(ValueError, match="queue_ahead"):
+    with pytest.raises(ValueError, match=setting):
         ex.start()
 
 
@@ -347,11 +350,3 @@ def test_warm_fork_scheduler_forks_the_fork_server_at_start(
         ex.end()
     # forked: the server is the supervisor's child from start(); exec'd: started by a first task
     assert len(children) == (1 if fork in ("true", "") else 0)
-
-
-def test_warm_fork_scheduler_must_be_a_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__STATE_PATH", str(tmp_path / "state.db"))
-    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__WARM_FORK_SCHEDULER", "maybe")
-    ex = AsyncLocalExecutor(parallelism=2)
-    with pytest.raises(ValueError, match="warm_fork_scheduler"):
-        ex.start()
