@@ -348,8 +348,10 @@ class AsyncExecutor:
         ``terminate()``. If the process dies before that, the next executor on the same
         journal delivers them again, marked ``info.redelivered``.
         """
-        if self._handed:
-            self._confirm(self._handed)
+        if self._handed:  # the caller is back: it has handled what the last call handed out
+            recorder = self._engine.recorder
+            if recorder is not None and self._state == _STARTED:
+                recorder.reported(self._handed)
             self._handed = []
         if keys_or_dag_ids is None:
             buffer, self.event_buffer = self.event_buffer, {}
@@ -362,11 +364,6 @@ class AsyncExecutor:
         if buffer and self._journal is not None:
             self._handed = [info for state, info in buffer.values() if state in _TERMINAL]
         return buffer
-
-    def _confirm(self, infos: list[TaskInfo]) -> None:
-        recorder = self._engine.recorder
-        if recorder is not None and self._state == _STARTED and infos:
-            recorder.reported(infos)
 
     def _confirm_all(self) -> None:
         """At a clean end: everything handed out, buffered or about to be is confirmed (the
