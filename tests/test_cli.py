@@ -24,8 +24,13 @@ CLI = [sys.executable, "-m", "async_executor"]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 
 
+#: The checkout under test: the CLI subprocesses must import it, not another installed copy.
+SOURCE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
 def _env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [SOURCE_ROOT, env.get("PYTHONPATH")]))
     env["ASYNC_EXECUTOR_HOME"] = str(tmp_path / "home")
     env.pop("XDG_STATE_HOME", None)
     return env
