@@ -44,6 +44,13 @@ HAVE_PIDFD = hasattr(os, "pidfd_open")
 #: admission waits and retries instead of failing the task.
 RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM})
 
+#: Signals Python ignores that a task gets back at their defaults, as with
+#: ``subprocess.Popen(restore_signals=True)``: ignored dispositions survive exec, and a
+#: ``yes | head`` in a task would report broken pipes instead of ending quietly.
+RESTORED_SIGNALS: tuple[int, ...] = tuple(
+    int(getattr(signal, name)) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)
+)
+
 
 @attrs.define(slots=True, eq=False)
 class Child:
@@ -108,13 +115,21 @@ class ExecLauncher:
         ]
         if "/" in program or path == self._base_path:
             spawn = os.posix_spawn if "/" in program else os.posix_spawnp
-            pid = spawn(program, argv, environ, file_actions=actions, setsid=True)
         else:
             # The task's own PATH decides, as it would for Popen(env=...).
             resolved = shutil.which(program, path=path)
             if resolved is None:
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
-            pid = os.posix_spawn(resolved, argv, environ, file_actions=actions, setsid=True)
+            program, spawn = resolved, os.posix_spawn
+        pid = spawn(
+            program,
+            argv,
+            environ,
+            file_actions=actions,
+            setsid=True,
+            setsigmask=(),  # nothing blocked, whatever the spawning thread blocks
+            setsigdef=RESTORED_SIGNALS,
+        )
         return Child(pid, None)
 
     def _launch_popen(self, argv: tuple[str, ...], environ: dict[str, str], cwd: str, out_fd: int) -> Child:

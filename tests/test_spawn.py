@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -28,6 +29,20 @@ def test_each_task_gets_its_own_session_and_devnull_stdin(executor: AsyncExecuto
     assert events["a"][0][1].pid != events["b"][0][1].pid
     for key in ("a", "b"):
         assert log_of(executor, key) == "True\n''\n"
+
+
+@pytest.mark.parametrize("cwd", [None, "/"], ids=["posix_spawn", "popen"])
+def test_signals_python_ignores_are_default_again_in_the_task(executor: AsyncExecutor, cwd: str | None) -> None:
+    # Python ignores SIGPIPE; an ignored disposition survives exec. A task must get the default
+    # back (as Popen(restore_signals=True) does), so `yes | head` ends quietly.
+    executor.queue_command("pipe", ["sh", "-c", "yes | head -n 1; grep SigIgn /proc/self/status"], cwd=cwd)
+    info = drain(executor)["pipe"][0][1]
+    lines = log_of(executor, "pipe").splitlines()
+    assert info.state is TaskState.SUCCESS
+    assert lines[0] == "y", lines  # no "yes: standard output: Broken pipe"
+    ignored = int(lines[1].split()[1], 16)
+    for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+        assert not ignored & (1 << (signum - 1)), f"{signum!r} still ignored: {lines[1]}"
 
 
 def test_stdout_and_stderr_go_to_one_log_file(executor: AsyncExecutor) -> None:
