@@ -32,7 +32,9 @@ def test_each_task_gets_its_own_session_and_devnull_stdin(executor: AsyncExecuto
 
 
 @pytest.mark.parametrize("cwd", [None, "/"], ids=["posix_spawn", "popen"])
-def test_signals_python_ignores_are_default_again_in_the_task(executor: AsyncExecutor, cwd: str | None) -> None:
+def test_signals_python_ignores_are_default_again_in_the_task(
+    executor: AsyncExecutor, cwd: str | None
+) -> None:
     # Python ignores SIGPIPE; an ignored disposition survives exec. A task must get the default
     # back (as Popen(restore_signals=True) does), so `yes | head` ends quietly.
     executor.queue_command("pipe", ["sh", "-c", "yes | head -n 1; grep SigIgn /proc/self/status"], cwd=cwd)
