@@ -35,8 +35,10 @@ from _harness import (
     Ratio,
     Stopwatch,
     Suite,
+    deferred_cleanup,
     environment,
     heading,
+    scratch_dir,
     time_process,
     write_json,
     xargs_argv,
@@ -93,7 +95,7 @@ def _private_env(work: str | Path) -> dict[str, str]:
 
 def _measure(argv: Sequence[str], tasks: int, timeout: float) -> Measurement:
     """One whole-process run in a fresh working and state directory."""
-    with tempfile.TemporaryDirectory(prefix="bench-cli-") as work:
+    with scratch_dir("bench-cli-") as work:
         wall, rc = time_process(argv, cwd=work, env=_private_env(work), timeout=timeout)
     return {"wall": wall, "ok": tasks if rc == 0 else 0, "failed": 0 if rc == 0 else tasks, "rc": rc}
 
@@ -114,6 +116,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--base-cmd",
         help="also time this other build of the CLI in the same run, as contender async-executor-base"
         " (e.g. 'env PYTHONPATH=/tmp/base python -m async_executor'), for before/after ratios",
+    )
+    ap.add_argument(
+        "--eager-cleanup",
+        action="store_true",
+        help="delete each run's directory right after it (default: all at the end; on ext4, mass"
+        " deletion slows file creation for seconds after, see _harness.deferred_cleanup)",
     )
     args = ap.parse_args(argv)
     tasks = args.tasks or (500 if args.quick else 2000)
@@ -162,7 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands = dict(contenders)
         timeout = 60.0 + tasks / 50.0
         suite = Suite(lambda c: _measure(commands[c.contender], c.tasks, c.timeout), repeats)
-        with Stopwatch() as total:
+        if args.eager_cleanup:
+            notes.append("--eager-cleanup: each run's directory was deleted right after it")
+        with Stopwatch() as total, deferred_cleanup(eager=args.eager_cleanup):
             suite.run_group(
                 [Case(WORKLOAD, args.jobs, name, tasks, timeout=timeout) for name, _ in contenders]
             )

@@ -33,7 +33,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -49,6 +48,7 @@ from _harness import (
     Stopwatch,
     Suite,
     child_main,
+    deferred_cleanup,
     descendants,
     environment,
     format_table,
@@ -59,6 +59,7 @@ from _harness import (
     raise_nofile,
     rss_kb,
     run_isolated,
+    scratch_dir,
     time_process,
     write_json,
     xargs_argv,
@@ -108,7 +109,7 @@ def _executor_home(tmpdir: str | None, journal: bool) -> Iterator[dict[str, Any]
     Yields the constructor keywords: the task log directory, and ``state_path=None`` when the run
     is without a journal (the default is a journal under ``$ASYNC_EXECUTOR_HOME``).
     """
-    with tempfile.TemporaryDirectory(dir=tmpdir, prefix="bench-home-") as home:
+    with scratch_dir("bench-home-", tmpdir) as home:
         os.environ["ASYNC_EXECUTOR_HOME"] = home
         kwargs: dict[str, Any] = {"log_dir": os.path.join(home, "logs")}
         if not journal:
@@ -761,6 +762,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=0,
         help="make every measuring process hold this much memory (a large scheduler parent)",
     )
+    ap.add_argument(
+        "--eager-cleanup",
+        action="store_true",
+        help="delete each executor home right after its measurement (default: all at the end;"
+        " on ext4, mass deletion slows file creation for seconds after, see _harness.deferred_cleanup)",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -832,7 +839,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for note in notes:
         print(f"note: {note}", flush=True)
 
-    with Stopwatch() as total:
+    if args.eager_cleanup:
+        notes.append("--eager-cleanup: each executor home was deleted right after its measurement")
+    with Stopwatch() as total, deferred_cleanup(args.tmpdir, eager=args.eager_cleanup):
         suite = _run_workloads(args, cfg, core_problem is None, notes)
         inflight = [] if args.no_inflight else _inflight(cfg, core_problem is None, args.loop, args.tmpdir)
     spawn_rate, spawn_src = _spawn_limit(suite, cfg.parallelisms)

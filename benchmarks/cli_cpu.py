@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _harness import deferred_cleanup, scratch_dir
+
 # Runs inside the measured interpreter: the CLI's main in-process, then getrusage as JSON.
 _PROBE = """
 import json, resource, runpy, sys, time
@@ -39,7 +41,7 @@ print(json.dumps({"wall": wall, "user": me.ru_utime, "sys": me.ru_stime,
 
 
 def measure(checkout: str, jobs: Path, parallelism: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory(prefix="cli-cpu-") as home:
+    with scratch_dir("cli-cpu-") as home:
         env = dict(os.environ, PYTHONPATH=checkout, ASYNC_EXECUTOR_HOME=home)
         proc = subprocess.run(
             [sys.executable, "-c", _PROBE, str(parallelism), str(jobs)],
@@ -65,9 +67,10 @@ def main() -> int:
         jobs = Path(tmp) / "jobs.txt"
         jobs.write_text("true\n" * args.lines)
         runs: dict[str, list[dict[str, float]]] = {c: [] for c in args.checkouts}
-        for _ in range(args.runs):
-            for checkout in args.checkouts:
-                runs[checkout].append(measure(checkout, jobs, args.jobs))
+        with deferred_cleanup():  # see its docstring: deleting logs slows the next run's creates
+            for _ in range(args.runs):
+                for checkout in args.checkouts:
+                    runs[checkout].append(measure(checkout, jobs, args.jobs))
     print(f"{args.lines} /bin/true lines, -j {args.jobs}, medians of {args.runs} (seconds)")
     print(f"{'checkout':40s} {'wall':>6s} {'user':>6s} {'sys':>6s} {'children':>9s}")
     for checkout, results in runs.items():
