@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+
 import nox
 
 nox.options.sessions = ["tests", "lint"]
@@ -33,11 +36,19 @@ def lint(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks: ratios against baselines measured in the same run (see benchmarks/README.md)."""
     session.install("-e", ".")
-    session.run("python", "benchmarks/bench_core.py", *session.posargs)
-    session.run("python", "benchmarks/bench_cli.py", *session.posargs)
-    session.run("python", "benchmarks/bench_journal.py", "--quick")
-    # warm start: with Airflow's task SDK installed it measures real Airflow imports
-    session.run("python", "benchmarks/bench_warm.py", *session.posargs)
+    # One trash for every benchmark's scratch directories, emptied once at the end: deleting
+    # thousands of log files slows file creation for ~30 s after on ext4 without a journal
+    # (see benchmarks/_harness.py, deferred_cleanup).
+    trash = tempfile.mkdtemp(prefix="bench-trash-")
+    env = {"BENCH_TRASH_DIR": trash}
+    try:
+        session.run("python", "benchmarks/bench_core.py", *session.posargs, env=env)
+        session.run("python", "benchmarks/bench_cli.py", *session.posargs, env=env)
+        session.run("python", "benchmarks/bench_journal.py", "--quick", env=env)
+        # warm start: with Airflow's task SDK installed it measures real Airflow imports
+        session.run("python", "benchmarks/bench_warm.py", *session.posargs, env=env)
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 @nox.session

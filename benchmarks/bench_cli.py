@@ -172,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         suite = Suite(lambda c: _measure(commands[c.contender], c.tasks, c.timeout), repeats)
         if args.eager_cleanup:
             notes.append("--eager-cleanup: each run's directory was deleted right after it")
-        with Stopwatch() as total, deferred_cleanup(eager=args.eager_cleanup):
+        with Stopwatch() as total, deferred_cleanup(eager=args.eager_cleanup) as fs_notes:
+            notes.extend(fs_notes)
             suite.run_group(
                 [Case(WORKLOAD, args.jobs, name, tasks, timeout=timeout) for name, _ in contenders]
             )

@@ -841,7 +841,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.eager_cleanup:
         notes.append("--eager-cleanup: each executor home was deleted right after its measurement")
-    with Stopwatch() as total, deferred_cleanup(args.tmpdir, eager=args.eager_cleanup):
+    with Stopwatch() as total, deferred_cleanup(args.tmpdir, eager=args.eager_cleanup) as fs_notes:
+        notes.extend(fs_notes)
         suite = _run_workloads(args, cfg, core_problem is None, notes)
         inflight = [] if args.no_inflight else _inflight(cfg, core_problem is None, args.loop, args.tmpdir)
     spawn_rate, spawn_src = _spawn_limit(suite, cfg.parallelisms)

@@ -67,7 +67,8 @@ def main() -> int:
         jobs = Path(tmp) / "jobs.txt"
         jobs.write_text("true\n" * args.lines)
         runs: dict[str, list[dict[str, float]]] = {c: [] for c in args.checkouts}
-        with deferred_cleanup():  # see its docstring: deleting logs slows the next run's creates
+        with deferred_cleanup() as fs_notes:  # see its docstring: deleting logs slows later creates
+            print(*fs_notes, sep="\n")
             for _ in range(args.runs):
                 for checkout in args.checkouts:
                     runs[checkout].append(measure(checkout, jobs, args.jobs))
