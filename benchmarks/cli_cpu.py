@@ -43,6 +43,7 @@ print(json.dumps({"wall": wall, "user": me.ru_utime, "sys": me.ru_stime,
 def measure(checkout: str, jobs: Path, parallelism: int) -> dict[str, float]:
     with scratch_dir("cli-cpu-") as home:
         env = dict(os.environ, PYTHONPATH=checkout, ASYNC_EXECUTOR_HOME=home)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: imports read bytecode
         proc = subprocess.run(
             [sys.executable, "-c", _PROBE, str(parallelism), str(jobs)],
             env=env,
