@@ -50,7 +50,9 @@ TRASH_ENV = "BENCH_TRASH_DIR"
 
 
 @contextlib.contextmanager
-def deferred_cleanup(parent: str | None = None, eager: bool = False) -> Iterator[list[str]]:
+def deferred_cleanup(
+    parent: str | None = None, eager: bool = False, patience_s: float = 45.0
+) -> Iterator[list[str]]:
     """Delete every :func:`scratch_dir` of this run (children included) once, at the very end.
 
     Why: on this machine's ext4 (no journal), creating a file costs 100-250 µs instead of
@@ -59,9 +61,10 @@ def deferred_cleanup(parent: str | None = None, eager: bool = False) -> Iterator
     ``perf``).  A contender that creates one log file per task would otherwise pay for the
     clean-up of the contender timed before it, which no baseline (they create no files) does.
     Before anything is timed, :func:`settle_file_system` waits out deletions made just before
-    the run.  Yields a list of notes for the report.  ``eager`` keeps the old behaviour (delete
-    each directory as soon as its measurement ends).  Nested inside another (``nox -s bench``
-    runs several benchmarks), the outer one's trash is reused and emptied by the outer one.
+    the run (at most ``patience_s``).  Yields a list of notes for the report.  ``eager`` keeps
+    the old behaviour (delete each directory as soon as its measurement ends).  Nested inside
+    another (``nox -s bench`` runs several benchmarks), the outer one's trash is reused and
+    emptied by the outer one.
     """
     notes: list[str] = []
     if eager:
@@ -71,7 +74,7 @@ def deferred_cleanup(parent: str | None = None, eager: bool = False) -> Iterator
     trash = outer if outer and os.path.isdir(outer) else tempfile.mkdtemp(prefix="bench-trash-", dir=parent)
     os.environ[TRASH_ENV] = trash
     try:
-        notes.append(settle_file_system(trash))
+        notes.append(settle_file_system(trash, patience_s=patience_s))
         yield notes
     finally:
         if trash != outer:

@@ -1,0 +1,56 @@
+"""The benchmark harness's scratch directories: deleted once, at the end, never between runs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import _harness
+
+
+@pytest.fixture(autouse=True)
+def _no_outer_trash(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(_harness.TRASH_ENV, raising=False)
+
+
+def test_scratch_dirs_outlive_their_measurement_until_the_run_ends(tmp_path: Path) -> None:
+    with _harness.deferred_cleanup(str(tmp_path), patience_s=0) as notes:
+        trash = os.environ[_harness.TRASH_ENV]
+        with _harness.scratch_dir("case-", str(tmp_path)) as work:
+            Path(work, "task.log").write_text("output")
+        assert not os.path.exists(work)  # moved out of the way...
+        kept = Path(trash, os.path.basename(work), "task.log")
+        assert kept.read_text() == "output"  # ...but not deleted yet
+        assert notes and notes[0].startswith("file creation before timing:")
+    assert not os.path.exists(trash)
+    assert _harness.TRASH_ENV not in os.environ
+
+
+def test_an_outer_trash_is_reused_and_left_to_its_owner(tmp_path: Path) -> None:
+    with _harness.deferred_cleanup(str(tmp_path), patience_s=0):
+        outer = os.environ[_harness.TRASH_ENV]
+        with _harness.deferred_cleanup(str(tmp_path), patience_s=0):
+            assert os.environ[_harness.TRASH_ENV] == outer
+            with _harness.scratch_dir("case-", str(tmp_path)) as work:
+                pass
+        assert os.path.isdir(os.path.join(outer, os.path.basename(work)))
+    assert not os.path.exists(outer)
+
+
+def test_without_deferred_cleanup_a_scratch_dir_is_deleted_at_once(tmp_path: Path) -> None:
+    with _harness.deferred_cleanup(str(tmp_path), eager=True) as notes:
+        assert _harness.TRASH_ENV not in os.environ
+        with _harness.scratch_dir("case-", str(tmp_path)) as work:
+            Path(work, "f").write_text("x")
+        assert not os.path.exists(work)
+    assert notes == []
+
+
+def test_settling_gives_up_after_its_patience(tmp_path: Path) -> None:
+    note = _harness.settle_file_system(str(tmp_path), fast_us=0.0, patience_s=0.0)
+    assert "NOT settled" in note
