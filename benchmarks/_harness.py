@@ -82,6 +82,16 @@ def deferred_cleanup(
             shutil.rmtree(trash, ignore_errors=True)
 
 
+def add_eager_cleanup_flag(parser: Any) -> None:
+    """``--eager-cleanup`` on a benchmark's ``argparse`` parser (see :func:`deferred_cleanup`)."""
+    parser.add_argument(
+        "--eager-cleanup",
+        action="store_true",
+        help="delete each measurement's scratch directory right after it (default: all at the end;"
+        " on ext4 without a journal, mass deletion slows file creation for tens of seconds after)",
+    )
+
+
 def create_cost_us(directory: str, files: int = 200) -> float:
     """Microseconds per file to create ``files`` empty files in a new directory under ``directory``."""
     probe = tempfile.mkdtemp(prefix="probe-", dir=directory)

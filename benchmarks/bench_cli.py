@@ -35,6 +35,7 @@ from _harness import (
     Ratio,
     Stopwatch,
     Suite,
+    add_eager_cleanup_flag,
     deferred_cleanup,
     environment,
     heading,
@@ -121,12 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also time this other build of the CLI in the same run, as contender async-executor-base"
         " (e.g. 'env PYTHONPATH=/tmp/base python -m async_executor'), for before/after ratios",
     )
-    ap.add_argument(
-        "--eager-cleanup",
-        action="store_true",
-        help="delete each run's directory right after it (default: all at the end; on ext4, mass"
-        " deletion slows file creation for seconds after, see _harness.deferred_cleanup)",
-    )
+    add_eager_cleanup_flag(ap)
     args = ap.parse_args(argv)
     tasks = args.tasks or (500 if args.quick else 2000)
     repeats = args.repeats or (1 if args.quick else 3)

@@ -47,6 +47,7 @@ from _harness import (
     Ratio,
     Stopwatch,
     Suite,
+    add_eager_cleanup_flag,
     child_main,
     deferred_cleanup,
     descendants,
@@ -762,12 +763,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=0,
         help="make every measuring process hold this much memory (a large scheduler parent)",
     )
-    ap.add_argument(
-        "--eager-cleanup",
-        action="store_true",
-        help="delete each executor home right after its measurement (default: all at the end;"
-        " on ext4, mass deletion slows file creation for seconds after, see _harness.deferred_cleanup)",
-    )
+    add_eager_cleanup_flag(ap)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
