@@ -1025,22 +1025,24 @@ class Journal:
     async def unfinished(self, *, exclude_executor: str | None = None) -> list[JournalRow]:
         """Rows in state ``queued`` or ``running`` (of every executor but ``exclude_executor``),
         oldest first."""
-        sql = f"{_SELECT} WHERE state IN ('queued', 'running')"
-        params: tuple[Any, ...] = ()
-        if exclude_executor is not None:
-            sql += " AND executor_id != ?"
-            params = (exclude_executor,)
-        return [self._row(r) for r in await self._query(sql + " ORDER BY accepted_at", params)]
+        return await self._rows_where("state IN ('queued', 'running')", "accepted_at", exclude_executor)
 
     async def unreported(self, *, exclude_executor: str | None = None) -> list[JournalRow]:
         """Finished rows whose outcome no caller confirmed (of every executor but
         ``exclude_executor``), oldest first."""
-        sql = f"{_SELECT} WHERE reported = 0"
+        return await self._rows_where("reported = 0", "ended_at", exclude_executor)
+
+    async def _rows_where(
+        self, condition: str, order_by: str, exclude_executor: str | None
+    ) -> list[JournalRow]:
+        """Rows matching ``condition`` (fixed SQL, no user data), of every executor but
+        ``exclude_executor``, ordered by the ``order_by`` column."""
+        sql = f"{_SELECT} WHERE {condition}"
         params: tuple[Any, ...] = ()
         if exclude_executor is not None:
             sql += " AND executor_id != ?"
             params = (exclude_executor,)
-        return [self._row(r) for r in await self._query(sql + " ORDER BY ended_at", params)]
+        return [self._row(r) for r in await self._query(f"{sql} ORDER BY {order_by}", params)]
 
     async def claim(self, executor_id: str, rows: Sequence[JournalRow]) -> int:
         """Make ``executor_id`` the owner of these unreported rows (it delivers them now), so an
