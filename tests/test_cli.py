@@ -24,8 +24,13 @@ CLI = [sys.executable, "-m", "async_executor"]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 
 
+#: The checkout under test: the CLI subprocesses must import it, not another installed copy.
+SOURCE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
 def _env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [SOURCE_ROOT, env.get("PYTHONPATH")]))
     env["ASYNC_EXECUTOR_HOME"] = str(tmp_path / "home")
     env.pop("XDG_STATE_HOME", None)
     return env
@@ -226,6 +231,20 @@ def test_logs_and_status(tmp_path: Path) -> None:
     assert ae(tmp_path, "logs", "--run", "jobs", "2").stdout == "err-2\n"
     assert ae(tmp_path, "logs", "jobs:9:00000000").returncode == 1
     assert ae(tmp_path, "status", "no-such-run").returncode == 1
+
+
+def test_silent_tasks_get_no_log_file_and_big_outputs_are_whole(tmp_path: Path) -> None:
+    # 3 MB, written slowly enough that part of it leaves memory while the task runs
+    big = "sh -c 'head -c 1500000 /dev/zero | tr \\\\0 a; sleep 0.7; head -c 1500000 /dev/zero | tr \\\\0 b'"
+    path = jobfile(tmp_path, ["true", big])
+    result = ae(tmp_path, "run", "--quiet", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "a" * 1_500_000 + "b" * 1_500_000
+    logs = list((tmp_path / "home" / "logs").iterdir())
+    assert len(logs) == 1 and logs[0].stat().st_size == 3_000_000
+    silent = ae(tmp_path, "logs", "--run", "jobs", "1")
+    assert (silent.returncode, silent.stdout, silent.stderr) == (0, "", "")
+    assert len(ae(tmp_path, "logs", "--run", "jobs", "2").stdout) == 3_000_000
 
 
 def test_results_dir_keeps_stdout_and_stderr(tmp_path: Path) -> None:

@@ -125,6 +125,8 @@ async def show_logs(path: str, key: str, run: str | None, try_number: int | None
         print(f"async-executor: no task {key!r}{where} in {path}", file=sys.stderr)
         return 1
     if not row.log_path:
+        if row.pid is not None:  # it ran and wrote nothing: the CLI creates no log file for that
+            return 0
         print(f"async-executor: task {row.key} try {row.try_number} has no captured output", file=sys.stderr)
         return 1
     try:
