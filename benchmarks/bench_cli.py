@@ -51,9 +51,8 @@ BASELINES = (("vs parallel", "gnu-parallel"), ("vs xargs", "xargs"))
 def _ae_argv(ae_cmd: str, jobs: int) -> list[str] | None:
     """``async-executor run`` argv without the job file, quiet when the CLI offers it;
     ``None`` when it is not installed."""
-    base = shlex.split(ae_cmd)
-    if base[:1] == ["python"]:
-        base[0] = sys.executable  # not a version-manager shim: those cost ~75 ms per start here
+    # not a version-manager shim for "python": those cost ~75 ms per start here
+    base = [sys.executable if word == "python" else word for word in shlex.split(ae_cmd)]
     if not base or shutil.which(base[0]) is None:
         return None
     help_text = subprocess.run([*base, "run", "--help"], capture_output=True, text=True, check=False).stdout
@@ -111,6 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="async-executor",
         help="how to start the CLI under test (default: async-executor on PATH)",
     )
+    ap.add_argument(
+        "--base-cmd",
+        help="also time this other build of the CLI in the same run, as contender async-executor-base"
+        " (e.g. 'env PYTHONPATH=/tmp/base python -m async_executor'), for before/after ratios",
+    )
     args = ap.parse_args(argv)
     tasks = args.tasks or (500 if args.quick else 2000)
     repeats = args.repeats or (1 if args.quick else 3)
@@ -129,6 +133,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         contenders: list[tuple[str, list[str]]] = []
         runners = {
             "async-executor": (_ae_argv(args.ae_cmd, args.jobs), f"{args.ae_cmd!r} is not on PATH"),
+            **(
+                {
+                    "async-executor-base": (
+                        _ae_argv(args.base_cmd, args.jobs),
+                        f"{args.base_cmd!r} is not on PATH",
+                    )
+                }
+                if args.base_cmd
+                else {}
+            ),
             "gnu-parallel": (
                 ["parallel", "--will-cite", "-j", str(args.jobs), "-a"] if shutil.which("parallel") else None,
                 "`parallel` is not on PATH (apt-get install -y parallel)",
@@ -160,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         suite.ratio("/bin/true", WORKLOAD, args.jobs, "async-executor", "gnu-parallel", target=">= 3.0"),
         suite.ratio("/bin/true", WORKLOAD, args.jobs, "async-executor", "xargs", target=">= 0.9"),
         suite.ratio("/bin/true", WORKLOAD, args.jobs, "gnu-parallel", "xargs"),
+        suite.ratio("/bin/true", WORKLOAD, args.jobs, "async-executor-base", "xargs"),
+        suite.ratio("/bin/true", WORKLOAD, args.jobs, "async-executor", "async-executor-base"),
     ]
     ratios: list[Ratio] = [r for r in found if r is not None]
     heading("Ratios against the issue's targets (information, not assertions)")
