@@ -39,6 +39,20 @@ async def test_many_concurrent_tasks_and_parallelism(log_dir: Path) -> None:
     assert all(i.succeeded for i in infos)
 
 
+async def test_done_callbacks_get_each_outcome(log_dir: Path) -> None:
+    seen: list[tuple[object, int | None]] = []
+    async with AsyncExecutor(parallelism=4, log_dir=log_dir, state_path=None) as ex:
+        handles = [await ex.submit(i, ["sh", "-c", f"exit {i % 2}"]) for i in range(10)]
+        for handle in handles:
+            handle.add_done_callback(lambda info: seen.append((info.key, info.returncode)))
+        for handle in handles:
+            await handle.wait()
+        handles[0].add_done_callback(lambda info: seen.append(("late", info.returncode)))  # done already
+        await asyncio.sleep(0)
+    assert sorted(seen[:-1], key=lambda s: str(s[0])) == [(i, i % 2) for i in range(10)]
+    assert seen[-1] == ("late", 0)
+
+
 async def test_duplicate_submit_is_refused(log_dir: Path) -> None:
     async with AsyncExecutor(parallelism=2, log_dir=log_dir) as ex:
         handle = await ex.submit("same", ["sleep", "0.2"])

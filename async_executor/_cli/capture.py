@@ -43,11 +43,14 @@ AVAILABLE = hasattr(os, "memfd_create") and hasattr(os, "sendfile")
 class _Slot:
     """One task try's memfd and how much of it is in the log file already."""
 
-    __slots__ = ("copied", "fd", "log_fd", "path", "truncated", "written")
+    __slots__ = ("copied", "fd", "key", "log_fd", "path", "truncated", "try_number", "written")
 
-    def __init__(self, fd: int, path: str) -> None:
+    def __init__(self, fd: int, key: Any, try_number: int) -> None:
         self.fd = fd
-        self.path = path
+        self.key = key
+        self.try_number = try_number
+        #: The log file's path, named when there is something to write.
+        self.path = ""
         #: Bytes of the memfd already appended to the log (and punched out of the memfd).
         self.copied = 0
         #: Bytes in the log file.
@@ -76,7 +79,7 @@ class Capture:
         old = self._slots.pop((key, try_number), None)
         if old is not None:  # a launch retried after running out of descriptors or processes
             self._close(old)
-        self._slots[(key, try_number)] = _Slot(fd, _logs.log_path(self.log_dir, key, try_number))
+        self._slots[(key, try_number)] = _Slot(fd, key, try_number)
         if self._timer is None and self._loop is not None:
             self._timer = self._loop.call_later(SPILL_INTERVAL, self._sweep)
         return fd
@@ -93,7 +96,7 @@ class Capture:
         try:
             self._copy(slot)
         except OSError as exc:
-            problem = f"could not write {slot.path}: {exc.strerror or exc}"
+            problem = f"could not write {slot.path or 'its log'}: {exc.strerror or exc}"
         finally:
             self._close(slot)
         return (slot.path if slot.written else None), problem
@@ -123,6 +126,7 @@ class Capture:
             over = cap is not None and slot.written + count > cap
             keep = max(0, cap - len(_TRUNCATED) - slot.written) if cap is not None and over else count
             if slot.log_fd < 0:
+                slot.path = _logs.log_path(self.log_dir, slot.key, slot.try_number)
                 if not self._made_dir:
                     os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
                     self._made_dir = True
@@ -161,7 +165,7 @@ class Capture:
                 if os.fstat(slot.fd).st_size - slot.copied > SPILL_BYTES:
                     self._copy(slot, punch=True)
             except OSError as exc:
-                logger.warning("could not move captured output to %s: %s", slot.path, exc)
+                logger.warning("could not move captured output of %r to its log: %s", slot.key, exc)
         if self._slots and self._loop is not None:
             self._timer = self._loop.call_later(SPILL_INTERVAL, self._sweep)
 
