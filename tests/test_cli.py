@@ -247,6 +247,23 @@ def test_silent_tasks_get_no_log_file_and_big_outputs_are_whole(tmp_path: Path) 
     assert len(ae(tmp_path, "logs", "--run", "jobs", "2").stdout) == 3_000_000
 
 
+def test_logs_of_a_running_task(tmp_path: Path) -> None:
+    path = jobfile(tmp_path, ["sh -c 'echo early; sleep 30'"])
+    proc = subprocess.Popen(
+        [*CLI, "run", "--quiet", str(path)], cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE
+    )
+    try:
+        seen = ""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and seen != "early\n":
+            time.sleep(0.2)
+            seen = ae(tmp_path, "logs", "--run", "jobs", "1").stdout
+        assert seen == "early\n"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+
+
 def test_results_dir_keeps_stdout_and_stderr(tmp_path: Path) -> None:
     path = jobfile(tmp_path, ["sh -c 'echo to-out; echo to-err >&2; exit 5'", "echo plain"])
     result = ae(tmp_path, "run", "--results", "res", str(path))

@@ -166,3 +166,20 @@ def test_capture_moves_large_output_of_a_running_task_out_of_memory(
     os.close(child)
     assert problem is None and path == str(logs[0])
     assert Path(path).read_bytes() == first + b"tail\n"
+
+
+@needs_memfd
+def test_capture_writes_the_output_of_a_long_running_task_as_it_comes(tmp_path: Path) -> None:
+    cap = capture.Capture(str(tmp_path))
+    fd = cap.open("k", 1)
+    cap._sweep()  # the task is running at the first sweep
+    os.write(fd, b"early\n")
+    cap._sweep()  # ... and still at the next: its new output goes to its log
+    logs = list(tmp_path.iterdir())
+    assert len(logs) == 1 and logs[0].read_bytes() == b"early\n"
+    quick = cap.open("q", 1)
+    os.write(quick, b"x")
+    cap._sweep()  # a task seen for the first time keeps small output in memory
+    assert len(list(tmp_path.iterdir())) == 1
+    assert cap.finish("k", 1)[0] == str(logs[0])
+    assert cap.finish("q", 1)[0] is not None

@@ -6,9 +6,12 @@ tmpfs inode with no name: a few µs) as its stdout+stderr, and when the task end
 task's log file only if the task wrote anything, with the output copied in by the kernel
 (``sendfile``). A task that wrote nothing has no log file (its journal row has no log path).
 
-Memory stays bounded: every :data:`SPILL_INTERVAL` seconds, a running task holding more than
-:data:`SPILL_BYTES` in its memfd has that part appended to its log file and punched out of the
-memfd. The log is capped at ``max_bytes`` like the engine's own logs (head kept, then a marker).
+Every :data:`SPILL_INTERVAL` seconds, a running task's new output is appended to its log file
+and punched out of the memfd when it holds more than :data:`SPILL_BYTES` (memory stays bounded)
+or when the task was already running at the previous check: the log of a task that runs for
+more than a second follows its output with at most a second of delay (``async-executor logs``
+while it runs, or after the CLI was killed; a log the child wrote itself had no delay).
+The log is capped at ``max_bytes`` like the engine's own logs (head kept, then a marker).
 Output written after the task's main process exited (by a background child still holding the
 descriptor) is not kept: the memfd is read once, at the end.
 """
@@ -43,7 +46,7 @@ AVAILABLE = hasattr(os, "memfd_create") and hasattr(os, "sendfile")
 class _Slot:
     """One task try's memfd and how much of it is in the log file already."""
 
-    __slots__ = ("copied", "fd", "key", "log_fd", "path", "truncated", "try_number", "written")
+    __slots__ = ("copied", "fd", "key", "log_fd", "old", "path", "truncated", "try_number", "written")
 
     def __init__(self, fd: int, key: Any, try_number: int) -> None:
         self.fd = fd
@@ -57,6 +60,8 @@ class _Slot:
         self.written = 0
         self.log_fd = -1
         self.truncated = False
+        #: Seen by an earlier sweep: the task has run for a while.
+        self.old = False
 
 
 class Capture:
@@ -162,8 +167,10 @@ class Capture:
         self._timer = None
         for slot in list(self._slots.values()):
             try:
-                if os.fstat(slot.fd).st_size - slot.copied > SPILL_BYTES:
+                new = os.fstat(slot.fd).st_size - slot.copied
+                if new > SPILL_BYTES or (new > 0 and slot.old):
                     self._copy(slot, punch=True)
+                slot.old = True
             except OSError as exc:
                 logger.warning("could not move captured output of %r to its log: %s", slot.key, exc)
         if self._slots and self._loop is not None:
