@@ -111,6 +111,11 @@ class AsyncExecutor:
         ``$ASYNC_EXECUTOR_HOME/logs`` (``~/.local/state/async-executor/logs``).
     :param log_max_bytes: cap on one task's log (the head is kept); ``None`` for no cap.
     :param capture: ``False`` sends task output to ``/dev/null`` instead of log files.
+    :param lazy_logs: create a task's log file only if it writes something (Linux, without a
+        journal: ``state_path=None``). Output waits in an anonymous memory file and reaches the
+        log file when the task ends, or every 0.5 s for a task that runs longer; creating a
+        file per task costs more than spawning ``/bin/true`` on some file systems. A task that
+        wrote nothing has ``log_path=None``. Elsewhere it is ignored (log files as usual).
     :param kill_grace: seconds between SIGTERM and SIGKILL when a task is stopped.
     :param callback_sink: where ``send_callback()`` sends requests (``.send(r)`` or callable).
     :param loop: the private loop for the sync façade: ``"auto"`` (uvloop if installed),
@@ -141,6 +146,7 @@ class AsyncExecutor:
         log_dir: str | os.PathLike[str] | None = None,
         log_max_bytes: int | None = 64 * 1024 * 1024,
         capture: bool = True,
+        lazy_logs: bool = False,
         kill_grace: float = 5.0,
         callback_sink: Any = None,
         loop: str = "auto",
@@ -199,11 +205,25 @@ class AsyncExecutor:
                 raise ValueError("a custom launcher runs in this process: pass state_path=None with it")
             from ._supervisor import SupervisorBackend
 
+            if lazy_logs:
+                raise ValueError(
+                    "lazy_logs needs state_path=None: with a journal, tasks are started by the"
+                    " supervisor process and write to their log files directly"
+                )
             backend: Backend = SupervisorBackend(
                 os.path.dirname(os.path.abspath(self.state_path)), self.executor_id, warm_start
             )
         else:
-            backend = LocalBackend(launcher, warm_start)
+            memory_logs = None
+            if lazy_logs and self.log_dir is not None:
+                from . import _memlogs
+
+                if _memlogs.AVAILABLE:
+                    memory_logs = _memlogs.MemoryLogs(log_max_bytes)
+                else:  # pragma: no cover - Linux has memfd_create
+                    logger.debug("lazy_logs: no memfd_create here; every task gets a log file")
+            lazy_logs = memory_logs is not None
+            backend = LocalBackend(launcher, warm_start, memory_logs)
         self._engine = Engine(
             parallelism=self.parallelism,
             log_dir=self.log_dir,
@@ -211,6 +231,7 @@ class AsyncExecutor:
             kill_grace=grace,
             report_running=report_running,
             backend=backend,
+            lazy_logs=lazy_logs,
         )
 
     # ------------------------------------------------------------------ starting

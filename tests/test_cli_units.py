@@ -1,15 +1,12 @@
-"""The CLI's pure parts: job-file parsing, halt policies, joblog lines, resume selection, capture."""
+"""The CLI's pure parts: job-file parsing, halt policies, joblog lines, resume selection."""
 
 from __future__ import annotations
 
-import os
 import shlex
-from pathlib import Path
 
 import pytest
 
 from async_executor import FailureReason, TaskInfo, TaskState
-from async_executor._cli import capture
 from async_executor._cli.halt import NEVER, HaltPolicy, parse_halt
 from async_executor._cli.joblog import HEADER, exit_value, joblog_line
 from async_executor._cli.jobs import JobFileError, parse_jobs
@@ -111,75 +108,3 @@ def test_joblog_format_matches_gnu_parallel() -> None:
         detail="could not start 'nope': No such file or directory",
     )
     assert exit_value(missing) == 127
-
-
-# --------------------------------------------------------------------------- output capture
-
-needs_memfd = pytest.mark.skipif(not capture.AVAILABLE, reason="no memfd_create on this platform")
-
-
-@needs_memfd
-def test_capture_creates_a_log_file_only_for_output(tmp_path: Path) -> None:
-    cap = capture.Capture(str(tmp_path / "logs"))
-    silent = cap.open("run:1:aa", 1)
-    talker = cap.open("run:2:bb", 1)
-    os.write(talker, b"hello\n")
-    assert cap.finish("run:1:aa", 1) == (None, None)
-    path, problem = cap.finish("run:2:bb", 1)
-    assert problem is None and path is not None
-    assert Path(path).read_bytes() == b"hello\n"
-    assert [p.name for p in (tmp_path / "logs").iterdir()] == [Path(path).name]
-    assert cap.finish("run:2:bb", 1) == (None, None)  # once
-    for fd in (silent, talker):  # the capture closed its descriptors
-        with pytest.raises(OSError):
-            os.fstat(fd)
-
-
-@needs_memfd
-def test_capture_caps_the_log_keeping_its_head(tmp_path: Path) -> None:
-    cap = capture.Capture(str(tmp_path), max_bytes=200)
-    fd = cap.open("k", 1)
-    os.write(fd, b"x" * 1000)
-    path, _ = cap.finish("k", 1)
-    assert path is not None
-    data = Path(path).read_bytes()
-    assert len(data) == 200
-    assert data.startswith(b"xxx") and data.endswith(b"truncated at the log size cap]\n")
-
-
-@needs_memfd
-def test_capture_moves_large_output_of_a_running_task_out_of_memory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(capture, "SPILL_BYTES", 4096)
-    cap = capture.Capture(str(tmp_path))
-    fd = cap.open("k", 1)
-    child = os.dup(fd)  # what the task holds (its offset goes on growing)
-    first = os.urandom(64 * 1024)
-    os.write(child, first)
-    cap._sweep()
-    logs = list(tmp_path.iterdir())
-    assert len(logs) == 1 and logs[0].read_bytes() == first
-    assert os.fstat(fd).st_blocks * 512 < len(first)  # punched out of the memfd
-    os.write(child, b"tail\n")
-    path, problem = cap.finish("k", 1)
-    os.close(child)
-    assert problem is None and path == str(logs[0])
-    assert Path(path).read_bytes() == first + b"tail\n"
-
-
-@needs_memfd
-def test_capture_writes_the_output_of_a_long_running_task_as_it_comes(tmp_path: Path) -> None:
-    cap = capture.Capture(str(tmp_path))
-    fd = cap.open("k", 1)
-    cap._sweep()  # the task is running at the first sweep
-    os.write(fd, b"early\n")
-    cap._sweep()  # ... and still at the next: its new output goes to its log
-    logs = list(tmp_path.iterdir())
-    assert len(logs) == 1 and logs[0].read_bytes() == b"early\n"
-    quick = cap.open("q", 1)
-    os.write(quick, b"x")
-    cap._sweep()  # a task seen for the first time keeps small output in memory
-    assert len(list(tmp_path.iterdir())) == 1
-    assert cap.finish("k", 1)[0] == str(logs[0])
-    assert cap.finish("q", 1)[0] is not None

@@ -128,7 +128,7 @@ async def show_logs(path: str, key: str, run: str | None, try_number: int | None
         return 1
     log_path = row.log_path
     if not log_path and row.pid is not None:
-        # The CLI creates a task's log file only once the task wrote something (see capture.py):
+        # The CLI creates a task's log file only once the task wrote something (lazy logs, see _memlogs.py):
         # still running, it may have one already; ended without one, it wrote nothing.
         log_path = _logs.log_path(str(Path(path).parent / "logs"), row.key, row.try_number)  # make_log_dir
         if not await anyio.Path(log_path).exists():

@@ -20,9 +20,8 @@ import attrs
 from .._exceptions import ExecutorClosedError
 from .._executor import AsyncExecutor
 from .._limits import RESERVED_FDS, open_fd_count, raise_nofile_limit
-from .._records import TaskInfo, TaskSpec
-from .capture import AVAILABLE as CAPTURE_AVAILABLE
-from .capture import Capture, CaptureBackend
+from .._memlogs import AVAILABLE as LAZY_LOGS
+from .._records import TaskInfo, TaskSpec, TaskState
 from .display import Counters, LiveDisplay, PlainDisplay, make_display
 from .halt import NEVER, HaltPolicy
 from .joblog import JobLog, exit_value
@@ -67,8 +66,8 @@ class RunConfig:
 def max_parallelism() -> int:
     """``-j 0``: as many tasks as the descriptor and process limits allow."""
     budget = raise_nofile_limit() - open_fd_count() - RESERVED_FDS - CLI_FDS
-    if CAPTURE_AVAILABLE:
-        budget //= 2  # a pidfd and a memfd per task
+    if LAZY_LOGS:
+        budget //= 2  # a pidfd and a memory file per task
     try:
         import resource
 
@@ -147,8 +146,6 @@ class Runner:
         self._order: dict[int, int] = {}
         self._ready: dict[int, tuple[str | None, str | None]] = {}
         self._next = 0
-        #: Tasks write to memfds; log files only for tasks that wrote something (Linux).
-        self.capture: Capture | None = Capture(cfg.log_dir) if CAPTURE_AVAILABLE else None
 
     # ------------------------------------------------------------------ the run
 
@@ -165,16 +162,14 @@ class Runner:
         limit = max(1, min(cfg.parallelism, len(todo) or 1))
         started = time.monotonic()
         try:
-            executor = AsyncExecutor(
+            async with AsyncExecutor(
                 parallelism=limit,
                 log_dir=cfg.log_dir,
-                capture=self.capture is None,
+                # log files only for tasks that write something: see _memlogs.py
+                lazy_logs=True,
                 kill_grace=cfg.kill_grace,
                 **self.state.executor_options(),
-            )
-            if self.capture is not None:
-                use_backend(executor, CaptureBackend(self.capture))
-            async with executor as ex:
+            ) as ex:
                 self.ex = ex
                 await self._drive(todo, limit)
                 if self._terminating is not None:
@@ -267,12 +262,8 @@ class Runner:
         """A try of ``job`` ended (a callback on the loop): record it, retry it or finish the line."""
         self._in_flight -= 1
         try:
-            if self.capture is not None:
-                log_path, problem = self.capture.finish(key, info.try_number)
-                if log_path is not None:
-                    info = attrs.evolve(info, log_path=log_path)
-                if problem is not None:
-                    self.display.note(f"line {job.line}: its output was not all kept: {problem}", always=True)
+            if info.state is TaskState.SUCCESS and info.detail:  # e.g. its log's disk is full
+                self.display.note(f"line {job.line}: {info.detail}", always=True)
             if unrecorded_start and info.pid is not None:
                 self.state.started(
                     key, info.try_number, info.pid, info.log_path, info.started_at or time.time()
@@ -406,17 +397,6 @@ class Runner:
         else:
             self.display.stopping("terminating every running task")
             self._terminate()
-
-
-def use_backend(executor: AsyncExecutor, backend: CaptureBackend) -> None:
-    """Make a not yet started ``AsyncExecutor`` (``state_path=None``) spawn through ``backend``.
-
-    TODO(lead): replace with a public ``AsyncExecutor(backend=...)`` or output-opener option.
-    """
-    engine = executor._engine
-    assert engine.loop is None, "the executor has started"
-    assert engine.backend.name == "local", "the executor journals (state_path is set)"
-    engine.backend = backend
 
 
 def _size(path: str | None) -> int:

@@ -1,16 +1,16 @@
-"""Each task's output in an anonymous memory file; its log file only when it wrote something.
+"""Lazy logs: each task's output in an anonymous memory file, its log file only if it wrote.
 
-Creating a file costs 80-270 µs of kernel CPU on ext4 here (inode allocation), more than the
-rest of the CLI's work for a ``/bin/true`` line. So the CLI hands each task a ``memfd`` (a
-tmpfs inode with no name: a few µs) as its stdout+stderr, and when the task ends it creates the
-task's log file only if the task wrote anything, with the output copied in by the kernel
-(``sendfile``). A task that wrote nothing has no log file (its journal row has no log path).
+Creating a file costs 80-270 µs of kernel CPU on ext4 here (inode allocation; more for tens of
+seconds after mass deletions), more than the rest of the executor's work for a ``/bin/true``
+task. With ``AsyncExecutor(lazy_logs=True)`` each task gets a ``memfd`` (a tmpfs inode with no
+name: a few µs) as its stdout+stderr; when the task ends its log file is created only if the task
+wrote anything, with the output copied in by the kernel (``sendfile``). A task that wrote nothing
+has no log file (its outcome's ``log_path`` is ``None``).
 
 Every :data:`SPILL_INTERVAL` seconds, a running task's new output is appended to its log file
 and punched out of the memfd when it holds more than :data:`SPILL_BYTES` (memory stays bounded)
 or when the task was already running at the previous check: the log of a task that runs for
-more than a second follows its output with at most a second of delay (``async-executor logs``
-while it runs, or after the CLI was killed; a log the child wrote itself had no delay).
+more than a second follows its output with at most a second of delay.
 The log is capped at ``max_bytes`` like the engine's own logs (head kept, then a marker).
 Output written after the task's main process exited (by a background child still holding the
 descriptor) is not kept: the memfd is read once, at the end.
@@ -24,36 +24,32 @@ import logging
 import os
 from typing import Any
 
-from .. import _logs
-from .._spawn import LocalBackend
+from . import _logs
 
-logger = logging.getLogger("async_executor.cli.capture")
+logger = logging.getLogger("async_executor.memlogs")
 
 #: Seconds between checks of running tasks' captured sizes.
 SPILL_INTERVAL = 0.5
 #: A running task's captured output beyond this many bytes goes to its log file (and leaves memory).
 SPILL_BYTES = 1 << 20
-#: What the CLI's logs are capped at (``AsyncExecutor``'s default ``log_max_bytes``).
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 _TRUNCATED = b"\n[async-executor: output truncated at the log size cap]\n"
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 
+#: Whether this platform has what lazy logs need (Linux: ``memfd_create`` and ``sendfile``).
 AVAILABLE = hasattr(os, "memfd_create") and hasattr(os, "sendfile")
 
 
 class _Slot:
-    """One task try's memfd and how much of it is in the log file already."""
+    """One task's memfd and how much of it is in the log file already."""
 
-    __slots__ = ("copied", "fd", "key", "log_fd", "old", "path", "truncated", "try_number", "written")
+    __slots__ = ("copied", "fd", "log_fd", "old", "path", "truncated", "written")
 
-    def __init__(self, fd: int, key: Any, try_number: int) -> None:
+    def __init__(self, fd: int, path: str) -> None:
         self.fd = fd
-        self.key = key
-        self.try_number = try_number
-        #: The log file's path, named when there is something to write.
-        self.path = ""
+        #: The log file's path; the file is created when there is something to write.
+        self.path = path
         #: Bytes of the memfd already appended to the log (and punched out of the memfd).
         self.copied = 0
         #: Bytes in the log file.
@@ -64,50 +60,61 @@ class _Slot:
         self.old = False
 
 
-class Capture:
-    """The memfds of the tasks in flight, by ``(key, try_number)``."""
+class MemoryLogs:
+    """The memfds of the tasks in flight, by the backend's token for each task."""
 
-    def __init__(self, log_dir: str, max_bytes: int | None = DEFAULT_MAX_BYTES) -> None:
-        self.log_dir = log_dir
+    def __init__(self, max_bytes: int | None) -> None:
         self.max_bytes = max_bytes
-        self._slots: dict[tuple[Any, int], _Slot] = {}
-        self._made_dir = False
+        self._slots: dict[Any, _Slot] = {}
+        self._made_dirs: set[str] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._punch: Any = None
 
+    def __repr__(self) -> str:
+        return f"<MemoryLogs holding {len(self._slots)} tasks' output>"
+
     # ------------------------------------------------------------------ tasks
 
-    def open(self, key: Any, try_number: int) -> int:
-        """A new memfd for a task's output (the caller dup2s it into the child). Raises ``OSError``."""
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def open(self, token: Any, path: str) -> int:
+        """A new memfd for a task whose log is ``path`` (the caller dup2s it into the child).
+
+        Any file already at ``path`` (a stale log of an earlier executor) is removed, so that a
+        task that writes nothing is never paired with someone else's output. Raises ``OSError``.
+        """
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # nothing stale there
+            os.unlink(path)
         fd = os.memfd_create("async-executor-task", os.MFD_CLOEXEC)
-        old = self._slots.pop((key, try_number), None)
+        old = self._slots.pop(token, None)
         if old is not None:  # a launch retried after running out of descriptors or processes
             self._close(old)
-        self._slots[(key, try_number)] = _Slot(fd, key, try_number)
+        self._slots[token] = _Slot(fd, path)
         if self._timer is None and self._loop is not None:
             self._timer = self._loop.call_later(SPILL_INTERVAL, self._sweep)
         return fd
 
-    def finish(self, key: Any, try_number: int) -> tuple[str | None, str | None]:
-        """The task ended: ``(log path, error)``. The path is ``None`` when it wrote nothing.
-
-        ``error`` says why its output could not all be kept (e.g. the disk is full).
-        """
-        slot = self._slots.pop((key, try_number), None)
+    def finish(self, token: Any) -> tuple[bool, str | None]:
+        """The task ended: ``(whether it has a log file, why its output was not all kept)``."""
+        slot = self._slots.pop(token, None)
         if slot is None:
-            return None, None
+            return False, None
         problem = None
         try:
             self._copy(slot)
         except OSError as exc:
-            problem = f"could not write {slot.path or 'its log'}: {exc.strerror or exc}"
+            problem = f"its output could not all be written to {slot.path}: {exc.strerror or exc}"
         finally:
             self._close(slot)
-        return (slot.path if slot.written else None), problem
+        return slot.written > 0, problem
 
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def discard(self, token: Any) -> None:
+        """Forget a task that never started or is abandoned (its output is dropped)."""
+        slot = self._slots.pop(token, None)
+        if slot is not None:
+            self._close(slot)
 
     def close(self) -> None:
         """Forget every task still held (their output is dropped)."""
@@ -131,10 +138,10 @@ class Capture:
             over = cap is not None and slot.written + count > cap
             keep = max(0, cap - len(_TRUNCATED) - slot.written) if cap is not None and over else count
             if slot.log_fd < 0:
-                slot.path = _logs.log_path(self.log_dir, slot.key, slot.try_number)
-                if not self._made_dir:
-                    os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
-                    self._made_dir = True
+                directory = os.path.dirname(slot.path)
+                if directory not in self._made_dirs:
+                    os.makedirs(directory, mode=0o700, exist_ok=True)
+                    self._made_dirs.add(directory)
                 slot.log_fd = _logs.open_log(slot.path)
             _send(slot.log_fd, slot.fd, start, keep)
             slot.written += keep
@@ -172,7 +179,7 @@ class Capture:
                     self._copy(slot, punch=True)
                 slot.old = True
             except OSError as exc:
-                logger.warning("could not move captured output of %r to its log: %s", slot.key, exc)
+                logger.warning("could not move captured output to %s: %s", slot.path, exc)
         if self._slots and self._loop is not None:
             self._timer = self._loop.call_later(SPILL_INTERVAL, self._sweep)
 
@@ -199,32 +206,3 @@ def _send(out_fd: int, in_fd: int, offset: int, count: int) -> None:
             return  # the memfd is shorter than it was (cannot happen: nobody truncates it)
         offset += sent
         count -= sent
-
-
-class CaptureBackend(LocalBackend):
-    """``LocalBackend`` whose tasks write to :class:`Capture`'s memfds instead of log files.
-
-    The executor runs with ``capture=False`` (no log path): the backend then leaves the output
-    descriptor open after the spawn, and it stays :class:`Capture`'s to read and close.
-    """
-
-    def __init__(self, capture: Capture) -> None:
-        super().__init__()
-        self.capture = capture
-
-    def open(self, loop: asyncio.AbstractEventLoop, events: Any) -> None:
-        super().open(loop, events)
-        self.capture.attach(loop)
-
-    def close(self) -> None:
-        super().close()
-        self.capture.close()
-
-    def _open_output(self, token: Any, log_path: str | None) -> int | None:
-        spec = token.spec
-        try:
-            return self.capture.open(spec.key, spec.try_number)
-        except OSError as exc:
-            assert self._events is not None
-            self._events.spawn_failed(token, exc, f"could not capture the output: {exc.strerror or exc}")
-            return None
