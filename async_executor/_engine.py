@@ -116,9 +116,11 @@ class Engine:
         self.capacity = parallelism
         self.log_dir = log_dir
         self.log_max_bytes = log_max_bytes
-        #: The cap the engine enforces on log files it did not write itself (lazy logs, written
-        #: by the backend's :class:`~._memlogs.MemoryLogs`, are capped as they are written).
-        self._log_cap = None if lazy_logs else log_max_bytes
+        #: Lazy logs: the backend captures every task's output in memory and names its log
+        #: file (:meth:`log_path_of`) only if the task writes; such logs are capped as written.
+        self._lazy_logs = lazy_logs and log_dir is not None
+        #: The cap the engine enforces on log files the tasks write themselves.
+        self._log_cap = None if self._lazy_logs else log_max_bytes
         self.kill_grace = kill_grace
         self.report_running = report_running
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -294,7 +296,7 @@ class Engine:
     def _launch(self, spec: TaskSpec, future: asyncio.Future[TaskInfo] | None) -> None:
         path = None
         try:
-            if self.log_dir is not None:
+            if self.log_dir is not None and not self._lazy_logs:
                 path = _logs.log_path(self.log_dir, spec.key, spec.try_number)
             run = _Run(spec, time.time(), path, future)
             run.backend = self.backend
@@ -366,8 +368,8 @@ class Engine:
         for handle in (run.timer, run.kill_timer):
             if handle is not None:
                 handle.cancel()
-        if not log_written:
-            run.log_path = None
+        if self._lazy_logs:  # named only now, and only if the task wrote something
+            run.log_path = self.log_path_of(run) if log_written else None
         if run.log_path is not None and self._log_cap is not None:
             _logs.enforce_cap(run.log_path, self._log_cap)
         succeeded = returncode == 0 and run.reason is None
@@ -398,6 +400,11 @@ class Engine:
         self.deliver(info, run.future)
         if self._pending:
             self._admit()
+
+    def log_path_of(self, run: _Run) -> str:
+        """The log file of a task's try (lazy logs name it only when the task writes)."""
+        assert self.log_dir is not None
+        return _logs.log_path(self.log_dir, run.spec.key, run.spec.try_number)
 
     def _requeue_for_resources(
         self, spec: TaskSpec, future: asyncio.Future[TaskInfo] | None, exc: OSError

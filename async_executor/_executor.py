@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     # never needs the supervisor, recovery or the fork server (measured: ~15% of the CLI's start).
     from ._durable import Adoptable
     from ._forkserver import WarmStart
+    from ._memlogs import MemoryLogs
     from ._supervisor import AttachedSupervisor, Message
 
 logger = logging.getLogger("async_executor")
@@ -197,6 +198,7 @@ class AsyncExecutor:
         self._attached: list[AttachedSupervisor] = []
         #: Keys left running by ``end(detach=True)`` for a later executor to adopt.
         self.detached: list[Any] = []
+        memory_logs: MemoryLogs | None = None
         if self.state_path is not None:
             self._journal = Journal(
                 self.state_path, keep_seconds=retention_seconds, keep_tasks=retention_tasks
@@ -214,7 +216,6 @@ class AsyncExecutor:
                 os.path.dirname(os.path.abspath(self.state_path)), self.executor_id, warm_start
             )
         else:
-            memory_logs = None
             if lazy_logs and self.log_dir is not None:
                 from . import _memlogs
 
@@ -233,6 +234,8 @@ class AsyncExecutor:
             backend=backend,
             lazy_logs=lazy_logs,
         )
+        if memory_logs is not None:
+            memory_logs.name_log = self._engine.log_path_of
 
     # ------------------------------------------------------------------ starting
 

@@ -492,30 +492,29 @@ class LocalBackend:
     def _open_output(self, token: Any, log_path: str | None) -> int | None:
         """The descriptor for the task's stdout+stderr; ``None`` (and the task failed) if none.
 
-        Close it after the spawn only if :meth:`_owns_output`: a memory file stays open until
-        the task ends.
+        :meth:`_release_output` closes it after the spawn (a memory file of lazy logs stays open
+        until the task ends). With lazy logs ``log_path`` is ``None``: every task is captured.
         """
-        if log_path is None:
-            return self._devnull_w
         try:
             if self._memlogs is not None:
-                return self._memlogs.open(token, log_path)
+                return self._memlogs.open(token)
+            if log_path is None:
+                return self._devnull_w
             return open_log(log_path)
         except OSError as exc:
             assert self._events is not None
-            what = "capture the output of" if self._memlogs is not None else "open log file"
-            self._events.spawn_failed(token, exc, f"could not {what} {log_path}: {exc.strerror or exc}")
+            what = "capture the output" if log_path is None else f"open log file {log_path}"
+            self._events.spawn_failed(token, exc, f"could not {what}: {exc.strerror or exc}")
             return None
 
     def _release_output(self, token: Any, log_path: str | None, out_fd: int, started: bool) -> None:
         """The spawn is over: close a log file's descriptor (the child has its own copy); a memory
         file stays with :class:`MemoryLogs` if the task started, and is dropped if not."""
-        if log_path is None:
-            return  # the shared /dev/null
-        if self._memlogs is None:
-            os.close(out_fd)
-        elif not started:
-            self._memlogs.discard(token)
+        if self._memlogs is not None:
+            if not started:
+                self._memlogs.discard(token)
+        elif log_path is not None:
+            os.close(out_fd)  # not the shared /dev/null
 
     def _spawn_cold(
         self,

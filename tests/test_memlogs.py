@@ -17,9 +17,9 @@ pytestmark = pytest.mark.skipif(not _memlogs.AVAILABLE, reason="no memfd_create 
 
 
 def test_a_log_file_only_for_output(tmp_path: Path) -> None:
-    logs = _memlogs.MemoryLogs(max_bytes=None)
-    silent = logs.open("silent", str(tmp_path / "logs" / "silent.log"))
-    talker = logs.open("talker", str(tmp_path / "logs" / "talker.log"))
+    logs = _memlogs.MemoryLogs(max_bytes=None, name_log=lambda token: str(tmp_path / "logs" / f"{token}.log"))
+    silent = logs.open("silent")
+    talker = logs.open("talker")
     os.write(talker, b"hello\n")
     assert logs.finish("silent") == (False, None)
     assert logs.finish("talker") == (True, None)
@@ -31,18 +31,9 @@ def test_a_log_file_only_for_output(tmp_path: Path) -> None:
             os.fstat(fd)
 
 
-def test_a_stale_log_at_the_path_is_removed_when_the_task_starts(tmp_path: Path) -> None:
-    path = tmp_path / "k.1.log"
-    path.write_bytes(b"output of an earlier executor's task\n")
-    logs = _memlogs.MemoryLogs(max_bytes=None)
-    logs.open("k", str(path))
-    assert not path.exists()
-    assert logs.finish("k") == (False, None)
-
-
 def test_the_log_is_capped_keeping_its_head(tmp_path: Path) -> None:
-    logs = _memlogs.MemoryLogs(max_bytes=200)
-    fd = logs.open("k", str(tmp_path / "k.log"))
+    logs = _memlogs.MemoryLogs(max_bytes=200, name_log=lambda token: str(tmp_path / f"{token}.log"))
+    fd = logs.open("k")
     os.write(fd, b"x" * 1000)
     assert logs.finish("k") == (True, None)
     data = (tmp_path / "k.log").read_bytes()
@@ -54,8 +45,8 @@ def test_large_output_of_a_running_task_leaves_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_memlogs, "SPILL_BYTES", 4096)
-    logs = _memlogs.MemoryLogs(max_bytes=None)
-    fd = logs.open("k", str(tmp_path / "k.log"))
+    logs = _memlogs.MemoryLogs(max_bytes=None, name_log=lambda token: str(tmp_path / f"{token}.log"))
+    fd = logs.open("k")
     child = os.dup(fd)  # what the task holds (its offset goes on growing)
     first = os.urandom(64 * 1024)
     os.write(child, first)
@@ -69,13 +60,13 @@ def test_large_output_of_a_running_task_leaves_memory(
 
 
 def test_a_long_running_task_s_output_reaches_its_log_as_it_comes(tmp_path: Path) -> None:
-    logs = _memlogs.MemoryLogs(max_bytes=None)
-    fd = logs.open("k", str(tmp_path / "k.log"))
+    logs = _memlogs.MemoryLogs(max_bytes=None, name_log=lambda token: str(tmp_path / f"{token}.log"))
+    fd = logs.open("k")
     logs._sweep()  # the task is running at the first sweep
     os.write(fd, b"early\n")
     logs._sweep()  # ... and still at the next: its new output goes to its log
     assert (tmp_path / "k.log").read_bytes() == b"early\n"
-    quick = logs.open("q", str(tmp_path / "q.log"))
+    quick = logs.open("q")
     os.write(quick, b"x")
     logs._sweep()  # a task seen for the first time keeps small output in memory
     assert not (tmp_path / "q.log").exists()
@@ -86,8 +77,8 @@ def test_a_long_running_task_s_output_reaches_its_log_as_it_comes(tmp_path: Path
 def test_a_write_error_is_reported_not_raised(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
-    logs = _memlogs.MemoryLogs(max_bytes=None)
-    fd = logs.open("k", str(blocker / "k.log"))
+    logs = _memlogs.MemoryLogs(max_bytes=None, name_log=lambda token: str(blocker / f"{token}.log"))
+    fd = logs.open("k")
     os.write(fd, b"lost\n")
     written, problem = logs.finish("k")
     assert not written
