@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -192,20 +193,46 @@ def time_process(
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
 ) -> tuple[float, int]:
-    """Run a whole process with its output discarded; return ``(wall seconds, returncode)``."""
-    with Stopwatch() as sw:
-        proc = subprocess.run(
-            list(argv),
-            input=stdin,
-            stdin=None if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=cwd,
-            env=None if env is None else dict(env),
-            timeout=timeout,
-            check=False,
-        )
-    return sw.elapsed, proc.returncode
+    """Run a whole process with its output discarded; return ``(wall seconds, returncode)``.
+
+    The wait is a blocking ``waitpid``, so the wall ends when the process does. (``subprocess``'s
+    own timeout polls with sleeps of up to 50 ms, which rounded every wall up to a 50 ms step.)
+    On ``timeout`` the process is killed and ``subprocess.TimeoutExpired`` raised.
+    """
+    procs: list[subprocess.Popen[bytes]] = []
+    expired = threading.Event()
+
+    def _expire() -> None:
+        expired.set()
+        for proc in procs:
+            proc.kill()
+
+    timer = threading.Timer(timeout, _expire) if timeout is not None else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    try:
+        with Stopwatch() as sw:
+            procs.append(
+                subprocess.Popen(
+                    list(argv),
+                    stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    cwd=cwd,
+                    env=None if env is None else dict(env),
+                )
+            )
+            if expired.is_set():  # the timer fired while the process was being started
+                procs[0].kill()
+            procs[0].communicate(stdin)
+    finally:
+        if timer is not None:
+            timer.cancel()
+    returncode = procs[0].returncode
+    if expired.is_set() and returncode == -signal.SIGKILL:
+        raise subprocess.TimeoutExpired(list(argv), timeout or 0.0)
+    return sw.elapsed, returncode
 
 
 def percentile(values: Sequence[float], q: float) -> float:

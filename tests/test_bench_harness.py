@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,19 @@ def test_without_deferred_cleanup_a_scratch_dir_is_deleted_at_once(tmp_path: Pat
 def test_settling_gives_up_after_its_patience(tmp_path: Path) -> None:
     note = _harness.settle_file_system(str(tmp_path), fast_us=0.0, patience_s=0.0)
     assert "NOT settled" in note
+
+
+def test_time_process_reports_the_exit_status_and_feeds_stdin() -> None:
+    wall, rc = _harness.time_process(
+        ["sh", "-c", 'read line; test "$line" = hello && exit 3'], stdin=b"hello\n"
+    )
+    assert rc == 3
+    assert wall > 0
+
+
+def test_time_process_kills_a_process_that_outlives_its_timeout(tmp_path: Path) -> None:
+    mark = tmp_path / "finished"
+    with pytest.raises(subprocess.TimeoutExpired):
+        _harness.time_process(["sh", "-c", f"sleep 0.3; touch {mark}"], timeout=0.05)
+    time.sleep(0.6)
+    assert not mark.exists()  # the shell was killed, not waited for
