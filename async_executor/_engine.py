@@ -108,6 +108,7 @@ class Engine:
         kill_grace: float,
         report_running: bool = False,
         backend: Backend | None = None,
+        lazy_logs: bool = False,
     ) -> None:
         #: Set by the executor when it keeps a journal.
         self.recorder: Recorder | None = None
@@ -115,6 +116,11 @@ class Engine:
         self.capacity = parallelism
         self.log_dir = log_dir
         self.log_max_bytes = log_max_bytes
+        #: Lazy logs: the backend captures every task's output in memory and names its log
+        #: file (:meth:`log_path_of`) only if the task writes; such logs are capped as written.
+        self._lazy_logs = lazy_logs and log_dir is not None
+        #: The cap the engine enforces on log files the tasks write themselves.
+        self._log_cap = None if self._lazy_logs else log_max_bytes
         self.kill_grace = kill_grace
         self.report_running = report_running
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -290,7 +296,7 @@ class Engine:
     def _launch(self, spec: TaskSpec, future: asyncio.Future[TaskInfo] | None) -> None:
         path = None
         try:
-            if self.log_dir is not None:
+            if self.log_dir is not None and not self._lazy_logs:
                 path = _logs.log_path(self.log_dir, spec.key, spec.try_number)
             run = _Run(spec, time.time(), path, future)
             run.backend = self.backend
@@ -321,7 +327,7 @@ class Engine:
             self._stop(run)
         elif spec.timeout is not None:
             run.timer = self.loop.call_later(spec.timeout, self._timed_out, run)
-        if self.log_max_bytes is not None and run.log_path is not None and self._sweep_handle is None:
+        if self._log_cap is not None and run.log_path is not None and self._sweep_handle is None:
             self._sweep_handle = self.loop.call_later(LOG_SWEEP_INTERVAL, self._sweep_logs)
         if self.report_running and run.future is None:
             self.results.append(
@@ -350,14 +356,22 @@ class Engine:
             self._admit()
 
     def exited(
-        self, run: _Run, returncode: int | None, signum: int | None, detail: str | None = None
+        self,
+        run: _Run,
+        returncode: int | None,
+        signum: int | None,
+        detail: str | None = None,
+        log_written: bool = True,
     ) -> None:
-        """The task's process has exited and been reaped."""
+        """The task's process has exited and been reaped (``log_written=False``: lazy logs, and
+        the task wrote nothing, so it has no log file)."""
         for handle in (run.timer, run.kill_timer):
             if handle is not None:
                 handle.cancel()
-        if run.log_path is not None and self.log_max_bytes is not None:
-            _logs.enforce_cap(run.log_path, self.log_max_bytes)
+        if self._lazy_logs:  # named only now, and only if the task wrote something
+            run.log_path = self.log_path_of(run) if log_written else None
+        if run.log_path is not None and self._log_cap is not None:
+            _logs.enforce_cap(run.log_path, self._log_cap)
         succeeded = returncode == 0 and run.reason is None
         if run.reason is FailureReason.TIMED_OUT:
             self.counters["timed_out"] += 1
@@ -386,6 +400,11 @@ class Engine:
         self.deliver(info, run.future)
         if self._pending:
             self._admit()
+
+    def log_path_of(self, run: _Run) -> str:
+        """The log file of a task's try (lazy logs name it only when the task writes)."""
+        assert self.log_dir is not None
+        return _logs.log_path(self.log_dir, run.spec.key, run.spec.try_number)
 
     def _requeue_for_resources(
         self, spec: TaskSpec, future: asyncio.Future[TaskInfo] | None, exc: OSError
@@ -431,7 +450,7 @@ class Engine:
 
     def _sweep_logs(self) -> None:
         self._sweep_handle = None
-        cap = self.log_max_bytes
+        cap = self._log_cap
         if cap is None or not self._runs or self.loop is None:
             return
         for run in self._runs.values():

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     # never needs the supervisor, recovery or the fork server (measured: ~15% of the CLI's start).
     from ._durable import Adoptable
     from ._forkserver import WarmStart
+    from ._memlogs import MemoryLogs
     from ._supervisor import AttachedSupervisor, Message
 
 logger = logging.getLogger("async_executor")
@@ -111,6 +112,11 @@ class AsyncExecutor:
         ``$ASYNC_EXECUTOR_HOME/logs`` (``~/.local/state/async-executor/logs``).
     :param log_max_bytes: cap on one task's log (the head is kept); ``None`` for no cap.
     :param capture: ``False`` sends task output to ``/dev/null`` instead of log files.
+    :param lazy_logs: create a task's log file only if it writes something (Linux, without a
+        journal: ``state_path=None``). Output waits in an anonymous memory file and reaches the
+        log file when the task ends, or every 0.5 s for a task that runs longer; creating a
+        file per task costs more than spawning ``/bin/true`` on some file systems. A task that
+        wrote nothing has ``log_path=None``. Elsewhere it is ignored (log files as usual).
     :param kill_grace: seconds between SIGTERM and SIGKILL when a task is stopped.
     :param callback_sink: where ``send_callback()`` sends requests (``.send(r)`` or callable).
     :param loop: the private loop for the sync façade: ``"auto"`` (uvloop if installed),
@@ -141,6 +147,7 @@ class AsyncExecutor:
         log_dir: str | os.PathLike[str] | None = None,
         log_max_bytes: int | None = 64 * 1024 * 1024,
         capture: bool = True,
+        lazy_logs: bool = False,
         kill_grace: float = 5.0,
         callback_sink: Any = None,
         loop: str = "auto",
@@ -191,6 +198,7 @@ class AsyncExecutor:
         self._attached: list[AttachedSupervisor] = []
         #: Keys left running by ``end(detach=True)`` for a later executor to adopt.
         self.detached: list[Any] = []
+        memory_logs: MemoryLogs | None = None
         if self.state_path is not None:
             self._journal = Journal(
                 self.state_path, keep_seconds=retention_seconds, keep_tasks=retention_tasks
@@ -199,11 +207,24 @@ class AsyncExecutor:
                 raise ValueError("a custom launcher runs in this process: pass state_path=None with it")
             from ._supervisor import SupervisorBackend
 
+            if lazy_logs:
+                raise ValueError(
+                    "lazy_logs needs state_path=None: with a journal, tasks are started by the"
+                    " supervisor process and write to their log files directly"
+                )
             backend: Backend = SupervisorBackend(
                 os.path.dirname(os.path.abspath(self.state_path)), self.executor_id, warm_start
             )
         else:
-            backend = LocalBackend(launcher, warm_start)
+            if lazy_logs and self.log_dir is not None:
+                from . import _memlogs
+
+                if _memlogs.AVAILABLE:
+                    memory_logs = _memlogs.MemoryLogs(log_max_bytes)
+                else:  # pragma: no cover - Linux has memfd_create
+                    logger.debug("lazy_logs: no memfd_create here; every task gets a log file")
+            lazy_logs = memory_logs is not None
+            backend = LocalBackend(launcher, warm_start, memory_logs)
         self._engine = Engine(
             parallelism=self.parallelism,
             log_dir=self.log_dir,
@@ -211,7 +232,10 @@ class AsyncExecutor:
             kill_grace=grace,
             report_running=report_running,
             backend=backend,
+            lazy_logs=lazy_logs,
         )
+        if memory_logs is not None:
+            memory_logs.name_log = self._engine.log_path_of
 
     # ------------------------------------------------------------------ starting
 

@@ -35,6 +35,7 @@ from ._logs import open_log
 
 if TYPE_CHECKING:
     from ._forkserver import ForkServer, WarmStart
+    from ._memlogs import MemoryLogs
 
 logger = logging.getLogger("async_executor.spawn")
 
@@ -316,8 +317,15 @@ class ProcessEvents(Protocol):
     def spawn_failed(self, token: Any, exc: OSError, detail: str) -> None: ...
 
     def exited(
-        self, token: Any, returncode: int | None, signum: int | None, detail: str | None = None
-    ) -> None: ...
+        self,
+        token: Any,
+        returncode: int | None,
+        signum: int | None,
+        detail: str | None = None,
+        log_written: bool = True,
+    ) -> None:
+        """The task's process exited; ``log_written=False``: it has no log file (lazy logs)."""
+        ...
 
 
 class Backend(Protocol):
@@ -370,9 +378,16 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, launcher: Launcher | None = None, warm: WarmStart | None = None) -> None:
+    def __init__(
+        self,
+        launcher: Launcher | None = None,
+        warm: WarmStart | None = None,
+        memory_logs: MemoryLogs | None = None,
+    ) -> None:
         self._launcher = launcher
         self._warm_config = warm
+        #: Lazy logs: tasks write to memory files, log files only for tasks that wrote.
+        self._memlogs = memory_logs
         #: The fork server for warm Python launches (started by its first launch).
         self.forkserver: ForkServer | None = None
         self._warm_tasks: set[asyncio.Task[None]] = set()
@@ -417,6 +432,8 @@ class LocalBackend:
 
     def open(self, loop: asyncio.AbstractEventLoop, events: ProcessEvents) -> None:
         self._loop, self._events = loop, events
+        if self._memlogs is not None:
+            self._memlogs.attach(loop)
         if self._launcher is None:
             self._launcher = ExecLauncher()
         forked, self._forked = self._forked, None
@@ -445,6 +462,8 @@ class LocalBackend:
             self.forkserver.close()
         if self._launcher is not None:
             self._launcher.close()
+        if self._memlogs is not None:
+            self._memlogs.close()
         if self._devnull_w >= 0:
             os.close(self._devnull_w)
             self._devnull_w = -1
@@ -471,17 +490,31 @@ class LocalBackend:
         self._spawn_cold(token, argv, env, cwd, log_path, out_fd)
 
     def _open_output(self, token: Any, log_path: str | None) -> int | None:
-        """The descriptor for the task's stdout+stderr; ``None`` (and the task failed) if none."""
-        if log_path is None:
-            return self._devnull_w
+        """The descriptor for the task's stdout+stderr; ``None`` (and the task failed) if none.
+
+        :meth:`_release_output` closes it after the spawn (a memory file of lazy logs stays open
+        until the task ends). With lazy logs ``log_path`` is ``None``: every task is captured.
+        """
         try:
+            if self._memlogs is not None:
+                return self._memlogs.open(token)
+            if log_path is None:
+                return self._devnull_w
             return open_log(log_path)
         except OSError as exc:
             assert self._events is not None
-            self._events.spawn_failed(
-                token, exc, f"could not open log file {log_path}: {exc.strerror or exc}"
-            )
+            what = "capture the output" if log_path is None else f"open log file {log_path}"
+            self._events.spawn_failed(token, exc, f"could not {what}: {exc.strerror or exc}")
             return None
+
+    def _release_output(self, token: Any, log_path: str | None, out_fd: int, started: bool) -> None:
+        """The spawn is over: close a log file's descriptor (the child has its own copy); a memory
+        file stays with :class:`MemoryLogs` if the task started, and is dropped if not."""
+        if self._memlogs is not None:
+            if not started:
+                self._memlogs.discard(token)
+        elif log_path is not None:
+            os.close(out_fd)  # not the shared /dev/null
 
     def _spawn_cold(
         self,
@@ -496,12 +529,13 @@ class LocalBackend:
         assert self._events is not None
         try:
             child = self._launcher.launch(argv, env, cwd, out_fd)
-        except OSError as exc:
+        except BaseException as exc:
+            self._release_output(token, log_path, out_fd, started=False)
+            if not isinstance(exc, OSError):
+                raise
             self._events.spawn_failed(token, exc, _start_error(argv, cwd, exc))
             return
-        finally:
-            if log_path is not None:
-                os.close(out_fd)
+        self._release_output(token, log_path, out_fd, started=True)
         child.pidfd = _pidfd(child.pid)  # after the log's descriptor is released
         self._children[token] = child
         self._watch(token, child)
@@ -537,12 +571,14 @@ class LocalBackend:
             self._spawn_cold(token, argv, env, cwd, log_path, out_fd)  # closes out_fd
             return
         except BaseException as exc:
-            _close(go_r, go_w, out_fd if log_path is not None else -1)
+            _close(go_r, go_w)
+            self._release_output(token, log_path, out_fd, started=False)
             if not isinstance(exc, OSError):
                 raise
             self._events.spawn_failed(token, exc, _start_error(argv, cwd, exc))
             return
-        _close(go_r, out_fd if log_path is not None else -1)
+        _close(go_r)
+        self._release_output(token, log_path, out_fd, started=True)
         child = Child(pid, _pidfd(pid))
         self._children[token] = child
         self._watch(token, child)
@@ -578,6 +614,8 @@ class LocalBackend:
     def abandon(self, token: Any) -> None:
         child = self._children.pop(token, None)
         self._stopping.discard(token)
+        if self._memlogs is not None:
+            self._memlogs.discard(token)
         if child is not None and child.pidfd is not None and self._loop is not None:
             self._loop.remove_reader(child.pidfd)
             _close_pidfd(child)
@@ -601,7 +639,11 @@ class LocalBackend:
         del self._children[token]
         self._stopping.discard(token)
         assert self._events is not None
-        self._events.exited(token, *status)
+        if self._memlogs is None:
+            self._events.exited(token, *status)
+            return
+        written, problem = self._memlogs.finish(token)
+        self._events.exited(token, *status, problem, written)
 
     def _poll(self) -> None:
         """Fallback for children without a pidfd."""

@@ -360,7 +360,12 @@ class Supervisor(ProcessEvents):
         self._maybe_exit()
 
     def exited(
-        self, token: Any, returncode: int | None, signum: int | None, detail: str | None = None
+        self,
+        token: Any,
+        returncode: int | None,
+        signum: int | None,
+        detail: str | None = None,
+        log_written: bool = True,  # always: the supervisor's tasks write to their log files
     ) -> None:
         self._record_spawns()  # its spawn record (and "started") always come first
         child = self.children.pop(token, {"id": token})

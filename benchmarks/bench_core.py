@@ -7,7 +7,9 @@ parallelism 1, 8, 64, 512, 1000. Contenders (each sample runs in a fresh interpr
 
 * ``facade-tight`` / ``facade-idle1ms``: the sync façade driven like a scheduler (queue every
   task, then ``heartbeat()`` + drain ``get_event_buffer()`` in a loop; the second variant sleeps
-  1 ms when a heartbeat produced no event);
+  1 ms when a heartbeat produced no event); ``facade-idle1ms/no-journal`` without the journal,
+  ``facade-idle1ms/lazy-logs`` without it and with ``lazy_logs=True`` (a log file only for a task
+  that writes), ``facade-idle1ms/supervisor-only`` with the supervisor but no journal;
 * ``async-with/asyncio`` / ``async-with/uvloop``: ``async with``, ``submit``, ``wait``;
 * ``subprocess.run``: a sequential loop (``/bin/true`` only, inherently parallelism 1);
 * ``bare-asyncio``: ``asyncio.create_subprocess_exec`` workers with the best child watcher
@@ -130,17 +132,19 @@ def c_facade(
     tmpdir: str | None,
     journal: bool,
     supervisor_only: bool = False,
+    lazy_logs: bool = False,
 ) -> Measurement:
     """Sync façade driven like a scheduler: queue all, then heartbeat + drain until done.
 
     ``supervisor_only``: no journal, but tasks still spawned by a supervisor process (what the
     supervisor alone costs; set up through the engine's backend seam, not a public option).
+    ``lazy_logs``: no journal, and a log file only for a task that writes (``lazy_logs=True``).
     """
     raise_nofile()
     from async_executor import AsyncExecutor
 
     with _executor_home(tmpdir, journal) as kwargs:
-        ex = AsyncExecutor(parallelism=parallelism, loop=loop, **kwargs)
+        ex = AsyncExecutor(parallelism=parallelism, loop=loop, lazy_logs=lazy_logs, **kwargs)
         if supervisor_only:
             from async_executor._supervisor import SupervisorBackend
 
@@ -537,15 +541,18 @@ def _contenders(
     """(name, child params) for every contender that applies."""
     out: list[tuple[str, dict[str, Any]]] = []
     if core:
-        for name, idle, journal, supervisor_only in (
-            ("facade-tight", 0.0, True, False),
-            ("facade-idle1ms", 0.001, True, False),
-            ("facade-idle1ms/supervisor-only", 0.001, False, True),
-            ("facade-idle1ms/no-journal", 0.001, False, False),
+        for name, idle, journal, supervisor_only, lazy in (
+            ("facade-tight", 0.0, True, False, False),
+            ("facade-idle1ms", 0.001, True, False, False),
+            ("facade-idle1ms/supervisor-only", 0.001, False, True, False),
+            ("facade-idle1ms/no-journal", 0.001, False, False, False),
+            ("facade-idle1ms/lazy-logs", 0.001, False, False, True),
         ):
             params = {"idle_sleep": idle, "loop": loop, "tmpdir": tmpdir, "journal": journal}
             if supervisor_only:
                 params["supervisor_only"] = True
+            if lazy:
+                params["lazy_logs"] = True
             out.append((name, {"fn": "facade", **params}))
         for lp in ("asyncio", "uvloop") if uvloop else ("asyncio",):
             out.append((f"async-with/{lp}", {"fn": "async_with", "loop": lp, "tmpdir": tmpdir}))
@@ -581,7 +588,13 @@ BASELINES = (("vs bare", "bare-asyncio"), ("vs raw", "raw-spawn/asyncio"), ("vs 
 
 
 NO_JOURNAL = "facade-idle1ms/no-journal"
-FACADES = ("facade-tight", "facade-idle1ms", "facade-idle1ms/supervisor-only", "facade-idle1ms/no-journal")
+FACADES = (
+    "facade-tight",
+    "facade-idle1ms",
+    "facade-idle1ms/supervisor-only",
+    "facade-idle1ms/no-journal",
+    "facade-idle1ms/lazy-logs",
+)
 
 
 def _ratios(suite: Suite, labels: dict[str, str]) -> list[Ratio]:

@@ -37,10 +37,17 @@ def anyio_backend(request: pytest.FixtureRequest) -> Any:
 #: Warm start for the tests' own Python commands (``python -c ...``): forked by a fork server.
 WARM = WarmStart(inline_code=True, modules=("json.tool",), preload=("json", "subprocess"))
 
-# Each sync-façade test runs in three modes that together cover both loops, both backends and
-# both launchers: tasks spawned in this process (no journal), tasks owned by the supervisor
+# Each sync-façade test runs in four modes that together cover both loops, both backends, both
+# launchers and both ways of capturing output: tasks spawned in this process (no journal), the
+# same with lazy logs (output in memory files until a task ends), tasks owned by the supervisor
 # process, and the supervisor with warm start (its ``python -c`` tasks come from the fork server).
 MODES = [pytest.param({"loop": "asyncio", "state_path": None}, id="asyncio-local")]
+MODES.append(
+    pytest.param(
+        {"loop": "uvloop" if HAVE_UVLOOP else "asyncio", "state_path": None, "lazy_logs": True},
+        id="uvloop-local-lazy-logs",
+    )
+)
 MODES.append(pytest.param({"loop": "uvloop" if HAVE_UVLOOP else "asyncio"}, id="uvloop-supervisor"))
 MODES.append(pytest.param({"loop": "asyncio", "warm_start": WARM}, id="warm-supervisor"))
 

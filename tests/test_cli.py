@@ -233,6 +233,37 @@ def test_logs_and_status(tmp_path: Path) -> None:
     assert ae(tmp_path, "status", "no-such-run").returncode == 1
 
 
+def test_silent_tasks_get_no_log_file_and_big_outputs_are_whole(tmp_path: Path) -> None:
+    # 3 MB, written slowly enough that part of it leaves memory while the task runs
+    big = "sh -c 'head -c 1500000 /dev/zero | tr \\\\0 a; sleep 0.7; head -c 1500000 /dev/zero | tr \\\\0 b'"
+    path = jobfile(tmp_path, ["true", big])
+    result = ae(tmp_path, "run", "--quiet", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "a" * 1_500_000 + "b" * 1_500_000
+    logs = list((tmp_path / "home" / "logs").iterdir())
+    assert len(logs) == 1 and logs[0].stat().st_size == 3_000_000
+    silent = ae(tmp_path, "logs", "--run", "jobs", "1")
+    assert (silent.returncode, silent.stdout, silent.stderr) == (0, "", "")
+    assert len(ae(tmp_path, "logs", "--run", "jobs", "2").stdout) == 3_000_000
+
+
+def test_logs_of_a_running_task(tmp_path: Path) -> None:
+    path = jobfile(tmp_path, ["sh -c 'echo early; sleep 30'"])
+    proc = subprocess.Popen(
+        [*CLI, "run", "--quiet", str(path)], cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE
+    )
+    try:
+        seen = ""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and seen != "early\n":
+            time.sleep(0.2)
+            seen = ae(tmp_path, "logs", "--run", "jobs", "1").stdout
+        assert seen == "early\n"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+
+
 def test_results_dir_keeps_stdout_and_stderr(tmp_path: Path) -> None:
     path = jobfile(tmp_path, ["sh -c 'echo to-out; echo to-err >&2; exit 5'", "echo plain"])
     result = ae(tmp_path, "run", "--results", "res", str(path))

@@ -6,9 +6,11 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import anyio
 
+from .. import _logs
 from .state import JournalRow, State
 
 _CHUNK = 1 << 16
@@ -124,17 +126,24 @@ async def show_logs(path: str, key: str, run: str | None, try_number: int | None
         where = f" in run {run!r}" if run else ""
         print(f"async-executor: no task {key!r}{where} in {path}", file=sys.stderr)
         return 1
-    if not row.log_path:
+    log_path = row.log_path
+    if not log_path and row.pid is not None:
+        # The CLI creates a task's log file only once the task wrote something (lazy logs, see _memlogs.py):
+        # still running, it may have one already; ended without one, it wrote nothing.
+        log_path = _logs.log_path(str(Path(path).parent / "logs"), row.key, row.try_number)  # make_log_dir
+        if not await anyio.Path(log_path).exists():
+            return 0
+    if not log_path:
         print(f"async-executor: task {row.key} try {row.try_number} has no captured output", file=sys.stderr)
         return 1
     try:
-        async with await anyio.open_file(row.log_path, "rb") as handle:
+        async with await anyio.open_file(log_path, "rb") as handle:
             out = sys.stdout.buffer
             while chunk := await handle.read(_CHUNK):
                 out.write(chunk)
             out.flush()
     except FileNotFoundError:
-        print(f"async-executor: the log {row.log_path} is gone", file=sys.stderr)
+        print(f"async-executor: the log {log_path} is gone", file=sys.stderr)
         return 1
     return 0
 

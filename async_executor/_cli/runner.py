@@ -20,7 +20,8 @@ import attrs
 from .._exceptions import ExecutorClosedError
 from .._executor import AsyncExecutor
 from .._limits import RESERVED_FDS, open_fd_count, raise_nofile_limit
-from .._records import TaskInfo, TaskSpec
+from .._memlogs import AVAILABLE as LAZY_LOGS
+from .._records import TaskInfo, TaskSpec, TaskState
 from .display import Counters, LiveDisplay, PlainDisplay, make_display
 from .halt import NEVER, HaltPolicy
 from .joblog import JobLog, exit_value
@@ -65,6 +66,8 @@ class RunConfig:
 def max_parallelism() -> int:
     """``-j 0``: as many tasks as the descriptor and process limits allow."""
     budget = raise_nofile_limit() - open_fd_count() - RESERVED_FDS - CLI_FDS
+    if LAZY_LOGS:
+        budget //= 2  # a pidfd and a memory file per task
     try:
         import resource
 
@@ -162,6 +165,8 @@ class Runner:
             async with AsyncExecutor(
                 parallelism=limit,
                 log_dir=cfg.log_dir,
+                # log files only for tasks that write something: see _memlogs.py
+                lazy_logs=True,
                 kill_grace=cfg.kill_grace,
                 **self.state.executor_options(),
             ) as ex:
@@ -257,6 +262,8 @@ class Runner:
         """A try of ``job`` ended (a callback on the loop): record it, retry it or finish the line."""
         self._in_flight -= 1
         try:
+            if info.state is TaskState.SUCCESS and info.detail:  # e.g. its log's disk is full
+                self.display.note(f"line {job.line}: {info.detail}", always=True)
             if unrecorded_start and info.pid is not None:
                 self.state.started(
                     key, info.try_number, info.pid, info.log_path, info.started_at or time.time()
