@@ -639,10 +639,7 @@ class LocalBackend:
         del self._children[token]
         self._stopping.discard(token)
         assert self._events is not None
-        if self._memlogs is None:
-            self._events.exited(token, *status)
-            return
-        written, problem = self._memlogs.finish(token)
+        written, problem = (True, None) if self._memlogs is None else self._memlogs.finish(token)
         self._events.exited(token, *status, problem, written)
 
     def _poll(self) -> None:

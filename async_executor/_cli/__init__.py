@@ -257,7 +257,8 @@ def run(
         raise click.BadParameter(
             f"{name!r}: a run name must be non-empty and contain no ':'", param_hint="--run"
         )
-    from .runner import RunConfig, make_log_dir, run_batch
+    from .runner import RunConfig, run_batch
+    from .state import make_log_dir
 
     state = _state_path(state_path)
     cfg = RunConfig(

@@ -6,12 +6,11 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import anyio
 
 from .. import _logs
-from .state import JournalRow, State
+from .state import JournalRow, State, make_log_dir
 
 _CHUNK = 1 << 16
 
@@ -130,7 +129,7 @@ async def show_logs(path: str, key: str, run: str | None, try_number: int | None
     if not log_path and row.pid is not None:
         # The CLI creates a task's log file only once the task wrote something (lazy logs, see _memlogs.py):
         # still running, it may have one already; ended without one, it wrote nothing.
-        log_path = _logs.log_path(str(Path(path).parent / "logs"), row.key, row.try_number)  # make_log_dir
+        log_path = _logs.log_path(make_log_dir(path), row.key, row.try_number)
         if not await anyio.Path(log_path).exists():
             return 0
     if not log_path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from .. import _logs
@@ -93,3 +94,8 @@ def seed_try_number(executor: AsyncExecutor, key: str, last_try: int) -> None:
     tries: dict[Any, int] = executor._tries
     if tries.get(key, 0) < last_try:
         tries[key] = last_try
+
+
+def make_log_dir(state_path: str) -> str:
+    """Where the CLI's task logs go: ``logs/`` beside its journal."""
+    return str(Path(state_path).parent / "logs")
