@@ -23,10 +23,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _logs
+from ._aio import shielded
 from ._engine import Engine
 from ._exceptions import DuplicateTaskError, ExecutorClosedError, ExecutorNotStartedError
 from ._journal import Journal, JournalRow
-from ._aio import shielded
 from ._loopthread import LoopThread
 from ._records import ExecutorStatistics, FailureReason, TaskInfo, TaskSpec, TaskState
 from ._spawn import Backend, Launcher, LocalBackend, proc_start_ticks

@@ -9,7 +9,6 @@ import anyio
 import pytest
 
 from async_executor import AsyncExecutor, DuplicateTaskError, ExecutorClosedError, FailureReason, TaskState
-
 from async_executor._aio import shielded
 
 from .conftest import PY, drain, pid_alive

@@ -333,9 +333,8 @@ def _run_async(func: Any, *args: Any) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """The ``async-executor`` console script (``argv``: run in this process, for embedding)."""
-    if argv is not None:
+    if argv is not None:  # embedded: click ends with SystemExit, as usual
         cli.main(args=list(argv), prog_name="async-executor")
-        return
     try:
         cli.main(prog_name="async-executor")
     except SystemExit as done:
