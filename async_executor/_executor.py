@@ -18,13 +18,12 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import anyio
-
 from . import _logs
+from ._aio import shielded
 from ._engine import Engine
 from ._exceptions import DuplicateTaskError, ExecutorClosedError, ExecutorNotStartedError
 from ._journal import Journal, JournalRow
@@ -597,10 +596,7 @@ class AsyncExecutor:
             self._state = _CLOSED
             return
         self._require_in_loop()
-        with anyio.CancelScope(shield=True):
-            await self._end_on_loop(self._take_queued(), check_timeout(timeout))
-        self._state = _CLOSED
-        self.sync()
+        await shielded(self._then_close(self._end_on_loop(self._take_queued(), check_timeout(timeout))))
 
     async def aterminate(self) -> None:
         """Async ``terminate()``."""
@@ -608,8 +604,11 @@ class AsyncExecutor:
             self._state = _CLOSED
             return
         self._require_in_loop()
-        with anyio.CancelScope(shield=True):
-            await self._terminate_on_loop(self._take_queued())
+        await shielded(self._then_close(self._terminate_on_loop(self._take_queued())))
+
+    async def _then_close(self, work: Awaitable[None]) -> None:
+        """Finish ``work`` (ending or terminating), then close (run shielded from cancellation)."""
+        await work
         self._state = _CLOSED
         self.sync()
 

@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from async_executor import AsyncExecutor, DuplicateTaskError, ExecutorClosedError, FailureReason, TaskState
+from async_executor._aio import shielded
 
 from .conftest import PY, drain, pid_alive
 
@@ -109,6 +110,42 @@ async def test_cancellation_terminates_and_is_reraised(log_dir: Path) -> None:
     assert scope.cancelled_caught
     assert handle.info is not None and handle.info.reason is FailureReason.TERMINATED
     assert not pid_alive(pids[0])
+
+
+async def test_shielded_work_finishes_before_the_cancellation_goes_on() -> None:
+    finished: list[str] = []
+    after: list[str] = []
+
+    async def work() -> str:
+        await asyncio.sleep(0.3)
+        finished.append("work")
+        return "result"
+
+    with anyio.move_on_after(0.05) as scope:
+        await shielded(work())
+        after.append("not reached: the cancellation is raised once the work is done")
+    assert scope.cancelled_caught
+    assert finished == ["work"] and after == []
+    assert await shielded(work()) == "result"  # no cancellation: the work's result
+
+    async def broken() -> None:
+        raise ValueError("from the work")
+
+    with pytest.raises(ValueError, match="from the work"):
+        await shielded(broken())
+
+
+async def test_aterminate_under_cancellation_still_closes_the_executor(log_dir: Path) -> None:
+    ex = AsyncExecutor(parallelism=2, log_dir=log_dir, kill_grace=0.2)
+    with anyio.move_on_after(0.3) as scope:
+        async with ex:
+            handle = await ex.submit("a", ["sh", "-c", "trap '' TERM; sleep 30"])
+            await anyio.sleep(30)
+    assert scope.cancelled_caught
+    info = handle.info
+    assert info is not None and info.reason is FailureReason.TERMINATED
+    with pytest.raises(ExecutorClosedError):
+        await ex.submit("late", ["true"])
 
 
 async def test_airflow_style_calls_inside_the_loop(log_dir: Path) -> None:

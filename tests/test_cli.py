@@ -218,6 +218,33 @@ def test_grouped_output_is_never_interleaved(tmp_path: Path) -> None:
         assert group == [f"{task}-{i}" for i in range(1, 6)]
 
 
+def test_every_output_reaches_a_pipe_before_the_process_exits(tmp_path: Path) -> None:
+    # The CLI ends without the interpreter's teardown (os._exit): its buffered output must
+    # still all be written, well past a pipe's capacity, and the exit code kept.
+    lines = [f"sh -c 'printf \"%0900d\\n\" {i}; exit {1 if i == 7 else 0}'" for i in range(300)]
+    result = ae(tmp_path, "run", "-j", "8", "--keep-order", "--quiet", str(jobfile(tmp_path, lines)))
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [f"{i:0900d}" for i in range(300)]
+
+
+def test_a_reader_that_goes_away_does_not_stop_the_run(tmp_path: Path) -> None:
+    lines = [f"sh -c 'printf \"%0900d\\n\" {i}'" for i in range(300)]
+    path = jobfile(tmp_path, lines)
+    proc = subprocess.Popen(
+        [*CLI, "run", "-j", "8", "--quiet", str(path)],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    proc.stdout.read(1000)
+    proc.stdout.close()  # like `| head -c 1000`: the run goes on, the rest of the output is dropped
+    assert proc.wait(timeout=120) == 0
+    rows = status_rows(tmp_path, "jobs")
+    assert len(rows) == 300 and {row["state"] for row in rows.values()} == {"success"}
+
+
 def test_logs_and_status(tmp_path: Path) -> None:
     path = jobfile(tmp_path, ["echo out-1", "sh -c 'echo err-2 >&2; exit 2'"])
     assert ae(tmp_path, "run", str(path)).returncode == 1

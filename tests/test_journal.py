@@ -189,7 +189,11 @@ async def test_tries_latest_and_runs(db: Path) -> None:
             (("b", 1), 1, "running"),
             (("b", 2), 1, "queued"),
         ]
-        assert len(await j.latest()) == 5
+        # the newest try of every key, oldest accepted first
+        assert [r.key for r in await j.latest()] == [("b", 1), ("b", 2), ("b", 0), "other", "no-run"]
+        assert await j.last_tries(run="batch-1") == {("b", 0): 2, ("b", 1): 1, ("b", 2): 1}
+        assert await j.last_tries(run="batch-2") == {"other": 1}
+        assert await j.last_tries(run="no-such-run") == {}
         assert (await j.row(("b", 0))).try_number == 2  # type: ignore[union-attr]
         assert (await j.row(("b", 0), 1)).state == "failed"  # type: ignore[union-attr]
 

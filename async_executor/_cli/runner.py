@@ -14,9 +14,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import anyio
 import attrs
 
+from .._aio import shielded
 from .._exceptions import ExecutorClosedError
 from .._executor import AsyncExecutor
 from .._limits import RESERVED_FDS, open_fd_count, raise_nofile_limit
@@ -177,11 +177,12 @@ class Runner:
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
-            with anyio.CancelScope(shield=True):
-                await self.state.flush()
-            self._flush_outputs(final=True)
-            if self.joblog is not None:
-                self.joblog.close()
+            try:
+                await shielded(self.state.flush())
+            finally:
+                self._flush_outputs(final=True)
+                if self.joblog is not None:
+                    self.joblog.close()
         code = self.exit_code()
         self.display.summary(self.failures, time.monotonic() - started, code)
         return code
@@ -431,14 +432,17 @@ async def run_batch(cfg: RunConfig) -> int:
     state = State(cfg.state_path)
     await state.open()
     try:
-        latest = await state.latest(cfg.run)
-        todo, skipped = select_jobs(cfg.jobs, latest, cfg.run, cfg.mode)
-        last_tries = {key: row.try_number for key, row in latest.items()}
+        if cfg.mode == "all":  # every line runs: only the try numbers to continue from are needed
+            todo, skipped = list(cfg.jobs), 0
+            last_tries = await state.last_tries(cfg.run)
+        else:
+            latest = await state.latest(cfg.run)
+            todo, skipped = select_jobs(cfg.jobs, latest, cfg.run, cfg.mode)
+            last_tries = {key: row.try_number for key, row in latest.items()}
         counters = Counters(total=len(todo), skipped=skipped)
         display = make_display(counters, quiet=cfg.quiet, run=cfg.run)
         runner = Runner(cfg, state, display, counters)
         with display:
             return await runner.go(todo, last_tries)
     finally:
-        with anyio.CancelScope(shield=True):
-            await state.close()
+        await shielded(state.close())

@@ -78,6 +78,10 @@ class State:
         """The newest try of every key of ``run``, by key."""
         return {str(row.key): row for row in await self.journal.latest(run=run)}
 
+    async def last_tries(self, run: str) -> dict[str, int]:
+        """The newest try number of every key of ``run``, by key."""
+        return {str(key): number for key, number in (await self.journal.last_tries(run=run)).items()}
+
     async def runs(self) -> list[RunSummary]:
         return await self.journal.runs()
 
