@@ -44,7 +44,6 @@ def run(main: Coroutine[Any, Any, T], loop: str = "auto") -> T:
         with asyncio.Runner(loop_factory=lambda: new_event_loop(loop)[0]) as runner:
             return runner.run(main)
     fresh, _ = new_event_loop(loop)  # pragma: no cover - Python 3.10
-    asyncio.set_event_loop_policy(None)
     asyncio.set_event_loop(fresh)
     try:
         return fresh.run_until_complete(main)
