@@ -30,7 +30,7 @@ from ._journal import Journal, JournalRow
 from ._loopthread import LoopThread
 from ._records import ExecutorStatistics, FailureReason, TaskInfo, TaskSpec, TaskState
 from ._spawn import Backend, Launcher, LocalBackend, proc_start_ticks
-from ._validation import build_spec, check_key, check_parallelism, check_timeout
+from ._validation import build_spec, check_key, check_parallelism, check_timeout, check_try_number
 
 if TYPE_CHECKING:
     # Imported where used: an executor without a journal (``state_path=None``, e.g. the CLI's)
@@ -573,21 +573,31 @@ class AsyncExecutor:
 
     # ------------------------------------------------------------------ async API
 
-    async def submit(self, key: Any, command: Any, *, priority: int = 1, **options: Any) -> TaskHandle:
-        """Accept a task and return its handle; it starts as soon as a slot is free."""
+    async def submit(
+        self, key: Any, command: Any, *, priority: int = 1, try_number: int | None = None, **options: Any
+    ) -> TaskHandle:
+        """Accept a task and return its handle; it starts as soon as a slot is free.
+
+        ``try_number``: which try of ``key`` this is (default: one more than this executor's
+        last try of it), e.g. to continue a count kept elsewhere; later default numbers
+        follow the highest seen.
+        """
         self._require_in_loop()
         check_key(key)
         self._refuse_duplicate(key)
-        spec = build_spec(key, command, priority=priority, options=options, try_number=self._peek_try(key))
-        self._tries[key] = spec.try_number
+        number = self._peek_try(key) if try_number is None else check_try_number(try_number)
+        spec = build_spec(key, command, priority=priority, options=options, try_number=number)
+        self._tries[key] = max(self._tries.get(key, 0), number)
         assert self._loop is not None
         future: asyncio.Future[TaskInfo] = self._loop.create_future()
         self._engine.submit(spec, future)
         return TaskHandle(key, future, self)
 
-    async def run(self, key: Any, command: Any, *, priority: int = 1, **options: Any) -> TaskInfo:
+    async def run(
+        self, key: Any, command: Any, *, priority: int = 1, try_number: int | None = None, **options: Any
+    ) -> TaskInfo:
         """Submit a task and wait for its outcome."""
-        handle = await self.submit(key, command, priority=priority, **options)
+        handle = await self.submit(key, command, priority=priority, try_number=try_number, **options)
         return await handle.wait()
 
     async def aend(self, timeout: float | None = None) -> None:

@@ -139,6 +139,12 @@ def check_priority(priority: object) -> int:
     return priority
 
 
+def check_try_number(try_number: object) -> int:
+    if isinstance(try_number, bool) or not isinstance(try_number, int) or try_number < 1:
+        raise InvalidTaskError(f"try_number must be an int >= 1, not {try_number!r}")
+    return try_number
+
+
 def check_parallelism(parallelism: object) -> int:
     if isinstance(parallelism, bool) or not isinstance(parallelism, int) or parallelism <= 0:
         raise ValueError(f"parallelism must be a positive int, not {parallelism!r}")

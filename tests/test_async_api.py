@@ -8,7 +8,14 @@ from pathlib import Path
 import anyio
 import pytest
 
-from async_executor import AsyncExecutor, DuplicateTaskError, ExecutorClosedError, FailureReason, TaskState
+from async_executor import (
+    AsyncExecutor,
+    DuplicateTaskError,
+    ExecutorClosedError,
+    FailureReason,
+    InvalidTaskError,
+    TaskState,
+)
 from async_executor._aio import shielded
 
 from .conftest import PY, drain, pid_alive
@@ -110,6 +117,18 @@ async def test_cancellation_terminates_and_is_reraised(log_dir: Path) -> None:
     assert scope.cancelled_caught
     assert handle.info is not None and handle.info.reason is FailureReason.TERMINATED
     assert not pid_alive(pids[0])
+
+
+async def test_try_number_continues_a_count_kept_elsewhere(log_dir: Path) -> None:
+    async with AsyncExecutor(parallelism=2, log_dir=log_dir) as ex:
+        assert (await ex.run("k", ["true"], try_number=5)).try_number == 5
+        assert (await ex.run("k", ["true"])).try_number == 6  # the default follows the highest
+        assert (await ex.run("k", ["true"], try_number=2)).try_number == 2
+        assert (await ex.run("k", ["true"])).try_number == 7
+        for bad in (0, -1, True, "3", 2.0):
+            with pytest.raises(InvalidTaskError, match="try_number"):
+                await ex.submit("bad", ["true"], try_number=bad)
+        assert not ex.has_task("bad")
 
 
 async def test_shielded_work_finishes_before_the_cancellation_goes_on() -> None:

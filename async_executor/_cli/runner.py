@@ -26,7 +26,7 @@ from .display import Counters, LiveDisplay, PlainDisplay, make_display
 from .halt import NEVER, HaltPolicy
 from .joblog import JobLog, exit_value
 from .jobs import Job
-from .state import JournalRow, State, seed_try_number
+from .state import JournalRow, State
 
 # Exit codes (documented in ``async-executor run --help`` and the README).
 EXIT_OK = 0
@@ -242,12 +242,11 @@ class Runner:
         if self.cfg.results:
             stderr_path = self._results_dir(job) / "stderr"
             argv = ("/bin/sh", "-c", _STDERR_WRAPPER, str(stderr_path), *argv)
-        seed_try_number(ex, key, last)
+        try_number = last + 1  # the journal's count goes on
         try:
-            handle = await ex.submit(key, list(argv), timeout=self.cfg.timeout)
+            handle = await ex.submit(key, list(argv), timeout=self.cfg.timeout, try_number=try_number)
         except ExecutorClosedError:
             return False
-        try_number = last + 1
         self.tries[key] = try_number
         self.state.accepted(
             TaskSpec(key=key, argv=argv, timeout=self.cfg.timeout, try_number=try_number), self.cfg.run

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import _logs
-from .._executor import AsyncExecutor
 from .._journal import Journal, JournalRow, RunSummary
 from .._records import TaskInfo, TaskSpec
 
-__all__ = ["JournalRow", "RunSummary", "State", "default_state_path", "seed_try_number"]
+__all__ = ["JournalRow", "RunSummary", "State", "default_state_path", "make_log_dir"]
 
 
 def default_state_path() -> str:
@@ -87,17 +86,6 @@ class State:
 
     async def row(self, key: str, try_number: int | None = None) -> JournalRow | None:
         return await self.journal.row(key, try_number)
-
-
-def seed_try_number(executor: AsyncExecutor, key: str, last_try: int) -> None:
-    """Make the executor number the next try of ``key`` after ``last_try`` (from the journal).
-
-    ``AsyncExecutor`` numbers tries per process; a resumed run continues the journal's count.
-    TODO(lead): replace with a public ``submit(..., try_number=N)`` option.
-    """
-    tries: dict[Any, int] = executor._tries
-    if tries.get(key, 0) < last_try:
-        tries[key] = last_try
 
 
 def make_log_dir(state_path: str) -> str:
