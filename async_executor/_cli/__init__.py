@@ -342,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _exit_now(code: Any) -> NoReturn:
-    """End the process without the interpreter's teardown (~10-20 ms of a short run here).
+    """End the process without the interpreter's teardown (~5 ms of a one-line run here).
 
     Every command has closed what it opened (journal, executor, files) before it exits; only
     the standard streams may still hold output.

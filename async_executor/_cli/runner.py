@@ -88,14 +88,12 @@ def max_parallelism() -> int:
 def select_jobs(
     jobs: Sequence[Job], latest: dict[str, JournalRow], run: str, mode: str
 ) -> tuple[list[Job], int]:
-    """Which lines to run: all, those not yet succeeded (resume), or those that failed.
+    """Which lines to run again: those not yet succeeded (resume) or those that failed.
 
     A line is found in the journal by its key (line number + hash). A line whose key is not
     there (the file was edited above it) is matched by its text hash to a journal entry of
     the same run that no current line claims, so moved lines are not run again.
     """
-    if mode == "all":
-        return list(jobs), 0
     keys = {job.key(run) for job in jobs}
     orphans: dict[str, list[JournalRow]] = {}
     for key, entry in latest.items():
