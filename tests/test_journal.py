@@ -4,10 +4,12 @@ secrets, and two executors sharing one file."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -530,18 +532,53 @@ async def test_random_bytes_are_a_clear_error(db: Path) -> None:
     assert str(db) in str(error)
 
 
-async def test_damaged_pages_are_found_at_open(db: Path) -> None:
+async def _fill_and_close(db: Path) -> None:
     async with opened(db) as j:
         for i in range(3000):
             j.accepted("ex", spec(("k", i), "x" * 50), accepted_at=time.time())
-    size = db.stat().st_size
-    page = 4096
-    assert size > 20 * page
+    assert db.stat().st_size > 20 * 4096
+
+
+def _wreck_pages(db: Path) -> None:
     with open(db, "r+b") as handle:  # keep page 1 (header, schema), wreck a run of b-tree pages
-        handle.seek(5 * page)
-        handle.write(b"\xa5" * (8 * page))
+        handle.seek(5 * 4096)
+        handle.write(b"\xa5" * (8 * 4096))
+
+
+def _crash_while_open(db: Path) -> None:
+    """A process that writes to the journal and dies without closing it: its WAL stays."""
+    code = (
+        "import os, sqlite3, sys; con = sqlite3.connect(sys.argv[1], isolation_level=None); "
+        "con.execute(\"INSERT OR REPLACE INTO meta (name, value) VALUES ('crash', '1')\"); os._exit(0)"
+    )
+    subprocess.run([sys.executable, "-c", code, str(db)], check=True)
+    assert Path(f"{db}-wal").exists()
+
+
+async def test_damaged_pages_are_found_at_open_after_a_crash(db: Path) -> None:
+    await _fill_and_close(db)
+    _crash_while_open(db)
+    _wreck_pages(db)
     error = await open_fails(db)
     assert "corrupt" in str(error)
+
+
+async def test_a_cleanly_closed_journal_is_not_checked_again(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No WAL beside the file: the last close checkpointed and synced it, so the integrity check
+    (~100 ms at the default retention) is skipped; damage done to it afterwards is a clear
+    error at the first read that meets it."""
+    await _fill_and_close(db)
+    assert not Path(f"{db}-wal").exists()  # SQLite removes it when the last connection closes
+    with caplog.at_level(logging.DEBUG, logger="async_executor.journal"):
+        async with opened(db):
+            pass
+    assert "closed cleanly; no integrity check" in caplog.text
+    _wreck_pages(db)
+    async with opened(db) as j:
+        with pytest.raises(JournalError, match="corrupt"):
+            await j.latest()
 
 
 async def test_locked_database_fails_fast(db: Path) -> None:
