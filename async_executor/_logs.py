@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -30,6 +29,8 @@ def default_home() -> Path:
 
 def key_slug(key: object) -> str:
     """A file-name-safe, collision-free name for a task key (readable prefix + hash)."""
+    import hashlib  # here: the supervisor, which imports this module, never needs OpenSSL
+
     blob = orjson.dumps(plain_key(key))
     digest = hashlib.blake2b(blob, digest_size=6).hexdigest()
     parts = key if isinstance(key, tuple) else (key,)

@@ -188,11 +188,19 @@ def spawn_helper(
         os.close(devnull)
 
 
+#: Modules a helper process must never load. The supervisor speaks no TLS, but ``asyncio``
+#: (and uvloop) import ``ssl``, which maps OpenSSL into every supervisor. With ``ssl`` blocked,
+#: uvloop does not import and the supervisor runs on asyncio's loop, as fast here.
+HELPER_BLOCKED_MODULES: dict[str, tuple[str, ...]] = {"_supervisor": ("ssl", "_ssl")}
+
+
 def helper_argv(python: str, module: str, args: list[str], path_index: int = 0) -> list[str]:
     """The command line of a helper process (control descriptor 3)."""
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    blocked = HELPER_BLOCKED_MODULES.get(module, ())
     boot = (
-        f"import sys; sys.path.insert({path_index}, {package_root!r}); "
+        f"import sys; sys.modules.update(dict.fromkeys({blocked!r})); "
+        f"sys.path.insert({path_index}, {package_root!r}); "
         f"from async_executor.{module} import main; main()"
     )
     return [python, "-c", boot, "--control-fd", "3", *args]

@@ -285,6 +285,24 @@ def test_two_live_executors_sharing_a_state_file(tmp_path: Path) -> None:
         first.end()
 
 
+def test_the_supervisor_does_not_load_openssl(tmp_path: Path) -> None:
+    """It speaks no TLS: ``ssl`` is kept out (asyncio would import it, mapping OpenSSL into every
+    supervisor), and it still runs tasks on asyncio's own loop."""
+    ex = AsyncExecutor(parallelism=2, log_dir=tmp_path / "logs", state_path=tmp_path / "journal.sqlite")
+    ex.start()
+    try:
+        ex.queue_command("t", ["sh", "-c", "echo hi"])
+        assert drain(ex)["t"][0][0] == TaskState.SUCCESS
+        pid = ex._engine.backend.supervisor_pid  # type: ignore[attr-defined]
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert "python" in Path(f"/proc/{pid}/cmdline").read_text()
+        assert "libpython" in maps or "/python" in maps  # the right process, and readable
+        assert "libssl" not in maps
+        assert "libcrypto" not in maps
+    finally:
+        ex.end()
+
+
 def test_end_detach_leaves_tasks_for_the_next_executor(tmp_path: Path) -> None:
     state = tmp_path / "state" / "journal.sqlite"
     ex = AsyncExecutor(parallelism=2, log_dir=tmp_path / "logs", state_path=state)
