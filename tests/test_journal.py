@@ -199,8 +199,8 @@ async def test_tries_latest_and_runs(db: Path) -> None:
         assert (await j.row(("b", 0))).try_number == 2  # type: ignore[union-attr]
         assert (await j.row(("b", 0), 1)).state == "failed"  # type: ignore[union-attr]
 
+        assert [r.run for r in await j.runs()] == ["batch-1", "batch-2"]  # oldest first
         runs = {r.run: r for r in await j.runs()}
-        assert set(runs) == {"batch-1", "batch-2"}
         b1 = runs["batch-1"]
         assert (b1.tasks, b1.succeeded, b1.failed, b1.running, b1.queued) == (3, 1, 0, 1, 1)
         assert b1.first_accepted_at == now
