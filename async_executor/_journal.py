@@ -541,7 +541,7 @@ class Journal:
         connection closes, after a checkpoint that syncs the file, so a file without one was
         closed cleanly and a crash cannot have torn its pages. A leftover log means a crash or
         power loss (or another connection open now): then the file is checked, up to
-        ``CHECK_MAX_BYTES``. Checking every open cost ~100 ms at the default retention.
+        ``CHECK_MAX_BYTES``. Checking every open cost ~80 ms on a journal of 100,000 tasks.
         """
         size = self._size_at_open
         if size is None:
