@@ -456,11 +456,12 @@ def _wait_lines(path: Path, count: int, proc: subprocess.Popen[str], timeout: fl
     raise AssertionError(f"{path} did not reach {count} lines")
 
 
-def _start(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+def _start(tmp_path: Path, *args: str, stdin: int | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [*CLI, *args],
         cwd=tmp_path,
         env=_env(tmp_path),
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -512,6 +513,105 @@ def test_two_ctrl_c_terminate_every_process_group(tmp_path: Path) -> None:
     resumed = ae(tmp_path, "run", "--resume", str(path))
     assert resumed.returncode == 0, resumed.stderr
     assert sorted((tmp_path / "done").read_text().split()) == ["0", "1", "2", "3"]
+
+
+# --------------------------------------------------------------------------- input from a pipe
+
+
+def _feed(proc: subprocess.Popen[str], *lines: str) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write("".join(f"{line}\n" for line in lines))
+    proc.stdin.flush()
+
+
+def test_lines_from_a_pipe_start_as_they_arrive(tmp_path: Path) -> None:
+    """Like GNU parallel: a line read from a pipe runs before the input ends (a job queue)."""
+    proc = _start(tmp_path, "run", "-j", "4", "-", stdin=subprocess.PIPE)
+    _feed(proc, "# a queue", "sh -c 'echo first >> ran'")
+    assert _wait_lines(tmp_path / "ran", 1, proc) == ["first"]  # the pipe is still open
+    _feed(proc, "", "sh -c 'echo second >> ran'", "echo done")
+    out, err = proc.communicate(timeout=60)  # closes the pipe: the end of the input
+    assert proc.returncode == 0, err
+    assert out == "done\n"
+    assert (tmp_path / "ran").read_text().split() == ["first", "second"]
+    assert sorted(status_rows(tmp_path, "stdin")) == [2, 4, 5]  # keys keep the input's line numbers
+
+
+def test_a_bad_line_in_a_pipe_ends_the_input_there(tmp_path: Path) -> None:
+    """Lines before it run (even if not started yet), it and the lines after it do not; exit 2."""
+    lines = ["sh -c 'echo 1 >> ran; sleep 0.2'"] * 3 + ["echo 'unbalanced", "sh -c 'echo after >> ran'"]
+    result = ae(tmp_path, "run", "-j", "1", "-", stdin="".join(f"{line}\n" for line in lines))
+    assert result.returncode == 2, result.stderr
+    assert "<stdin>, line 4: No closing quotation" in result.stderr
+    assert "it and the lines after it are not run" in result.stderr
+    assert (tmp_path / "ran").read_text().split() == ["1", "1", "1"]
+    assert sorted(status_rows(tmp_path, "stdin")) == [1, 2, 3]
+
+
+def test_ctrl_c_does_not_wait_for_more_input(tmp_path: Path) -> None:
+    with _start(tmp_path, "run", "-j", "2", "-", stdin=subprocess.PIPE) as proc:
+        _feed(proc, "sh -c 'echo $$ >> pids; sleep 0.5; echo ok >> done'")
+        _wait_lines(tmp_path / "pids", 1, proc)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130  # while our end of the pipe is still open
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+    assert "interrupted: starting no new tasks" in err
+    assert (tmp_path / "done").read_text().split() == ["ok"]  # the running task finished
+
+
+def test_keep_order_with_a_pipe(tmp_path: Path) -> None:
+    proc = _start(tmp_path, "run", "-k", "-j", "3", "--shell", "-", stdin=subprocess.PIPE)
+    _feed(proc, "sleep 0.5; echo one", "echo two")
+    _feed(proc, "echo three")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out == "one\ntwo\nthree\n"
+
+
+def test_resume_reads_the_whole_pipe_first(tmp_path: Path) -> None:
+    """--resume needs every line to match the journal, so a pipe is read to its end first."""
+    first = ae(tmp_path, "run", "-", stdin="echo a\nfalse\n")
+    assert first.returncode == 1
+    again = ae(tmp_path, "run", "--resume", "-", stdin="echo a\ntrue\necho 'bad\n")
+    assert again.returncode == 2
+    assert "nothing was started" in again.stderr
+    resumed = ae(tmp_path, "run", "--resume", "-", stdin="echo a\ntrue\n")
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout == ""  # "echo a" already succeeded: only line 2 ran
+
+
+def test_live_display_while_reading_a_pipe(tmp_path: Path) -> None:
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # child: the CLI with its stdout on a terminal and its stdin on a pipe
+        os.chdir(tmp_path)
+        reader, writer = os.pipe()
+        if os.fork() == 0:
+            os.close(reader)
+            os.write(writer, b"echo one\n")
+            time.sleep(1.0)
+            os.write(writer, b"echo two\n")
+            os._exit(0)
+        os.close(writer)
+        os.dup2(reader, 0)
+        os.execve(CLI[0], [*CLI, "run", "-j", "2", "-"], {**_env(tmp_path), "TERM": "xterm-256color"})
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    screen = ANSI.sub("", b"".join(chunks).decode("utf-8", "replace"))
+    assert os.waitstatus_to_exitcode(status) == 0, screen
+    assert "reading input" in screen  # while the pipe was open
+    assert "done 2" in screen and "one" in screen and "two" in screen
 
 
 # --------------------------------------------------------------------------- the terminal display

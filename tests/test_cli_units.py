@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shlex
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import given, settings
 
 from async_executor import FailureReason, TaskInfo, TaskState
 from async_executor._cli.halt import NEVER, HaltPolicy, parse_halt
 from async_executor._cli.joblog import HEADER, exit_value, joblog_line
-from async_executor._cli.jobs import JobFileError, parse_jobs
+from async_executor._cli.jobs import JobFileError, JobParser, parse_jobs
+from async_executor._cli.stream import LineSplitter, StreamReader
 
 
 def test_parse_skips_blanks_and_comments_and_splits_with_shell_rules() -> None:
@@ -108,3 +113,70 @@ def test_joblog_format_matches_gnu_parallel() -> None:
         detail="could not start 'nope': No such file or directory",
     )
     assert exit_value(missing) == 127
+
+
+# --------------------------------------------------------------------------- input from a pipe
+
+_LINE_TEXT = st.lists(
+    st.sampled_from(["echo", " ", "a", "é", "€", "\n", "\r", "\r\n", "\x0c", "\u2028", "#", "'"]),
+    max_size=40,
+).map("".join)
+
+
+@given(
+    data=st.one_of(_LINE_TEXT.map(lambda t: t.encode()), st.binary(max_size=60)),
+    cuts=st.lists(st.integers(min_value=0, max_value=80), max_size=6),
+)
+@settings(max_examples=300, deadline=None)
+def test_streamed_lines_are_the_lines_of_the_whole_input(data: bytes, cuts: list[int]) -> None:
+    """Whatever the chunk boundaries (mid-character, between ``\\r`` and ``\\n``), a streamed
+    input gives the lines reading it whole gives, so its line numbers and keys are the same."""
+    splitter = LineSplitter()
+    got: list[str] = []
+    start = 0
+    for cut in sorted(cuts):
+        got.extend(splitter.feed(data[start:cut]))
+        start = max(start, cut)
+    got.extend(splitter.feed(data[start:]))
+    got.extend(splitter.feed(b"", final=True))
+    assert got == data.decode("utf-8", "surrogateescape").splitlines()
+
+
+def test_job_parser_numbers_lines_and_jobs_as_parse_jobs_does() -> None:
+    lines = ["# head", "echo a", "", "echo 'b c'", "  # x", "true"]
+    parser = JobParser(source="<stdin>")
+    fed = [job for job in map(parser.feed, lines) if job is not None]
+    assert fed == parse_jobs(lines)
+    assert [(job.seq, job.line) for job in fed] == [(1, 2), (2, 4), (3, 6)]
+    assert (parser.lines, parser.jobs) == (6, 3)
+    with pytest.raises(JobFileError, match=r"<stdin>, line 7: No closing quotation"):
+        parser.feed("echo 'oops")
+
+
+@pytest.mark.anyio
+async def test_stream_reader_pauses_resumes_and_ends() -> None:
+    loop = asyncio.get_running_loop()
+    got: asyncio.Queue[tuple[bytes, OSError | None]] = asyncio.Queue()
+    reader_fd, writer_fd = os.pipe()
+    reader = StreamReader(reader_fd, loop, lambda chunk, error: got.put_nowait((chunk, error)))
+    try:
+        reader.start()
+        os.write(writer_fd, b"echo 1\n")
+        assert await asyncio.wait_for(got.get(), 30) == (b"echo 1\n", None)
+        reader.pause()
+        os.write(writer_fd, b"echo 2\n")  # the read already waiting may still take this one
+        first = await asyncio.wait_for(got.get(), 30)
+        assert first == (b"echo 2\n", None)
+        os.write(writer_fd, b"echo 3\n")
+        await asyncio.sleep(0.3)
+        assert got.empty()  # paused: nothing more is read
+        reader.resume()
+        assert await asyncio.wait_for(got.get(), 30) == (b"echo 3\n", None)
+        os.close(writer_fd)
+        writer_fd = -1
+        assert await asyncio.wait_for(got.get(), 30) == (b"", None)  # the end of the input
+    finally:
+        reader.close()
+        if writer_fd >= 0:
+            os.close(writer_fd)
+        os.close(reader_fd)

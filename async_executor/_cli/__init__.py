@@ -6,7 +6,7 @@ Exit codes of ``async-executor run``:
   done; a ``--halt ...,success=N`` stop with no failure is also 0);
 * 1 - one or more lines failed (after their retries); the summary and ``status`` say which;
 * 2 - bad usage or bad input (unknown option, bad ``-j``, unreadable job file, unbalanced
-  quotes): nothing was started;
+  quotes): nothing was started (from a pipe, the lines before the bad one ran);
 * 3 - a ``--halt`` policy on failures (``fail=`` / ``done=``) stopped the run;
 * 128+N - stopped by signal N: 130 after Ctrl-C (SIGINT), 143 after SIGTERM;
 * 255 - an internal error (e.g. the journal could not be opened).
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from .halt import NEVER, HaltPolicy, parse_halt
-from .jobs import JobFileError, parse_jobs
+from .jobs import Job, JobFileError, JobParser, parse_jobs
 
 __all__ = ["cli", "main"]
 
@@ -39,7 +39,8 @@ _EXIT_CODES = """\b
 Exit codes:
   0      every line that ran succeeded
   1      one or more lines failed
-  2      bad usage or bad input; nothing was started
+  2      bad usage or bad input; nothing was started (from a pipe:
+         the lines before the bad one ran, nothing from it on)
   3      stopped by a --halt policy on failures
   130    interrupted by Ctrl-C (128 + signal number; 143 for SIGTERM)
   255    internal error
@@ -91,6 +92,16 @@ class HaltType(_HaltParam):
             return parse_halt(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+def _is_stream(fd: int) -> bool:
+    """Whether ``fd`` is read as it fills (a pipe, FIFO, socket or terminal), not a regular file."""
+    import stat
+
+    try:
+        return not stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:  # closed: reading it fails, with the message a read gives
+        return False
 
 
 def _cpus() -> int:
@@ -237,21 +248,33 @@ def run(
     and # comments are skipped. Each line's key in the journal is RUN:LINE:HASH (its line
     number and a hash of its text), so --resume and --retry-failed find it again after the
     file is edited. Output of each task is printed whole when it finishes.
+
+    From a pipe or a terminal, each line starts as soon as it is read, like GNU parallel
+    (`tail -f queue | async-executor run -` is a job queue), unless --resume, --retry-failed
+    or a --halt percentage need the whole input first. A line that cannot be split then ends
+    the input: the lines before it run, it and the lines after it do not, and the exit code is 2.
     """
     if resume and retry_failed:
         raise click.UsageError("--resume and --retry-failed cannot be used together")
     source = "<stdin>" if jobfile == "-" else jobfile
-    try:
-        data = sys.stdin.buffer.read() if jobfile == "-" else Path(jobfile).read_bytes()
-    except OSError as exc:
-        raise click.BadParameter(
-            f"cannot read {source}: {exc.strerror or exc}", param_hint="JOBFILE"
-        ) from None
-    text = data.decode("utf-8", "surrogateescape")
-    try:
-        jobs = parse_jobs(text.splitlines(), shell=shell, source=source)
-    except JobFileError as exc:
-        raise click.UsageError(f"{exc}; nothing was started") from None
+    halt = halt if halt is not None else NEVER
+    # A pipe or terminal is read as the run goes, each line starting when it arrives (GNU
+    # parallel's way), unless the whole input is needed first: to match lines against the
+    # journal (--resume, --retry-failed) or to take a percentage of all lines (--halt N%).
+    stream = jobfile == "-" and not resume and not retry_failed and not halt.percent and _is_stream(0)
+    jobs: list[Job] = []
+    if not stream:
+        try:
+            data = sys.stdin.buffer.read() if jobfile == "-" else Path(jobfile).read_bytes()
+        except OSError as exc:
+            raise click.BadParameter(
+                f"cannot read {source}: {exc.strerror or exc}", param_hint="JOBFILE"
+            ) from None
+        text = data.decode("utf-8", "surrogateescape")
+        try:
+            jobs = parse_jobs(text.splitlines(), shell=shell, source=source)
+        except JobFileError as exc:
+            raise click.UsageError(f"{exc}; nothing was started") from None
     name = run_name if run_name is not None else ("stdin" if jobfile == "-" else Path(jobfile).stem or "jobs")
     if not name or ":" in name:
         raise click.BadParameter(
@@ -268,7 +291,7 @@ def run(
         timeout=timeout,
         retries=retries,
         backoff=backoff,
-        halt=halt if halt is not None else NEVER,
+        halt=halt,
         joblog=joblog,
         results=results,
         keep_order=keep_order,
@@ -277,6 +300,8 @@ def run(
         state_path=state,
         log_dir=make_log_dir(state),
         kill_grace=kill_grace,
+        stream_fd=0 if stream else None,
+        parser=JobParser(shell=shell, source=source) if stream else None,
     )
     code = _run_async(run_batch, cfg)
     sys.exit(code)

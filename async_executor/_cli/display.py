@@ -33,6 +33,8 @@ class Counters:
     #: Jobs with a task in flight (or waiting to retry), by seq.
     running: dict[int, Job] = attrs.field(factory=dict)
     stopping: str | None = None
+    #: Lines are still being read (streamed input): ``total`` will grow.
+    input_open: bool = False
 
     @property
     def finished(self) -> int:
@@ -47,6 +49,8 @@ class Counters:
         return self.finished / elapsed if elapsed > 0 else 0.0
 
     def eta(self) -> float | None:
+        if self.input_open:  # the total is not known yet
+            return None
         rate = self.rate()
         left = self.total - self.finished
         return left / rate if rate > 0 and left > 0 else None
@@ -171,6 +175,8 @@ class _Progress:
         line.append(f"failed {c.failed}", style="red" if c.failed else "")
         line.append(f"  running {len(c.running)}  queued {c.queued}", style="")
         line.append(f"  {c.rate():.1f}/s  ETA {_fmt_seconds(c.eta())}")
+        if c.input_open:
+            line.append("  reading input", style="dim")
         if c.skipped:
             line.append(f"  skipped {c.skipped}", style="dim")
         parts: list[RenderableType] = [

@@ -45,33 +45,50 @@ def line_digest(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=HASH_CHARS // 2).hexdigest()
 
 
-def parse_jobs(lines: Iterable[str], *, shell: bool = False, source: str = "<jobs>") -> list[Job]:
-    """Parse a job file; raise :class:`JobFileError` naming the first bad line.
+class JobParser:
+    """Turns job-file lines into :class:`Job` records one at a time, numbering lines and jobs.
 
     Blank lines and lines whose first non-blank character is ``#`` are skipped. Each other
     line is split with :func:`shlex.split` (POSIX rules; a ``#`` later in the line starts a
     comment too) and runs without a shell, unless ``shell`` is true: then the line is
     passed whole to ``/bin/sh -c`` (after a syntax check of its quotes).
     """
-    jobs: list[Job] = []
-    for number, raw in enumerate(lines, start=1):
+
+    def __init__(self, *, shell: bool = False, source: str = "<jobs>") -> None:
+        self.shell = shell
+        self.source = source
+        #: Lines seen so far (the last one's 1-based number).
+        self.lines = 0
+        #: Jobs made so far (the last one's ``seq``).
+        self.jobs = 0
+
+    def feed(self, raw: str) -> Job | None:
+        """The job on the next line, ``None`` for a blank or comment line; :class:`JobFileError`
+        (naming the line) when it cannot be split."""
+        self.lines += 1
+        number = self.lines
         text = raw.rstrip("\r\n").strip()
         if not text or text.startswith("#"):
-            continue
+            return None
         if "\x00" in text:
-            raise JobFileError(f"{source}, line {number}: the line contains a NUL byte")
+            raise JobFileError(f"{self.source}, line {number}: the line contains a NUL byte")
         if _PLAIN.fullmatch(text):
             argv = text.split()
         else:
             try:
                 argv = shlex.split(text, comments=True)
             except ValueError as exc:
-                raise JobFileError(f"{source}, line {number}: {exc} in: {text}") from None
+                raise JobFileError(f"{self.source}, line {number}: {exc} in: {text}") from None
         if not argv:
-            continue  # only a trailing comment after blanks
-        if shell:
+            return None  # only a trailing comment after blanks
+        if self.shell:
             argv = ["/bin/sh", "-c", text]
-        jobs.append(
-            Job(seq=len(jobs) + 1, line=number, text=text, argv=tuple(argv), digest=line_digest(text))
-        )
-    return jobs
+        self.jobs += 1
+        return Job(seq=self.jobs, line=number, text=text, argv=tuple(argv), digest=line_digest(text))
+
+
+def parse_jobs(lines: Iterable[str], *, shell: bool = False, source: str = "<jobs>") -> list[Job]:
+    """Parse a whole job file (see :class:`JobParser`); raise :class:`JobFileError` naming the
+    first bad line."""
+    parser = JobParser(shell=shell, source=source)
+    return [job for job in map(parser.feed, lines) if job is not None]

@@ -25,8 +25,9 @@ from .._records import TaskInfo, TaskSpec, TaskState
 from .display import Counters, LiveDisplay, PlainDisplay, make_display
 from .halt import NEVER, HaltPolicy
 from .joblog import JobLog, exit_value
-from .jobs import Job
+from .jobs import Job, JobFileError, JobParser
 from .state import JournalRow, State
+from .stream import LineSplitter, StreamReader
 
 # Exit codes (documented in ``async-executor run --help`` and the README).
 EXIT_OK = 0
@@ -39,6 +40,8 @@ EXIT_ERROR = 255
 MAX_BACKOFF = 60.0
 #: Descriptors the CLI keeps for itself (journal, joblog, output files) on top of the engine's.
 CLI_FDS = 32
+#: Streamed input: stop reading when this many lines wait to start; read again below half.
+BACKLOG = 10_000
 
 _STDERR_WRAPPER = 'exec 2>"$0"; exec "$@"'
 
@@ -61,6 +64,10 @@ class RunConfig:
     state_path: str
     log_dir: str
     kill_grace: float = 5.0
+    #: Read the job lines from this descriptor while the run goes on (``jobs`` is then empty),
+    #: starting each line as it arrives; ``parser`` numbers and splits them.
+    stream_fd: int | None = None
+    parser: JobParser | None = None
 
 
 def max_parallelism() -> int:
@@ -144,6 +151,14 @@ class Runner:
         self._order: dict[int, int] = {}
         self._ready: dict[int, tuple[str | None, str | None]] = {}
         self._next = 0
+        #: Lines not tried yet, in input order.
+        self._fresh: collections.deque[Job] = collections.deque()
+        #: Streamed input: the reader, and whether more lines may still come.
+        self._reader: StreamReader | None = None
+        self._splitter = LineSplitter()
+        self._input_open = False
+        #: Why the streamed input was rejected (a line that cannot be split, a read error).
+        self.input_error: str | None = None
 
     # ------------------------------------------------------------------ the run
 
@@ -152,12 +167,14 @@ class Runner:
         self.tries = dict(last_tries)
         self.total = len(todo)
         self._order = {job.seq: index for index, job in enumerate(todo)}
+        self._fresh.extend(todo)
         if cfg.joblog:
             self.joblog = JobLog(cfg.joblog, append=cfg.mode != "all")
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(signum, self._on_signal, signum)
-        limit = max(1, min(cfg.parallelism, len(todo) or 1))
+        streaming = cfg.stream_fd is not None
+        limit = cfg.parallelism if streaming else max(1, min(cfg.parallelism, len(todo) or 1))
         started = time.monotonic()
         try:
             async with AsyncExecutor(
@@ -169,12 +186,15 @@ class Runner:
                 **self.state.executor_options(),
             ) as ex:
                 self.ex = ex
-                await self._drive(todo, limit)
+                if cfg.stream_fd is not None:
+                    self._start_reading(cfg.stream_fd, loop)
+                await self._drive(limit)
                 if self._terminating is not None:
                     await self._terminating
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
+            self._stop_reading()
             try:
                 await shielded(self.state.flush())
             finally:
@@ -188,13 +208,15 @@ class Runner:
     def exit_code(self) -> int:
         if self.signals:
             return 128 + self.signals[0]
+        if self.input_error is not None:
+            return EXIT_USAGE
         if self.halted is not None and self.halted.what != "success":
             return EXIT_HALTED
         return EXIT_FAILED if self.counters.failed else EXIT_OK
 
     # ------------------------------------------------------------------ the lines
 
-    async def _drive(self, todo: list[Job], limit: int) -> None:
+    async def _drive(self, limit: int) -> None:
         """Keep ``limit`` tasks in flight: new lines in order, and retries once their backoff is over.
 
         One coroutine submits; each task's outcome is handled by a callback on its handle (no
@@ -202,7 +224,7 @@ class Runner:
         cores, where the CLI's own CPU was then mostly the kernel's, creating log files).
         """
         loop = asyncio.get_running_loop()
-        fresh = collections.deque(todo)
+        fresh = self._fresh
         while True:
             while self._in_flight < limit:
                 if self._due and not self.stop_starting:
@@ -214,15 +236,61 @@ class Runner:
                     break
                 if not await self._attempt(job):
                     self.counters.running.pop(job.seq, None)
+            if self._reader is not None and len(fresh) <= BACKLOG // 2:
+                self._reader.resume()
             if self._error is not None:
                 raise self._error
-            if not (self._in_flight or self._backoff or self._due or (fresh and not self.stop_starting)):
+            more = fresh or (self._input_open and self._reader is not None)
+            if not (self._in_flight or self._backoff or self._due or (more and not self.stop_starting)):
                 return
             self._wakeup = loop.create_future()
             try:
                 await self._wakeup
             finally:
                 self._wakeup = None
+
+    # ------------------------------------------------------------------ streamed input
+
+    def _start_reading(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
+        self._input_open = self.counters.input_open = True
+        self._reader = StreamReader(fd, loop, self._on_input)
+        self._reader.start()
+
+    def _stop_reading(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+        self._input_open = self.counters.input_open = False
+
+    def _on_input(self, chunk: bytes, error: OSError | None) -> None:
+        """A chunk of streamed input (``b""``: its end): start its lines (a callback on the loop)."""
+        parser = self.cfg.parser
+        assert parser is not None
+        assert self._reader is not None
+        try:
+            for text in self._splitter.feed(chunk, final=not chunk):
+                job = parser.feed(text)
+                if job is not None:
+                    self._order[job.seq] = job.seq - 1
+                    self._fresh.append(job)
+                    self.total += 1
+                    self.counters.total += 1
+            if error is not None:
+                reason = error.strerror or error
+                raise JobFileError(f"cannot read {parser.source} after line {parser.lines}: {reason}")
+        except JobFileError as exc:
+            # Like an early end of input: the lines before it run, it and the lines after it do not.
+            self.input_error = str(exc)
+            self._stop_reading()
+            self.display.note(f"{exc}; it and the lines after it are not run", always=True)
+        except BaseException as exc:  # a bug: stop the run loudly
+            self._error = exc
+        else:
+            if not chunk:
+                self._stop_reading()
+            elif len(self._fresh) >= BACKLOG:
+                self._reader.pause()
+        finally:
+            self._wake()
 
     def _wake(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
