@@ -1250,6 +1250,16 @@ class Journal:
             except sqlite3.Error as exc:
                 raise self._error(exc, "cannot write") from exc
 
+    async def forget_executor(self, executor_id: str) -> None:
+        """Remove an executor instance from the registry (it ended cleanly, or left nothing
+        behind). Committed before this returns."""
+        db, lock = self._require_open()
+        async with lock:
+            try:
+                await db.execute("DELETE FROM executors WHERE executor_id = ?", (executor_id,))
+            except sqlite3.Error as exc:
+                raise self._error(exc, "cannot write") from exc
+
     async def executors(self) -> list[dict[str, Any]]:
         """Registered executor instances, oldest first: dicts with ``executor_id``, ``pid``,
         ``proc_start``, ``host``, ``supervisor_socket`` and ``started_at``."""

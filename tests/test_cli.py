@@ -6,6 +6,7 @@ another, the slower one waits for a file or sleeps long enough, and only outcome
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -513,6 +514,146 @@ def test_two_ctrl_c_terminate_every_process_group(tmp_path: Path) -> None:
     resumed = ae(tmp_path, "run", "--resume", str(path))
     assert resumed.returncode == 0, resumed.stderr
     assert sorted((tmp_path / "done").read_text().split()) == ["0", "1", "2", "3"]
+
+
+# --------------------------------------------------------------------------- a killed CLI
+
+
+def _read_until(proc: subprocess.Popen[str], text: str, count: int = 1, timeout: float = 60) -> str:
+    """Read the CLI's stderr (unbuffered) until ``text`` appeared ``count`` times."""
+    import select
+
+    assert proc.stderr is not None
+    fd, seen = proc.stderr.fileno(), b""
+    deadline = time.monotonic() + timeout
+    while seen.decode(errors="replace").count(text) < count:
+        if time.monotonic() > deadline or not select.select([fd], [], [], deadline - time.monotonic())[0]:
+            raise AssertionError(f"{text!r} did not appear {count}x in: {seen!r}")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            raise AssertionError(f"the CLI exited before {text!r} appeared {count}x: {seen!r}")
+        seen += chunk
+    return seen.decode(errors="replace")
+
+
+def _journal_rows(tmp_path: Path, sql: str) -> list[tuple[object, ...]]:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(tmp_path / "home" / "journal.sqlite")) as db:
+        return list(db.execute(sql))
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def _wait_journaled(tmp_path: Path, run: str, count: int, timeout: float = 60) -> None:
+    """Wait until the journal holds ``count`` running rows of ``run`` (commits are grouped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = _journal_rows(
+            tmp_path, f"SELECT count(*) FROM tasks WHERE run = '{run}' AND state = 'running'"
+        )
+        if rows[0][0] >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the journal did not get {count} running rows of {run}")
+
+
+_GATED = "sh -c 'echo $$ >> pids; while [ ! -e release ]; do sleep 0.02; done; echo {n} >> done'"
+
+
+def test_tasks_of_a_killed_cli_are_waited_for_never_run_twice(tmp_path: Path) -> None:
+    path = jobfile(tmp_path, [_GATED.format(n=n) for n in range(3)])
+    first = _start(tmp_path, "run", "-j", "2", str(path))
+    _wait_lines(tmp_path / "pids", 2, first)
+    _wait_journaled(tmp_path, "jobs", 2)
+    first.kill()  # SIGKILL: its two running tasks run on, unwatched
+    first.communicate(timeout=60)
+    assert {r["state"] for r in status_rows(tmp_path, "jobs").values()} == {"running"}
+    with _start(tmp_path, "run", "--resume", "-j", "3", str(path)) as resumed:
+        note = _read_until(resumed, "still runs from an async-executor that was killed", count=2)
+        assert "line 1 still runs" in note and "line 2 still runs" in note
+        # line 3 never started before: it runs now, lines 1 and 2 wait for their earlier tasks
+        assert len(_wait_lines(tmp_path / "pids", 3, resumed)) == 3
+        (tmp_path / "release").touch()
+        assert resumed.wait(timeout=60) == 0
+    assert sorted((tmp_path / "done").read_text().split()) == ["0", "0", "1", "1", "2"]
+    assert len((tmp_path / "pids").read_text().split()) == 5  # 2 killed CLI's + 3, none twice at once
+    rows = status_rows(tmp_path, "jobs")
+    assert [(rows[n]["state"], rows[n]["try"]) for n in (1, 2, 3)] == [
+        ("success", "2"),
+        ("success", "2"),
+        ("success", "1"),
+    ]
+    lost = _journal_rows(tmp_path, "SELECT state, detail FROM tasks WHERE try_number = 1 AND pid IS NOT NULL")
+    assert sorted(state for state, _ in lost) == ["failed", "failed", "success"]
+    assert sum("was killed while it ran" in str(detail) for _, detail in lost) == 2
+    assert _journal_rows(tmp_path, "SELECT count(*) FROM executors") == [(0,)]  # all accounted for
+
+
+def test_rows_a_killed_cli_left_running_are_closed_by_the_next_run(tmp_path: Path) -> None:
+    path = jobfile(tmp_path, [_GATED.format(n=n) for n in range(2)])
+    first = _start(tmp_path, "run", "-j", "2", str(path))
+    _wait_lines(tmp_path / "pids", 2, first)
+    _wait_journaled(tmp_path, "jobs", 2)
+    first.kill()
+    first.communicate(timeout=60)
+    (tmp_path / "release").touch()
+    deadline = time.monotonic() + 60
+    while len(_read(tmp_path / "done").split()) < 2:  # the orphans end; nobody records it
+        assert time.monotonic() < deadline, "the killed CLI's tasks did not end"
+        time.sleep(0.02)
+    other = ae(tmp_path, "run", "--run", "other", str(jobfile(tmp_path, ["true"], "other.txt")))
+    assert other.returncode == 0, other.stderr  # any run on the journal closes the rows
+    rows = status_rows(tmp_path, "jobs")
+    assert {r["state"] for r in rows.values()} == {"failed"}
+    assert all("was killed while it ran" in r["outcome"] for r in rows.values())
+    resumed = ae(tmp_path, "run", "--resume", str(path))
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted((tmp_path / "done").read_text().split()) == ["0", "0", "1", "1"]
+
+
+def test_a_task_the_journal_never_heard_of_is_found_by_its_marker(tmp_path: Path) -> None:
+    """A task started just before its CLI was killed may have no journal row: the marker
+    variables in its environment still identify it."""
+    from async_executor._cli.jobs import parse_jobs
+
+    path = jobfile(tmp_path, [_GATED.format(n=n) for n in range(2)])
+    setup = ae(tmp_path, "run", "--run", "setup", str(jobfile(tmp_path, ["true"], "setup.txt")))
+    assert setup.returncode == 0, setup.stderr  # the journal exists
+    journal = os.path.realpath(tmp_path / "home" / "journal.sqlite")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid: a CLI process that is no longer alive
+    dead_id = f"cli-{gone.pid}-deadbeef"
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(journal)) as db, db:
+        db.execute(
+            "INSERT INTO executors (executor_id, pid, proc_start, host, started_at) VALUES (?, ?, 1, 'h', 0)",
+            (dead_id, gone.pid),
+        )
+    key = parse_jobs(path.read_text().splitlines())[0].key("jobs")
+    env = {
+        **os.environ,
+        "ASYNC_EXECUTOR_STATE": journal,
+        "ASYNC_EXECUTOR_ID": dead_id,
+        "ASYNC_EXECUTOR_KEY": key,
+        "ASYNC_EXECUTOR_TRY": "1",
+    }
+    orphan = subprocess.Popen(["sh", "-c", _GATED.format(n="orphan")[7:-1]], cwd=tmp_path, env=env)
+    try:
+        _wait_lines(tmp_path / "pids", 1, orphan)
+        with _start(tmp_path, "run", "-j", "2", str(path)) as run:
+            _read_until(run, "line 1 still runs from an async-executor that was killed")
+            assert len(_wait_lines(tmp_path / "pids", 2, run)) == 2  # line 2 runs, line 1 waits
+            (tmp_path / "release").touch()
+            assert run.wait(timeout=60) == 0
+    finally:
+        orphan.kill()
+        orphan.wait()
+    assert sorted((tmp_path / "done").read_text().split()) == ["0", "1", "orphan"]
+    assert _journal_rows(tmp_path, "SELECT count(*) FROM executors") == [(0,)]
 
 
 # --------------------------------------------------------------------------- input from a pipe

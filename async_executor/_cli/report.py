@@ -30,6 +30,8 @@ def _outcome(row: JournalRow) -> str:
         return f"{row.reason}: {row.detail}" if row.detail else str(row.reason)
     if row.signal:
         return f"signal {row.signal}"
+    if row.returncode is None:  # no exit status was recorded (e.g. its CLI was killed)
+        return row.detail or "exit status unknown"
     return f"exit {row.returncode}"
 
 

@@ -26,6 +26,7 @@ from .display import Counters, LiveDisplay, PlainDisplay, make_display
 from .halt import NEVER, HaltPolicy
 from .joblog import JobLog, exit_value
 from .jobs import Job, JobFileError, JobParser
+from .orphans import RESCAN_INTERVAL, Leftovers, task_env
 from .state import JournalRow, State
 from .stream import LineSplitter, StreamReader
 
@@ -124,9 +125,20 @@ def select_jobs(
 
 
 class Runner:
-    def __init__(self, cfg: RunConfig, state: State, display: PlainDisplay | LiveDisplay, counters: Counters):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        state: State,
+        display: PlainDisplay | LiveDisplay,
+        counters: Counters,
+        leftovers: Leftovers | None = None,
+    ):
         self.cfg = cfg
         self.state = state
+        #: Tasks of killed CLI processes still running: their lines wait for them in ``_held``.
+        self.leftovers = leftovers
+        self._held: dict[str, Job] = {}
+        self._rescan: asyncio.TimerHandle | None = None
         self.display = display
         self.counters = counters
         self.tries: dict[str, int] = {}
@@ -231,6 +243,8 @@ class Runner:
                     job = self._due.popleft()[0]
                 elif fresh and not self.stop_starting:
                     job = fresh.popleft()
+                    if self.leftovers is not None and self._hold(job):
+                        continue
                     self.counters.running[job.seq] = job
                 else:
                     break
@@ -240,7 +254,7 @@ class Runner:
                 self._reader.resume()
             if self._error is not None:
                 raise self._error
-            more = fresh or (self._input_open and self._reader is not None)
+            more = fresh or self._held or (self._input_open and self._reader is not None)
             if not (self._in_flight or self._backoff or self._due or (more and not self.stop_starting)):
                 return
             self._wakeup = loop.create_future()
@@ -248,6 +262,52 @@ class Runner:
                 await self._wakeup
             finally:
                 self._wakeup = None
+
+    # ------------------------------------------------------------------ lines a killed CLI left running
+
+    def _hold(self, job: Job) -> bool:
+        """Keep ``job`` back while a task of its key that a killed CLI left still runs."""
+        leftovers = self.leftovers
+        assert leftovers is not None
+        key = job.key(self.cfg.run)
+        if not leftovers.holds(key):
+            return False
+        pids = ", ".join(str(pid) for pid in sorted(leftovers.running[key]))
+        self.display.note(
+            f"line {job.line} still runs from an async-executor that was killed (pid {pids}):"
+            " it runs again when that has ended",
+            always=True,
+        )
+        self._held[key] = job
+        if self._rescan is None:
+            self._rescan = asyncio.get_running_loop().call_later(RESCAN_INTERVAL, self._look_again)
+        return True
+
+    def _look_again(self) -> None:
+        """Release the held lines whose earlier tasks have all exited; their rows become lost."""
+        self._rescan = None
+        leftovers = self.leftovers
+        assert leftovers is not None
+        try:
+            leftovers.refresh()
+            for info in leftovers.settled():
+                self.state.finished(info)
+            released = [key for key in self._held if not leftovers.holds(key)]
+            for key in reversed(released):
+                job = self._held.pop(key)
+                self._fresh.appendleft(job)
+            if self._held and not self.stop_starting:
+                self._rescan = asyncio.get_running_loop().call_later(RESCAN_INTERVAL, self._look_again)
+        except BaseException as exc:  # a bug: stop the run loudly
+            self._error = exc
+        finally:
+            self._wake()
+
+    def _drop_held(self) -> None:
+        if self._rescan is not None:
+            self._rescan.cancel()
+            self._rescan = None
+        self._held.clear()
 
     # ------------------------------------------------------------------ streamed input
 
@@ -310,7 +370,13 @@ class Runner:
             argv = ("/bin/sh", "-c", _STDERR_WRAPPER, str(stderr_path), *argv)
         try_number = last + 1  # the journal's count goes on
         try:
-            handle = await ex.submit(key, list(argv), timeout=self.cfg.timeout, try_number=try_number)
+            handle = await ex.submit(
+                key,
+                list(argv),
+                timeout=self.cfg.timeout,
+                try_number=try_number,
+                env=task_env(self.state.marker_path, self.state.executor_id, key, try_number),
+            )
         except ExecutorClosedError:
             return False
         self.tries[key] = try_number
@@ -445,6 +511,7 @@ class Runner:
         if not self.stop_starting:
             self.stop_starting = True
             asyncio.get_running_loop().call_soon(self._give_up_retries)
+            self._drop_held()
         self._wake()
 
     def _terminate(self) -> None:
@@ -497,6 +564,8 @@ async def run_batch(cfg: RunConfig) -> int:
     state = State(cfg.state_path)
     await state.open()
     try:
+        await state.register()
+        leftovers = await state.leftovers()
         if cfg.mode == "all":  # every line runs: only the try numbers to continue from are needed
             todo, skipped = list(cfg.jobs), 0
             last_tries = await state.last_tries(cfg.run)
@@ -506,8 +575,13 @@ async def run_batch(cfg: RunConfig) -> int:
             last_tries = {key: row.try_number for key, row in latest.items()}
         counters = Counters(total=len(todo), skipped=skipped)
         display = make_display(counters, quiet=cfg.quiet, run=cfg.run)
-        runner = Runner(cfg, state, display, counters)
+        runner = Runner(cfg, state, display, counters, leftovers if leftovers.running else None)
         with display:
-            return await runner.go(todo, last_tries)
+            code = await runner.go(todo, last_tries)
+        if leftovers.dead:
+            leftovers.refresh()
+            await shielded(state.settle(leftovers))
+        await shielded(state.unregister())  # every task of this run has ended
+        return code
     finally:
         await shielded(state.close())

@@ -5,8 +5,10 @@ submit, ``started`` with the pid right after submit (or from the outcome when th
 wait for a slot), ``finished`` at the outcome. Its rows carry the run's name, which the
 executor's own journaling does not record, so the executor runs without a journal of its own
 (``state_path=None``: no supervisor process; on the façade, ``/bin/true`` at parallelism 64,
-a supervisor changes throughput by a few percent either way). Open work: moving the CLI onto the
-executor's journal and supervisor, so that exit statuses outlive a killed CLI.
+a supervisor changes throughput by a few percent either way). A killed CLI's running tasks are
+therefore not watched by anyone: the next run finds them (``orphans.py``) and waits for them.
+Open work: moving the CLI onto the executor's journal and supervisor, so that their exit
+statuses outlive a killed CLI too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 from .. import _logs
 from .._journal import Journal, JournalRow, RunSummary
 from .._records import TaskInfo, TaskSpec
+from .._spawn import proc_start_ticks
+from .orphans import Leftovers, dead_instances
 
 __all__ = ["JournalRow", "RunSummary", "State", "default_state_path", "make_log_dir"]
 
@@ -32,6 +36,8 @@ class State:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
+        #: The journal's path as the tasks' markers name it (see ``orphans.py``).
+        self.marker_path = os.path.realpath(self.path)
         self.executor_id = f"cli-{os.getpid()}-{os.urandom(4).hex()}"
         self.journal = Journal(self.path)
 
@@ -44,6 +50,39 @@ class State:
     def executor_options(self) -> dict[str, Any]:
         """Extra ``AsyncExecutor`` options: the CLI records transitions itself, so no journal."""
         return {"state_path": None}
+
+    # -------------------------------------------------------------- this instance
+
+    async def register(self) -> None:
+        """Record this CLI process in the journal (committed), so a later run can tell it died."""
+        pid = os.getpid()
+        await self.journal.register_executor(
+            self.executor_id, pid=pid, proc_start=proc_start_ticks(pid), supervisor_socket=None
+        )
+
+    async def unregister(self) -> None:
+        """This CLI ends cleanly: none of its tasks is left running."""
+        await self.journal.forget_executor(self.executor_id)
+
+    async def leftovers(self) -> Leftovers:
+        """What killed CLI processes left in this journal (their unfinished rows, their tasks
+        still running); rows whose tasks are gone are recorded as failed now."""
+        dead = dead_instances(await self.journal.executors(), self.executor_id)
+        rows = []
+        if dead:
+            rows = [row for row in await self.journal.unfinished() if row.executor_id in dead]
+        left = Leftovers(self.marker_path, dead, rows)
+        await self.settle(left)
+        return left
+
+    async def settle(self, left: Leftovers) -> None:
+        """Record the leftovers whose tasks ended; forget dead instances with nothing left."""
+        for info in left.settled():
+            self.finished(info)
+        for executor_id in left.gone():
+            del left.dead[executor_id]
+            await self.journal.forget_executor(executor_id)
+        await self.journal.flush()
 
     # -------------------------------------------------------------- transitions
 
