@@ -30,7 +30,7 @@ import attrs
 import orjson
 
 from ._engine import Engine
-from ._journal import Journal, JournalRow, same_process
+from ._journal import Journal, JournalRow, failed_info, same_process
 from ._records import FailureReason, TaskInfo, TaskSpec, TaskState
 from ._supervisor import AttachedSupervisor, Message
 
@@ -200,20 +200,6 @@ def redelivered_info(row: JournalRow) -> TaskInfo:
         detail=row.detail,
         try_number=row.try_number,
         redelivered=True,
-    )
-
-
-def failed_info(row: JournalRow, reason: FailureReason | None, detail: str) -> TaskInfo:
-    return TaskInfo(
-        key=row.key,
-        state=TaskState.FAILED,
-        pid=row.pid,
-        started_at=row.started_at,
-        ended_at=time.time(),
-        log_path=row.log_path,
-        reason=reason,
-        detail=detail,
-        try_number=row.try_number,
     )
 
 

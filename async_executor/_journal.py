@@ -71,7 +71,7 @@ import attrs
 import orjson
 
 from ._exceptions import AsyncExecutorError
-from ._records import TaskInfo, TaskSpec
+from ._records import FailureReason, TaskInfo, TaskSpec, TaskState
 from ._spawn import proc_start_ticks
 from ._validation import check_key, plain_key
 
@@ -200,6 +200,21 @@ def same_process(pid: int | None, proc_start: int | None) -> bool:
     if pid is None or proc_start is None or pid <= 0:
         return False
     return proc_start_ticks(pid) == proc_start
+
+
+def failed_info(row: JournalRow, reason: FailureReason | None, detail: str) -> TaskInfo:
+    """A failed outcome, ended now, for a row whose task left no exit status (``detail`` says why)."""
+    return TaskInfo(
+        key=row.key,
+        state=TaskState.FAILED,
+        pid=row.pid,
+        started_at=row.started_at,
+        ended_at=time.time(),
+        log_path=row.log_path,
+        reason=reason,
+        detail=detail,
+        try_number=row.try_number,
+    )
 
 
 def _key_json(key: Any) -> str:

@@ -722,6 +722,24 @@ def test_resume_reads_the_whole_pipe_first(tmp_path: Path) -> None:
     assert resumed.stdout == ""  # "echo a" already succeeded: only line 2 ran
 
 
+def _terminal_output(pid: int, fd: int, timeout: float = 120) -> tuple[int, str]:
+    """Everything the CLI at ``pid`` wrote on its pseudo-terminal ``fd`` (escapes removed), and
+    its exit code."""
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # EIO: the terminal's other side is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), ANSI.sub("", b"".join(chunks).decode("utf-8", "replace"))
+
+
 def test_live_display_while_reading_a_pipe(tmp_path: Path) -> None:
     import pty
 
@@ -738,19 +756,8 @@ def test_live_display_while_reading_a_pipe(tmp_path: Path) -> None:
         os.close(writer)
         os.dup2(reader, 0)
         os.execve(CLI[0], [*CLI, "run", "-j", "2", "-"], {**_env(tmp_path), "TERM": "xterm-256color"})
-    chunks = []
-    while True:
-        try:
-            data = os.read(fd, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
-    screen = ANSI.sub("", b"".join(chunks).decode("utf-8", "replace"))
-    assert os.waitstatus_to_exitcode(status) == 0, screen
+    code, screen = _terminal_output(pid, fd)
+    assert code == 0, screen
     assert "reading input" in screen  # while the pipe was open
     assert "done 2" in screen and "one" in screen and "two" in screen
 
@@ -771,20 +778,8 @@ def test_live_progress_on_a_terminal(tmp_path: Path) -> None:
         os.chdir(tmp_path)
         os.execve(CLI[0], [*CLI, "run", "-j", "4", str(path)], {**_env(tmp_path), "TERM": "xterm-256color"})
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 140, 0, 0))
-    chunks = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            data = os.read(fd, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
-    screen = ANSI.sub("", b"".join(chunks).decode("utf-8", "replace"))
-    assert os.waitstatus_to_exitcode(status) == 1
+    code, screen = _terminal_output(pid, fd)
+    assert code == 1, screen
     assert "done 40" in screen and "failed 2" in screen  # the live counters at the end
     assert re.search(r"running \d+\s+queued \d+", screen)
     assert "ETA" in screen and "/s" in screen

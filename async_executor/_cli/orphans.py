@@ -17,11 +17,10 @@ runs again if the run asks for it. Only instances registered in the journal and 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterable
 
-from .._journal import JournalRow, same_process
-from .._records import TaskInfo, TaskState
+from .._journal import JournalRow, failed_info, same_process
+from .._records import TaskInfo
 
 #: The marker variables every CLI task gets.
 STATE_VAR = "ASYNC_EXECUTOR_STATE"
@@ -85,16 +84,7 @@ def dead_instances(executors: Iterable[dict[str, object]], me: str) -> dict[str,
 def lost_info(row: JournalRow, pid: int | None) -> TaskInfo:
     """The outcome recorded for a task whose CLI died while it ran."""
     who = f"async-executor (pid {pid})" if pid else "async-executor"
-    return TaskInfo(
-        key=row.key,
-        state=TaskState.FAILED,
-        pid=row.pid,
-        started_at=row.started_at,
-        ended_at=time.time(),
-        log_path=row.log_path,
-        detail=f"its {who} was killed while it ran: no exit status was recorded",
-        try_number=row.try_number,
-    )
+    return failed_info(row, None, f"its {who} was killed while it ran: no exit status was recorded")
 
 
 class Leftovers:
