@@ -148,7 +148,6 @@ class Runner:
         self.signals: list[int] = []
         self.ex: AsyncExecutor | None = None
         self.joblog: JobLog | None = None
-        self.total = 0
         self._terminating: asyncio.Task[None] | None = None
         #: Tries submitted and not ended yet.
         self._in_flight = 0
@@ -165,10 +164,9 @@ class Runner:
         self._next = 0
         #: Lines not tried yet, in input order.
         self._fresh: collections.deque[Job] = collections.deque()
-        #: Streamed input: the reader, and whether more lines may still come.
+        #: Streamed input: the reader (``counters.input_open``: more lines may still come).
         self._reader: StreamReader | None = None
         self._splitter = LineSplitter()
-        self._input_open = False
         #: Why the streamed input was rejected (a line that cannot be split, a read error).
         self.input_error: str | None = None
 
@@ -177,7 +175,6 @@ class Runner:
     async def go(self, todo: list[Job], last_tries: dict[str, int]) -> int:
         cfg = self.cfg
         self.tries = dict(last_tries)
-        self.total = len(todo)
         self._order = {job.seq: index for index, job in enumerate(todo)}
         self._fresh.extend(todo)
         if cfg.joblog:
@@ -254,7 +251,7 @@ class Runner:
                 self._reader.resume()
             if self._error is not None:
                 raise self._error
-            more = fresh or self._held or (self._input_open and self._reader is not None)
+            more = fresh or self._held or self.counters.input_open
             if not (self._in_flight or self._backoff or self._due or (more and not self.stop_starting)):
                 return
             self._wakeup = loop.create_future()
@@ -312,14 +309,14 @@ class Runner:
     # ------------------------------------------------------------------ streamed input
 
     def _start_reading(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
-        self._input_open = self.counters.input_open = True
+        self.counters.input_open = True
         self._reader = StreamReader(fd, loop, self._on_input)
         self._reader.start()
 
     def _stop_reading(self) -> None:
         if self._reader is not None:
             self._reader.close()
-        self._input_open = self.counters.input_open = False
+        self.counters.input_open = False
 
     def _on_input(self, chunk: bytes, error: OSError | None) -> None:
         """A chunk of streamed input (``b""``: its end): start its lines (a callback on the loop)."""
@@ -332,7 +329,6 @@ class Runner:
                 if job is not None:
                     self._order[job.seq] = job.seq - 1
                     self._fresh.append(job)
-                    self.total += 1
                     self.counters.total += 1
             if error is not None:
                 reason = error.strerror or error
@@ -492,7 +488,7 @@ class Runner:
         if self.halted is not None or policy.never:
             return
         c = self.counters
-        if not policy.triggered(failed=c.failed, succeeded=c.succeeded, total=self.total):
+        if not policy.triggered(failed=c.failed, succeeded=c.succeeded, total=c.total):
             return
         self.halted = policy
         self._stop_starting()
