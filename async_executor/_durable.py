@@ -15,7 +15,8 @@ at-least-once, so a crash between the journal's commit and the caller's own book
 cannot lose an outcome.
 
 Rows of executors that are still alive (two executors sharing one state file) are left
-alone; their running keys are refused here, so no task runs twice.
+alone; their running keys are refused here, so no task runs twice. Rows of ``async-executor run``
+processes (which share the default state file) are never touched: the CLI settles its own.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import attrs
 import orjson
 
 from ._engine import Engine
-from ._journal import Journal, JournalRow, failed_info, same_process
+from ._journal import Journal, JournalRow, failed_info, is_cli_executor, same_process
 from ._records import FailureReason, TaskInfo, TaskSpec, TaskState
 from ._supervisor import AttachedSupervisor, Message
 
@@ -222,14 +223,19 @@ async def recover(
     ``on_late_exit`` receives adoptable tasks that exit before anyone adopts them.
     """
     recovery = Recovery()
-    executors = {e["executor_id"]: e for e in await journal.executors()}
+    # The CLI's processes share the file (same default path) and sort out their own leftovers
+    # (see _cli/orphans.py): their rows and registrations are not ours to deliver or settle.
+    registered = await journal.executors()
+    executors = {e["executor_id"]: e for e in registered if not is_cli_executor(e["executor_id"])}
     by_executor: dict[str, list[JournalRow]] = {}
     for row in await journal.unfinished(exclude_executor=executor_id):
-        by_executor.setdefault(row.executor_id, []).append(row)
+        if not is_cli_executor(row.executor_id):
+            by_executor.setdefault(row.executor_id, []).append(row)
     unreported: dict[str, list[JournalRow]] = {}
     for row in await journal.unreported(exclude_executor=executor_id):
-        unreported.setdefault(row.executor_id, []).append(row)
-        by_executor.setdefault(row.executor_id, [])
+        if not is_cli_executor(row.executor_id):
+            unreported.setdefault(row.executor_id, []).append(row)
+            by_executor.setdefault(row.executor_id, [])
     # Executors that died with tasks the journal never heard of (spawned within the last
     # commit interval) still left a spawn record in their exits file.
     for old_id in executors:

@@ -28,7 +28,12 @@ pending and is retried with back-off; ``flush()`` reports the failure as ``Journ
   for the same ``(key, try_number)`` starts it afresh.
 - ``finished()`` marks the row *unreported* (``reported = 0``); ``reported()`` marks it reported
   once the caller has confirmed the outcome. A later executor delivers the unreported outcomes of
-  a dead one again (at-least-once delivery; see ``_durable``).
+  a dead one again (at-least-once delivery; see ``_durable``). A writer that handles each outcome
+  itself as it records it (the CLI) passes ``finished(..., reported=True)``.
+- Executor ids that start with ``CLI_EXECUTOR_PREFIX`` are ``async-executor run`` processes. The
+  CLI and ``AsyncExecutor`` may share a journal file (their default paths are the same), and each
+  recovers only what its own kind left: an executor never delivers, adopts or settles a CLI's
+  rows, and the CLI never touches an executor's.
 - ``prune()`` deletes finished, reported rows only (older than ``keep_seconds``, and beyond the
   newest ``keep_tasks``), of every executor; unfinished and unreported rows are never pruned. It
   runs by itself after opening and every ``PRUNE_EVERY`` finished rows.
@@ -48,7 +53,8 @@ reaches the pending list, the database or its WAL.
 file as ours. Opening applies the steps of ``MIGRATIONS`` in order, in one transaction, from the
 file's version up to ``Journal.SCHEMA_VERSION`` (a new file runs them all). Version 1 was the first
 layout (tasks only); version 2 added the ``run`` column and the ``executors`` registry; version 3
-the ``reported`` column (rows from before count as reported). A file
+the ``reported`` column (rows from before count as reported); version 4 marks the CLI's finished
+rows reported (earlier CLIs left them unreported, so they were never pruned). A file
 from a newer version, a file that is not a SQLite database (or not ours), a corrupt, locked or
 read-only file, or a directory that cannot be created all raise ``JournalError`` from ``open()``,
 after at most ``LOCK_TIMEOUT`` seconds of waiting for a lock, never falling back to anything.
@@ -98,6 +104,14 @@ APPLICATION_ID = 0x41454A4E
 _FINISHED = ("success", "failed")
 _UNFINISHED = ("queued", "running")
 _OP_ACCEPTED, _OP_STARTED, _OP_FINISHED, _OP_REPORTED = 1, 2, 3, 4
+
+#: Executor ids of ``async-executor run`` processes start with this (see the module docstring).
+CLI_EXECUTOR_PREFIX = "cli-"
+
+
+def is_cli_executor(executor_id: str) -> bool:
+    """Whether ``executor_id`` names an ``async-executor run`` process, not an ``AsyncExecutor``."""
+    return executor_id.startswith(CLI_EXECUTOR_PREFIX)
 
 
 class JournalError(AsyncExecutorError, RuntimeError):
@@ -302,6 +316,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE tasks ADD COLUMN reported INTEGER NOT NULL DEFAULT 1",
         "CREATE INDEX tasks_unreported ON tasks (executor_id) WHERE reported = 0",
     ),
+    # 3 -> 4: the CLI handles each outcome as it records it, but wrote its rows unreported:
+    # they were never pruned, and an executor on the same file delivered them again.
+    # (A literal, as every migration must stay what it was: CLI_EXECUTOR_PREFIX.)
+    ("UPDATE tasks SET reported = 1 WHERE reported = 0 AND substr(executor_id, 1, 4) = 'cli-'",),
 )
 
 _COLUMNS = (
@@ -327,7 +345,7 @@ _UPDATE_STARTED = (
 _UPDATE_FINISHED = (
     "UPDATE tasks SET executor_id = ?, state = ?, pid = coalesce(?, pid), "
     "started_at = coalesce(?, started_at), log_path = coalesce(?, log_path), ended_at = ?, "
-    "returncode = ?, signal = ?, reason = ?, detail = ?, reported = 0 "
+    "returncode = ?, signal = ?, reason = ?, detail = ?, reported = ? "
     "WHERE key_json = ? AND try_number = ? AND state IN ('queued', 'running')"
 )
 _UPDATE_REPORTED = (
@@ -683,12 +701,13 @@ class Journal:
         """Record that a task's process started (state ``running``)."""
         self._push((_OP_STARTED, executor_id, key, try_number, pid, pgid, proc_start, log_path, started_at))
 
-    def finished(self, executor_id: str, info: TaskInfo) -> None:
-        """Record a task's outcome (state ``success`` / ``failed``)."""
+    def finished(self, executor_id: str, info: TaskInfo, *, reported: bool = False) -> None:
+        """Record a task's outcome (state ``success`` / ``failed``); ``reported``: the caller
+        has already handled it (no later executor delivers it again)."""
         state = info.state
         if state != "success" and state != "failed":
             raise ValueError(f"finished() needs a terminal TaskInfo, not one in state {state!r}")
-        self._push((_OP_FINISHED, executor_id, info, time.time()))
+        self._push((_OP_FINISHED, executor_id, info, time.time(), reported))
 
     def reported(self, tags: list[tuple[Any, int]]) -> None:
         """Record that the caller confirmed these outcomes (``(key, try_number)`` each): a later
@@ -968,7 +987,7 @@ class Journal:
                         )
                 else:
                     finished += 1
-                    executor_id, info, now = op[1], op[2], op[3]
+                    executor_id, info, now, reported = op[1], op[2], op[3], int(op[4])
                     state = str(info.state.value if hasattr(info.state, "value") else info.state)
                     reason = None if info.reason is None else str(getattr(info.reason, "value", info.reason))
                     ended_at = info.ended_at if info.ended_at is not None else now
@@ -987,7 +1006,7 @@ class Journal:
                         row[_I_SIGNAL] = info.signal
                         row[_I_REASON] = reason
                         row[_I_DETAIL] = info.detail
-                        row[_I_REPORTED] = 0
+                        row[_I_REPORTED] = reported
                     else:
                         segment.finished[row_id] = (
                             executor_id,
@@ -1000,6 +1019,7 @@ class Journal:
                             info.signal,
                             reason,
                             info.detail,
+                            reported,
                             *row_id,
                         )
             except Exception:

@@ -849,3 +849,78 @@ def test_a_closed_stdout_does_not_stop_the_run(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert len(_ran(tmp_path)) == 50
     assert {r["state"] for r in status_rows(tmp_path, "jobs").values()} == {"success"}
+
+
+# --------------------------------------------------------------------------- the CLI and AsyncExecutor on one journal
+
+
+def _executor_events(tmp_path: Path) -> dict[object, object]:
+    """What an ``AsyncExecutor`` on the CLI's journal (the default path for both) delivers at start."""
+    from async_executor import AsyncExecutor
+
+    ex = AsyncExecutor(parallelism=2, state_path=tmp_path / "home" / "journal.sqlite")
+    ex.start()
+    try:
+        ex.sync()
+        return dict(ex.get_event_buffer())
+    finally:
+        ex.end()
+
+
+def test_an_executor_on_the_clis_journal_delivers_none_of_its_outcomes(tmp_path: Path) -> None:
+    result = ae(tmp_path, "run", str(jobfile(tmp_path, ["true", "false"])))
+    assert result.returncode == 1, result.stderr
+    # the CLI handled each outcome as it recorded it: reported, so prunable and never redelivered
+    assert _journal_rows(tmp_path, "SELECT state, reported FROM tasks ORDER BY state") == [
+        ("failed", 1),
+        ("success", 1),
+    ]
+    assert _executor_events(tmp_path) == {}
+
+
+def test_an_executor_leaves_a_killed_clis_tasks_to_the_next_cli(tmp_path: Path) -> None:
+    path = jobfile(tmp_path, [_GATED.format(n=n) for n in range(2)])
+    first = _start(tmp_path, "run", "-j", "2", str(path))
+    _wait_lines(tmp_path / "pids", 2, first)
+    _wait_journaled(tmp_path, "jobs", 2)
+    first.kill()
+    first.communicate(timeout=60)
+    assert _executor_events(tmp_path) == {}  # neither delivered as lost nor settled
+    assert {r["state"] for r in status_rows(tmp_path, "jobs").values()} == {"running"}
+    with _start(tmp_path, "run", "--resume", "-j", "2", str(path)) as resumed:
+        _read_until(resumed, "still runs from an async-executor that was killed", count=2)
+        (tmp_path / "release").touch()
+        assert resumed.wait(timeout=60) == 0
+    assert sorted((tmp_path / "done").read_text().split()) == ["0", "0", "1", "1"]
+
+
+# --------------------------------------------------------------------------- one process per run
+
+
+def test_a_run_already_running_elsewhere_is_refused_other_runs_are_not(tmp_path: Path) -> None:
+    path = jobfile(tmp_path, [_GATED.format(n=n) for n in range(3)])
+    with _start(tmp_path, "run", "-j", "2", str(path)) as first:
+        _wait_lines(tmp_path / "pids", 2, first)
+        for args in (("--resume",), ("--retry-failed",), ()):
+            second = ae(tmp_path, "run", "--timeout", "20", *args, str(path))  # ends, were it not refused
+            assert second.returncode == 2, second.stderr
+            assert "run 'jobs' is already being run" in second.stderr
+            assert f"pid {first.pid}" in second.stderr and "--run NAME" in second.stderr
+        assert len(_read(tmp_path / "pids").split()) == 2  # the refused runs started nothing
+        other = ae(tmp_path, "run", "--run", "other", str(jobfile(tmp_path, ["true"], "other.txt")))
+        assert other.returncode == 0, other.stderr  # another run of the same journal goes ahead
+        (tmp_path / "release").touch()
+        assert first.wait(timeout=60) == 0
+    assert ae(tmp_path, "run", "--resume", str(path)).returncode == 0  # free again once it ended
+    assert sorted(_read(tmp_path / "done").split()) == ["0", "1", "2"]
+
+
+def test_a_killed_run_does_not_hold_its_lock(tmp_path: Path) -> None:
+    path = jobfile(tmp_path, ["sh -c 'echo $$ >> pids; exec sleep 60'"])
+    first = _start(tmp_path, "run", str(path))
+    (pid,) = _wait_lines(tmp_path / "pids", 1, first)
+    first.kill()
+    first.communicate(timeout=60)
+    os.killpg(int(pid), signal.SIGKILL)  # its task too, so the next run need not wait for it
+    resumed = ae(tmp_path, "run", str(jobfile(tmp_path, ["true"])))  # the same run name: jobs
+    assert resumed.returncode == 0, resumed.stderr

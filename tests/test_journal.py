@@ -468,12 +468,44 @@ async def test_migrates_a_version_1_database(db: Path) -> None:
         assert (await j.row("new")).run == "r2"  # type: ignore[union-attr]
         assert [r.run for r in await j.runs()] == ["r2"]
     with sqlite3.connect(db) as con:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == Journal.SCHEMA_VERSION == 3
+        assert con.execute("PRAGMA user_version").fetchone()[0] == Journal.SCHEMA_VERSION == 4
         names = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
         assert {"tasks", "executors", "tasks_run", "tasks_unreported", "meta"} <= names
         # the old finished row (pruned at open by age, if not): taken as reported
         assert con.execute("SELECT count(*) FROM tasks WHERE reported = 0").fetchone()[0] == 0
     con.close()
+
+
+async def test_version_4_marks_the_clis_old_unreported_rows_reported(db: Path) -> None:
+    """CLIs before version 4 left their outcomes unreported: never pruned, and delivered again
+    by an executor on the same file. The migration marks them reported; other rows keep theirs."""
+    async with opened(db) as j:
+        for executor_id, key in (("cli-123-abcd", "jobs:1:aa"), ("ex-1", "mine")):
+            j.accepted(executor_id, spec(key), run="jobs", accepted_at=time.time())
+            j.finished(executor_id, info(key))
+        j.finished("cli-123-abcd", info("jobs:2:bb"), reported=True)
+        await j.flush()
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE tasks SET reported = 0")
+        con.execute("PRAGMA user_version = 3")
+    con.close()
+    async with opened(db) as j:
+        assert [r.key for r in await j.unreported()] == ["mine"]
+        assert (await j.row("jobs:1:aa")).reported  # type: ignore[union-attr]
+
+
+async def test_finished_reported_writes_the_row_reported(db: Path) -> None:
+    async with opened(db) as j:
+        j.accepted("cli-1-x", spec("merged"), accepted_at=time.time())
+        j.finished("cli-1-x", info("merged"), reported=True)  # merged into the insert
+        j.accepted("cli-1-x", spec("updated"), accepted_at=time.time())
+        await j.flush()
+        j.finished("cli-1-x", info("updated"), reported=True)  # an update of the queued row
+        j.accepted("cli-1-x", spec("plain"), accepted_at=time.time())
+        j.finished("cli-1-x", info("plain"))
+        await j.flush()
+        assert [r.key for r in await j.unreported()] == ["plain"]
+        assert (await j.row("updated")).state == "success"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("kind", ["empty-file", "empty-database"])

@@ -39,12 +39,19 @@ _EXIT_CODES = """\b
 Exit codes:
   0      every line that ran succeeded
   1      one or more lines failed
-  2      bad usage or bad input; nothing was started (from a pipe:
+  2      bad usage or bad input, or the run is already running in
+         another async-executor; nothing was started (from a pipe:
          the lines before the bad one ran, nothing from it on)
   3      stopped by a --halt policy on failures
   130    interrupted by Ctrl-C (128 + signal number; 143 for SIGTERM)
   255    internal error
 """
+
+
+class _Busy(click.ClickException):
+    """The run is held by another live ``async-executor run`` (see ``runlock.py``): exit code 2."""
+
+    exit_code = 2
 
 
 class JobsType(_IntParam):
@@ -280,6 +287,7 @@ def run(
         raise click.BadParameter(
             f"{name!r}: a run name must be non-empty and contain no ':'", param_hint="--run"
         )
+    from .runlock import RunBusyError, RunLock
     from .runner import RunConfig, run_batch
     from .state import make_log_dir
 
@@ -303,7 +311,17 @@ def run(
         stream_fd=0 if stream else None,
         parser=JobParser(shell=shell, source=source) if stream else None,
     )
-    code = _run_async(run_batch, cfg)
+    lock = RunLock(state, name)
+    try:
+        lock.acquire()
+    except RunBusyError as exc:
+        raise _Busy(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot lock run {name!r} ({lock.path}): {exc.strerror or exc}") from None
+    try:
+        code = _run_async(run_batch, cfg)
+    finally:
+        lock.release()
     sys.exit(code)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from .._journal import JournalRow, failed_info, same_process
+from .._journal import JournalRow, failed_info, is_cli_executor, same_process
 from .._records import TaskInfo
 
 #: The marker variables every CLI task gets.
@@ -30,9 +30,6 @@ TRY_VAR = "ASYNC_EXECUTOR_TRY"
 
 #: Seconds between two looks for the marked processes of lines that wait for them.
 RESCAN_INTERVAL = 0.5
-
-#: The prefix of a CLI instance's id (``cli-PID-RANDOM``) in the journal's executor registry.
-CLI_ID_PREFIX = "cli-"
 
 
 def task_env(state_path: str, executor_id: str, key: str, try_number: int) -> dict[str, str]:
@@ -72,7 +69,7 @@ def dead_instances(executors: Iterable[dict[str, object]], me: str) -> dict[str,
     dead: dict[str, int | None] = {}
     for entry in executors:
         executor_id = str(entry["executor_id"])
-        if executor_id == me or not executor_id.startswith(CLI_ID_PREFIX):
+        if executor_id == me or not is_cli_executor(executor_id):
             continue
         pid, proc_start = entry.get("pid"), entry.get("proc_start")
         pid = pid if isinstance(pid, int) else None

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _logs
-from .._journal import Journal, JournalRow, RunSummary
+from .._journal import CLI_EXECUTOR_PREFIX, Journal, JournalRow, RunSummary
 from .._records import TaskInfo, TaskSpec
 from .._spawn import proc_start_ticks
 from .orphans import Leftovers, dead_instances
@@ -38,7 +38,7 @@ class State:
         self.path = os.fspath(path)
         #: The journal's path as the tasks' markers name it (see ``orphans.py``).
         self.marker_path = os.path.realpath(self.path)
-        self.executor_id = f"cli-{os.getpid()}-{os.urandom(4).hex()}"
+        self.executor_id = f"{CLI_EXECUTOR_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
         self.journal = Journal(self.path)
 
     async def open(self) -> None:
@@ -105,7 +105,9 @@ class State:
         )
 
     def finished(self, info: TaskInfo) -> None:
-        self.journal.finished(self.executor_id, info)
+        # Reported at once: the CLI shows and counts each outcome as it records it, so no
+        # later reader delivers it again, and retention may prune the row.
+        self.journal.finished(self.executor_id, info, reported=True)
 
     async def flush(self) -> None:
         await self.journal.flush()
