@@ -924,3 +924,21 @@ def test_a_killed_run_does_not_hold_its_lock(tmp_path: Path) -> None:
     os.killpg(int(pid), signal.SIGKILL)  # its task too, so the next run need not wait for it
     resumed = ae(tmp_path, "run", str(jobfile(tmp_path, ["true"])))  # the same run name: jobs
     assert resumed.returncode == 0, resumed.stderr
+
+
+def test_a_second_default_stdin_run_takes_the_next_free_name(tmp_path: Path) -> None:
+    """Two pipelines into ``run -`` at once (a job queue each) both run, as with GNU parallel."""
+    with _start(tmp_path, "run", "-", stdin=subprocess.PIPE) as first:
+        assert first.stdin is not None
+        first.stdin.write(_GATED.format(n=0) + "\n")
+        first.stdin.flush()
+        _wait_lines(tmp_path / "pids", 1, first)
+        second = ae(tmp_path, "run", "-", stdin="true\n")
+        assert second.returncode == 0, second.stderr
+        assert "run 'stdin' is already being run" in second.stderr and "named 'stdin-2'" in second.stderr
+        resumed = ae(tmp_path, "run", "--resume", "-", stdin="true\n")  # needs 'stdin' itself: refused
+        assert resumed.returncode == 2 and "already being run" in resumed.stderr
+        first.stdin.close()
+        (tmp_path / "release").touch()
+        assert first.wait(timeout=60) == 0
+    assert set(status_rows(tmp_path, "stdin-2")) == {1}

@@ -29,7 +29,10 @@ from .jobs import Job, JobFileError, JobParser, parse_jobs
 
 __all__ = ["cli", "main"]
 
-if TYPE_CHECKING:  # click >= 8.2 types ParamType by the value it converts to
+if TYPE_CHECKING:
+    from .runlock import RunLock
+
+    # click >= 8.2 types ParamType by the value it converts to
     _IntParam = click.ParamType[int]
     _HaltParam = click.ParamType[HaltPolicy]
 else:
@@ -46,6 +49,10 @@ Exit codes:
   130    interrupted by Ctrl-C (128 + signal number; 143 for SIGTERM)
   255    internal error
 """
+
+
+#: How many other names (``stdin-2`` ...) a default-named stdin run tries when its name is held.
+MAX_RENAMES = 100
 
 
 class _Busy(click.ClickException):
@@ -287,11 +294,14 @@ def run(
         raise click.BadParameter(
             f"{name!r}: a run name must be non-empty and contain no ':'", param_hint="--run"
         )
-    from .runlock import RunBusyError, RunLock
     from .runner import RunConfig, run_batch
     from .state import make_log_dir
 
     state = _state_path(state_path)
+    # A default-named run from stdin that needs no earlier rows takes the next free name, so two
+    # pipelines (`tail -f queue | async-executor run -` twice) run side by side, as with parallel.
+    renames = run_name is None and jobfile == "-" and not resume and not retry_failed
+    lock, name = _lock_run(state, name, renames)
     cfg = RunConfig(
         jobs=jobs,
         run=name,
@@ -311,18 +321,36 @@ def run(
         stream_fd=0 if stream else None,
         parser=JobParser(shell=shell, source=source) if stream else None,
     )
-    lock = RunLock(state, name)
-    try:
-        lock.acquire()
-    except RunBusyError as exc:
-        raise _Busy(str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot lock run {name!r} ({lock.path}): {exc.strerror or exc}") from None
     try:
         code = _run_async(run_batch, cfg)
     finally:
         lock.release()
     sys.exit(code)
+
+
+def _lock_run(state: str, name: str, renames: bool) -> tuple[RunLock, str]:
+    """Hold run ``name`` of the journal (see ``runlock.py``); if another process holds it, exit 2,
+    or with ``renames`` take the first free ``NAME-2``, ``NAME-3``, ... instead."""
+    from .runlock import RunBusyError, RunLock
+
+    first: RunBusyError | None = None
+    for n in range(1, MAX_RENAMES + 1 if renames else 2):
+        candidate = name if n == 1 else f"{name}-{n}"
+        lock = RunLock(state, candidate)
+        try:
+            lock.acquire()
+        except RunBusyError as exc:
+            first = first or exc
+            continue
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot lock run {candidate!r} ({lock.path}): {exc.strerror or exc}"
+            ) from None
+        if first is not None:
+            click.echo(f"async-executor: {first}. This run is named {candidate!r}.", err=True)
+        return lock, candidate
+    assert first is not None
+    raise _Busy(str(first))
 
 
 @cli.command()
