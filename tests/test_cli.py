@@ -563,13 +563,20 @@ def _wait_journaled(tmp_path: Path, run: str, count: int, timeout: float = 60) -
 _GATED = "sh -c 'echo $$ >> pids; while [ ! -e release ]; do sleep 0.02; done; echo {n} >> done'"
 
 
-def test_tasks_of_a_killed_cli_are_waited_for_never_run_twice(tmp_path: Path) -> None:
-    path = jobfile(tmp_path, [_GATED.format(n=n) for n in range(3)])
-    first = _start(tmp_path, "run", "-j", "2", str(path))
-    _wait_lines(tmp_path / "pids", 2, first)
-    _wait_journaled(tmp_path, "jobs", 2)
-    first.kill()  # SIGKILL: its two running tasks run on, unwatched
+def _killed_while_running(tmp_path: Path, lines: int, running: int = 2) -> Path:
+    """A gated job file of ``lines`` lines whose CLI (``-j running``) was SIGKILLed while
+    ``running`` of its tasks ran (and were journaled): they run on, unwatched."""
+    path = jobfile(tmp_path, [_GATED.format(n=n) for n in range(lines)])
+    first = _start(tmp_path, "run", "-j", str(running), str(path))
+    _wait_lines(tmp_path / "pids", running, first)
+    _wait_journaled(tmp_path, "jobs", running)
+    first.kill()
     first.communicate(timeout=60)
+    return path
+
+
+def test_tasks_of_a_killed_cli_are_waited_for_never_run_twice(tmp_path: Path) -> None:
+    path = _killed_while_running(tmp_path, 3)
     assert {r["state"] for r in status_rows(tmp_path, "jobs").values()} == {"running"}
     with _start(tmp_path, "run", "--resume", "-j", "3", str(path)) as resumed:
         note = _read_until(resumed, "still runs from an async-executor that was killed", count=2)
@@ -593,12 +600,7 @@ def test_tasks_of_a_killed_cli_are_waited_for_never_run_twice(tmp_path: Path) ->
 
 
 def test_rows_a_killed_cli_left_running_are_closed_by_the_next_run(tmp_path: Path) -> None:
-    path = jobfile(tmp_path, [_GATED.format(n=n) for n in range(2)])
-    first = _start(tmp_path, "run", "-j", "2", str(path))
-    _wait_lines(tmp_path / "pids", 2, first)
-    _wait_journaled(tmp_path, "jobs", 2)
-    first.kill()
-    first.communicate(timeout=60)
+    path = _killed_while_running(tmp_path, 2)
     (tmp_path / "release").touch()
     deadline = time.monotonic() + 60
     while len(_read(tmp_path / "done").split()) < 2:  # the orphans end; nobody records it
@@ -879,12 +881,7 @@ def test_an_executor_on_the_clis_journal_delivers_none_of_its_outcomes(tmp_path:
 
 
 def test_an_executor_leaves_a_killed_clis_tasks_to_the_next_cli(tmp_path: Path) -> None:
-    path = jobfile(tmp_path, [_GATED.format(n=n) for n in range(2)])
-    first = _start(tmp_path, "run", "-j", "2", str(path))
-    _wait_lines(tmp_path / "pids", 2, first)
-    _wait_journaled(tmp_path, "jobs", 2)
-    first.kill()
-    first.communicate(timeout=60)
+    path = _killed_while_running(tmp_path, 2)
     assert _executor_events(tmp_path) == {}  # neither delivered as lost nor settled
     assert {r["state"] for r in status_rows(tmp_path, "jobs").values()} == {"running"}
     with _start(tmp_path, "run", "--resume", "-j", "2", str(path)) as resumed:
