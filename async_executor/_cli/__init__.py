@@ -347,7 +347,7 @@ def _lock_run(state: str, name: str, renames: bool) -> tuple[RunLock, str]:
                 f"cannot lock run {candidate!r} ({lock.path}): {exc.strerror or exc}"
             ) from None
         if first is not None:
-            click.echo(f"async-executor: {first}. This run is named {candidate!r}.", err=True)
+            click.echo(f"async-executor: {first.held}; this run is named {candidate!r}", err=True)
         return lock, candidate
     assert first is not None
     raise _Busy(str(first))

@@ -24,9 +24,11 @@ class RunBusyError(Exception):
 
     def __init__(self, run: str, holder: int | None, journal: str) -> None:
         who = f"another async-executor (pid {holder})" if holder else "another async-executor"
+        #: What holds it: "run 'X' is already being run by ... on journal ...".
+        self.held = f"run {run!r} is already being run by {who} on journal {journal}"
         super().__init__(
-            f"run {run!r} is already being run by {who} on journal {journal}; nothing was started."
-            " Wait for it to end, or give this run another name with --run NAME"
+            f"{self.held}; nothing was started. Wait for it to end, or give this run another name"
+            " with --run NAME"
         )
         self.run = run
         self.holder = holder
