@@ -78,6 +78,7 @@ import aiosqlite
 import attrs
 import orjson
 
+from . import _logs
 from ._exceptions import AsyncExecutorError
 from ._records import FailureReason, TaskInfo, TaskSpec, TaskState
 from ._spawn import proc_start_ticks
@@ -449,6 +450,7 @@ class Journal:
                 "dropped",
                 "write_errors",
                 "pruned",
+                "logs_removed",
                 "prunes",
             ),
             0,
@@ -1207,6 +1209,7 @@ class Journal:
     async def _prune(self, *, closing_ok: bool = False) -> int:
         db, lock = self._require_open(closing_ok=closing_ok)
         deleted = 0
+        logs: list[tuple[str, float]] = []  # the pruned rows' log files, removed after commit
         try:
             if self.keep_seconds is not None:
                 cutoff = time.time() - self.keep_seconds
@@ -1214,6 +1217,7 @@ class Journal:
                     count = await self._delete_chunk(
                         db,
                         lock,
+                        logs,
                         "SELECT key_json, try_number FROM tasks WHERE state IN ('success', 'failed') "
                         "AND reported = 1 AND ended_at < ? ORDER BY ended_at LIMIT ?",
                         (cutoff, self.PRUNE_CHUNK),
@@ -1235,6 +1239,7 @@ class Journal:
                     deleted += await self._delete_chunk(
                         db,
                         lock,
+                        logs,
                         "SELECT key_json, try_number FROM tasks WHERE state IN ('success', 'failed') "
                         "AND reported = 1 ORDER BY ended_at LIMIT ?",
                         (excess,),
@@ -1251,6 +1256,9 @@ class Journal:
                     )
         except sqlite3.Error as exc:
             raise self._error(exc, "cannot prune") from exc
+        finally:
+            if logs:  # off the loop: thousands of unlinks
+                self._stats["logs_removed"] += await asyncio.to_thread(_logs.remove_logs, logs)
         if deleted:
             self._stats["pruned"] += deleted
             logger.info("journal %s: pruned %d finished task row(s)", self.path, deleted)
@@ -1259,11 +1267,22 @@ class Journal:
 
     @staticmethod
     async def _delete_chunk(
-        db: aiosqlite.Connection, lock: asyncio.Lock, select: str, params: tuple[Any, ...]
+        db: aiosqlite.Connection,
+        lock: asyncio.Lock,
+        logs: list[tuple[str, float]],
+        select: str,
+        params: tuple[Any, ...],
     ) -> int:
+        """Delete the rows ``select`` picks (``key_json, try_number``) in one transaction and
+        add the log files they name to ``logs``; returns how many rows."""
         async with lock:
             await db.execute("BEGIN IMMEDIATE")
             try:
+                named = await db.execute_fetchall(
+                    "SELECT key_json, try_number, log_path, ended_at FROM tasks "  # noqa: S608
+                    f"WHERE (key_json, try_number) IN ({select}) AND log_path IS NOT NULL",
+                    params,
+                )
                 async with db.execute(
                     f"DELETE FROM tasks WHERE (key_json, try_number) IN ({select})",  # noqa: S608
                     params,
@@ -1274,6 +1293,11 @@ class Journal:
                 if db.in_transaction:
                     await asyncio.shield(Journal._rollback(db))
                 raise
+        logs.extend(
+            (path, ended_at)
+            for key_json, try_number, path, ended_at in named
+            if _logs.is_log_of(path, key_json, try_number)
+        )
         return int(count)
 
     # -------------------------------------------------------------- executors
@@ -1322,7 +1346,8 @@ class Journal:
     def statistics(self) -> dict[str, Any]:
         """Counters of the writer: ``appended`` / ``committed`` transitions, ``pending``,
         ``commits`` (transactions), ``rows_written`` (statement rows after merging), ``conflicts``,
-        ``missed_updates``, ``dropped``, ``write_errors``, ``pruned``, commit times, ``last_error``."""
+        ``missed_updates``, ``dropped``, ``write_errors``, ``pruned``, ``logs_removed`` (log files of
+        pruned rows), commit times, ``last_error``."""
         commits = self._stats["commits"]
         return {
             "appended": self._appended,

@@ -29,13 +29,46 @@ def default_home() -> Path:
 
 def key_slug(key: object) -> str:
     """A file-name-safe, collision-free name for a task key (readable prefix + hash)."""
-    import hashlib  # here: the supervisor, which imports this module, never needs OpenSSL
-
-    blob = orjson.dumps(plain_key(key))
-    digest = hashlib.blake2b(blob, digest_size=6).hexdigest()
+    digest = _digest(orjson.dumps(plain_key(key)))
     parts = key if isinstance(key, tuple) else (key,)
     readable = _UNSAFE.sub("_", "__".join(str(p) for p in parts)).strip("._")[:80]
     return f"{readable}.{digest}" if readable else digest
+
+
+def _digest(key_json: bytes) -> str:
+    import hashlib  # here: the supervisor, which imports this module, never needs OpenSSL
+
+    return hashlib.blake2b(key_json, digest_size=6).hexdigest()
+
+
+def is_log_of(path: str, key_json: str, try_number: int) -> bool:
+    """Whether ``path`` has the name ``log_path`` gives the key (as its JSON) and try: the
+    only files retention removes."""
+    tail = f"{_digest(key_json.encode())}.{try_number}.log"
+    name = os.path.basename(path)
+    return name == tail or name.endswith(f".{tail}")
+
+
+#: A log modified this long after its task ended belongs to a newer task of the same key and
+#: try (a reused key), so retention leaves it.
+_REUSED_AFTER = 1.0
+
+
+def remove_logs(logs: list[tuple[str, float]]) -> int:
+    """Remove pruned tasks' log files (``(path, ended_at)`` each, named as ``is_log_of``
+    checked); a file written after its task ended, or missing, is left. Returns the count."""
+    removed = 0
+    for path, ended_at in logs:
+        try:
+            if os.stat(path).st_mtime > ended_at + _REUSED_AFTER:
+                continue
+            os.unlink(path)
+            removed += 1
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            logger.warning("cannot remove the log of a pruned task %s: %s", path, exc.strerror or exc)
+    return removed
 
 
 def log_path(log_dir: str, key: object, try_number: int) -> str:

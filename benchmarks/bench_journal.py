@@ -9,7 +9,9 @@ and ``finished()`` (a ``TaskInfo`` with return code and times). No subprocess ru
 the journal alone.
 
 * **size**: the database file after N (default 100,000) finished tasks with retention off (the
-  WAL is checkpointed into it at ``close()``), bytes per task, and how long ``open()`` takes on it.
+  WAL is checkpointed into it at ``close()``), bytes per task, how long ``open()`` takes on it,
+  and retention at that size (every outcome marked delivered): a ``prune()`` with nothing due
+  (what runs at open and every 1,000 outcomes) and one that deletes 1,000 rows.
 * **writer throughput**, in tasks/s and transitions/s, from the first write call until ``flush()``
   returns (so it includes every commit):
 
@@ -249,6 +251,10 @@ async def _measure_size(path: str, tasks: int) -> dict[str, Any]:
     size = os.path.getsize(path)
     wal = path + "-wal"
     wal_size = os.path.getsize(wal) if os.path.exists(wal) else 0
+    db = sqlite3.connect(path)
+    with db:  # every outcome delivered, as a running executor leaves them: all prunable
+        db.execute("UPDATE tasks SET reported = 1")
+    db.close()
     reopen = Journal(path, keep_seconds=None, keep_tasks=None)
     with Stopwatch() as sw_open:
         await reopen.open()
@@ -256,6 +262,13 @@ async def _measure_size(path: str, tasks: int) -> dict[str, Any]:
         latest = await reopen.latest(run=RUN)
     with Stopwatch() as sw_unfinished:
         await reopen.unfinished()
+    reopen.keep_tasks = tasks  # retention at the cap: what runs every 1,000 outcomes
+    with Stopwatch() as sw_prune_none:
+        await reopen.prune()
+    reopen.keep_tasks = tasks - 1000
+    with Stopwatch() as sw_prune_1000:
+        pruned = await reopen.prune()
+    assert pruned == 1000, pruned
     await reopen.close()
     db = sqlite3.connect(path)
     with Stopwatch() as sw_check:
@@ -275,10 +288,24 @@ async def _measure_size(path: str, tasks: int) -> dict[str, Any]:
         "open_s": sw_open.elapsed,
         "latest_run_s": sw_latest.elapsed,
         "unfinished_s": sw_unfinished.elapsed,
+        "prune_nothing_due_s": sw_prune_none.elapsed,
+        "prune_1000_s": sw_prune_1000.elapsed,
         "quick_check_s": sw_check.elapsed,
         "quick_check": check,
         "record_tasks_per_s": result["tasks_per_s"],
     }
+
+
+SIZE_HEADERS = [
+    "tasks",
+    "db MB",
+    "bytes/task",
+    "open() ms",
+    "latest(run) ms",
+    "quick_check ms",
+    "prune ms (none due)",
+    "prune 1,000 ms",
+]
 
 
 def _remove(path: str) -> None:
@@ -325,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         size = _run(args.loop, lambda: _measure_size(os.path.join(tmp, "size.db"), tasks))
         print(
             format_table(
-                ["tasks", "db MB", "bytes/task", "open() ms", "latest(run) ms", "quick_check ms"],
+                SIZE_HEADERS,
                 [
                     [
                         f"{tasks:,}",
@@ -334,9 +361,11 @@ def main(argv: list[str] | None = None) -> int:
                         f"{size['open_s'] * 1000:.1f}",
                         f"{size['latest_run_s'] * 1000:.0f}",
                         f"{size['quick_check_s'] * 1000:.0f}",
+                        f"{size['prune_nothing_due_s'] * 1000:.1f}",
+                        f"{size['prune_1000_s'] * 1000:.1f}",
                     ]
                 ],
-                right={"tasks", "db MB", "bytes/task", "open() ms", "latest(run) ms", "quick_check ms"},
+                right=set(SIZE_HEADERS),
             )
         )
 

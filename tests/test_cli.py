@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -273,6 +274,23 @@ def test_silent_tasks_get_no_log_file_and_big_outputs_are_whole(tmp_path: Path) 
     silent = ae(tmp_path, "logs", "--run", "jobs", "1")
     assert (silent.returncode, silent.stdout, silent.stderr) == (0, "", "")
     assert len(ae(tmp_path, "logs", "--run", "jobs", "2").stdout) == 3_000_000
+
+
+def test_logs_go_with_the_rows_retention_prunes(tmp_path: Path) -> None:
+    """A week after a run (the journal's retention), its rows and its log files go together;
+    the newer run's logs stay."""
+    assert ae(tmp_path, "run", "--quiet", str(jobfile(tmp_path, ["echo old"], "old.txt"))).returncode == 0
+    logs = tmp_path / "home" / "logs"
+    (old_log,) = logs.iterdir()
+    week_ago = time.time() - 8 * 86400
+    con = sqlite3.connect(tmp_path / "home" / "journal.sqlite")
+    with con:
+        con.execute("UPDATE tasks SET accepted_at = ?, started_at = ?, ended_at = ?", (week_ago,) * 3)
+    con.close()
+    os.utime(old_log, (week_ago, week_ago))
+    assert ae(tmp_path, "run", "--quiet", str(jobfile(tmp_path, ["echo new"], "new.txt"))).returncode == 0
+    assert [path.read_text() for path in logs.iterdir()] == ["new\n"]
+    assert "old" not in ae(tmp_path, "status").stdout
 
 
 def test_logs_of_a_running_task(tmp_path: Path) -> None:

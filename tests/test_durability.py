@@ -322,6 +322,30 @@ def test_end_detach_leaves_tasks_for_the_next_executor(tmp_path: Path) -> None:
     assert info.returncode == 4
 
 
+def test_retention_removes_the_logs_of_the_tasks_it_prunes(tmp_path: Path) -> None:
+    """The default log directory sits beside the journal; without this it grew forever."""
+    state, logs = tmp_path / "journal.sqlite", tmp_path / "logs"
+    ex = AsyncExecutor(parallelism=1, log_dir=logs, state_path=state, retention_tasks=2)
+    ex.start()
+    try:
+        for i in range(6):  # one at a time: ended in key order, so the first four are the oldest
+            ex.queue_command(("t", i), ["sh", "-c", f"echo out {i}"])
+            assert drain(ex)[("t", i)][0][0] == TaskState.SUCCESS
+    finally:
+        ex.end()
+    assert len(list(logs.iterdir())) == 6
+    nxt = AsyncExecutor(parallelism=1, log_dir=logs, state_path=state, retention_tasks=2)
+    nxt.start()  # its journal's writer prunes first thing
+    try:
+        deadline = time.monotonic() + 30
+        while len(list(logs.iterdir())) > 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        kept = sorted(path.read_text() for path in logs.iterdir())
+    finally:
+        nxt.end()
+    assert kept == ["out 4\n", "out 5\n"]
+
+
 def test_detach_needs_a_journal(tmp_path: Path) -> None:
     ex = AsyncExecutor(log_dir=tmp_path / "logs", state_path=None)
     ex.start()

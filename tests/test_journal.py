@@ -29,6 +29,7 @@ from async_executor._journal import (
     redact,
     same_process,
 )
+from async_executor._logs import log_path
 from async_executor._spawn import proc_start_ticks
 
 pytestmark = pytest.mark.anyio
@@ -744,6 +745,40 @@ async def test_prune_by_age(db: Path) -> None:
         j.accepted("ex", spec("old-but-queued"), accepted_at=now - 10**7)
         assert await j.prune() == 6
         assert len(await j.latest()) == 5
+
+
+async def test_prune_removes_the_log_files_of_the_rows_it_deletes(db: Path, tmp_path: Path) -> None:
+    """Logs would otherwise pile up forever beside a journal that keeps 100,000 rows. Only a
+    file named for the pruned row's key and try goes, and not one written after that task ended
+    (a newer task of a reused key and try)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    now = time.time()
+    async with opened(db, keep_seconds=3600, keep_tasks=None) as j:
+        paths = {}
+        for name, ended in (("old", now - 7200), ("old-reused", now - 7200), ("new", now)):
+            paths[name] = log_path(str(logs), name, 1)
+            Path(paths[name]).write_text(name)
+            os.utime(paths[name], (ended - 5, ended - 5))
+            j.accepted("ex", spec(name), accepted_at=ended - 10)
+            j.started(
+                "ex", name, 1, pid=1, pgid=1, proc_start=None, log_path=paths[name], started_at=ended - 10
+            )
+            j.finished("ex", info(name, ended_at=ended), reported=True)
+        os.utime(paths["old-reused"])  # written now: a newer task's log at the same path
+        foreign = logs / "notes.txt"  # a row pointing at a file we did not name
+        foreign.write_text("keep me")
+        j.accepted("ex", spec("odd"), accepted_at=now - 7300)
+        j.started(
+            "ex", "odd", 1, pid=1, pgid=1, proc_start=None, log_path=str(foreign), started_at=now - 7300
+        )
+        j.finished("ex", info("odd", ended_at=now - 7200), reported=True)
+        assert await j.prune() == 3
+        assert j.statistics()["logs_removed"] == 1
+    assert not os.path.exists(paths["old"])
+    assert Path(paths["old-reused"]).read_text() == "old-reused"
+    assert Path(paths["new"]).read_text() == "new"
+    assert foreign.read_text() == "keep me"
 
 
 async def test_prune_runs_by_itself(db: Path) -> None:
