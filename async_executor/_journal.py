@@ -1209,7 +1209,7 @@ class Journal:
     async def _prune(self, *, closing_ok: bool = False) -> int:
         db, lock = self._require_open(closing_ok=closing_ok)
         deleted = 0
-        logs: list[tuple[str, float]] = []  # the pruned rows' log files, removed after commit
+        logs: list[tuple[str, float | None]] = []  # the pruned rows' log files, removed after commit
         try:
             if self.keep_seconds is not None:
                 cutoff = time.time() - self.keep_seconds
@@ -1269,7 +1269,7 @@ class Journal:
     async def _delete_chunk(
         db: aiosqlite.Connection,
         lock: asyncio.Lock,
-        logs: list[tuple[str, float]],
+        logs: list[tuple[str, float | None]],
         select: str,
         params: tuple[Any, ...],
     ) -> int:

@@ -54,13 +54,14 @@ def is_log_of(path: str, key_json: str, try_number: int) -> bool:
 _REUSED_AFTER = 1.0
 
 
-def remove_logs(logs: list[tuple[str, float]]) -> int:
+def remove_logs(logs: list[tuple[str, float | None]]) -> int:
     """Remove pruned tasks' log files (``(path, ended_at)`` each, named as ``is_log_of``
-    checked); a file written after its task ended, or missing, is left. Returns the count."""
+    checked); a file written after its task ended, or missing, or of a row without an end time
+    (nothing to compare with), is left. Returns the count."""
     removed = 0
     for path, ended_at in logs:
         try:
-            if os.stat(path).st_mtime > ended_at + _REUSED_AFTER:
+            if ended_at is None or os.stat(path).st_mtime > ended_at + _REUSED_AFTER:
                 continue
             os.unlink(path)
             removed += 1

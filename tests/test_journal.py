@@ -29,7 +29,7 @@ from async_executor._journal import (
     redact,
     same_process,
 )
-from async_executor._logs import log_path
+from async_executor._logs import log_path, remove_logs
 from async_executor._spawn import proc_start_ticks
 
 pytestmark = pytest.mark.anyio
@@ -779,6 +779,16 @@ async def test_prune_removes_the_log_files_of_the_rows_it_deletes(db: Path, tmp_
     assert Path(paths["old-reused"]).read_text() == "old-reused"
     assert Path(paths["new"]).read_text() == "new"
     assert foreign.read_text() == "keep me"
+
+
+def test_a_pruned_row_without_an_end_time_keeps_its_log(tmp_path: Path) -> None:
+    """Rows from version 1 may lack ``ended_at``: nothing shows the file is that task's."""
+    kept, gone = tmp_path / "a.log", tmp_path / "b.log"
+    for path in (kept, gone):
+        path.write_text("x")
+        os.utime(path, (1000.0, 1000.0))
+    assert remove_logs([(str(kept), None), (str(gone), 1000.0), (str(tmp_path / "missing.log"), 1.0)]) == 1
+    assert kept.exists() and not gone.exists()
 
 
 async def test_prune_runs_by_itself(db: Path) -> None:
