@@ -59,7 +59,9 @@ def info(key: Any, state: TaskState = TaskState.SUCCESS, try_number: int = 1, **
     return TaskInfo(key=key, state=state, try_number=try_number, **kw)
 
 
-def start(j: Journal, ex: str, key: Any, try_number: int = 1, pid: int = 4242) -> None:
+def start(
+    j: Journal, ex: str, key: Any, try_number: int = 1, pid: int = 4242, log: str | None = None
+) -> None:
     j.started(
         ex,
         key,
@@ -67,7 +69,7 @@ def start(j: Journal, ex: str, key: Any, try_number: int = 1, pid: int = 4242) -
         pid=pid,
         pgid=pid,
         proc_start=777,
-        log_path=f"/logs/{pid}.log",
+        log_path=log or f"/logs/{pid}.log",
         started_at=time.time(),
     )
 
@@ -761,17 +763,13 @@ async def test_prune_removes_the_log_files_of_the_rows_it_deletes(db: Path, tmp_
             Path(paths[name]).write_text(name)
             os.utime(paths[name], (ended - 5, ended - 5))
             j.accepted("ex", spec(name), accepted_at=ended - 10)
-            j.started(
-                "ex", name, 1, pid=1, pgid=1, proc_start=None, log_path=paths[name], started_at=ended - 10
-            )
+            start(j, "ex", name, log=paths[name])
             j.finished("ex", info(name, ended_at=ended), reported=True)
         os.utime(paths["old-reused"])  # written now: a newer task's log at the same path
         foreign = logs / "notes.txt"  # a row pointing at a file we did not name
         foreign.write_text("keep me")
         j.accepted("ex", spec("odd"), accepted_at=now - 7300)
-        j.started(
-            "ex", "odd", 1, pid=1, pgid=1, proc_start=None, log_path=str(foreign), started_at=now - 7300
-        )
+        start(j, "ex", "odd", log=str(foreign))
         j.finished("ex", info("odd", ended_at=now - 7200), reported=True)
         assert await j.prune() == 3
         assert j.statistics()["logs_removed"] == 1
