@@ -298,10 +298,13 @@ class Stack:
             method=method,
             headers={"Content-Type": "application/json", "Accept": "application/json"},
         )
-        # GETs are retried: 16 cold Airflow interpreters on 2 cores can starve the api-server
-        # for longer than one request's timeout; that is load, not a failed check.
+        # GETs only observe, so they are retried: 16 cold Airflow interpreters on 2 cores can
+        # starve the api-server past one request's timeout, and its SQLite metadata database
+        # can fail a read under the same load (a 500 "Database error"). That is load on
+        # Airflow's own stack, not a failed check; a GET that keeps failing still fails.
         attempts = 4 if method == "GET" else 1
         for attempt in range(attempts):
+            last = attempt == attempts - 1
             try:
                 with urllib.request.urlopen(req, timeout=30) as resp:
                     payload = resp.read()
@@ -309,13 +312,16 @@ class Stack:
                 break
             except urllib.error.HTTPError as e:
                 payload, status = e.read(), e.code
-                break
+                if status < 500 or last:
+                    break
+                log(f"[{self.name}] {method} {path} -> {status}; retrying: {payload[:3000]!r}")
+                time.sleep(1 + attempt)
             except (TimeoutError, urllib.error.URLError) as e:
-                if attempt == attempts - 1:
+                if last:
                     raise
                 log(f"[{self.name}] {method} {path}: {e!r}; retrying (api-server busy)")
         if status not in ok:
-            raise RuntimeError(f"{method} {path} -> {status}: {payload[:500]!r}")
+            raise RuntimeError(f"{method} {path} -> {status}: {payload[:3000]!r}")
         return json.loads(payload) if payload else None
 
     def wait_api(self, timeout: float = 120) -> None:
@@ -428,6 +434,14 @@ def base_env(home: Path) -> dict[str, str]:
             # 16 cold interpreters on 2 busy cores can starve the api-server past the default
             # timeout (tasks then die of ReadTimeout): the same, longer, timeout for every stack
             "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
+            # The api-server's pool (5 + 10 overflow) is smaller than what 16 task starts and a
+            # polling GET take at once, and a core-API request holds one connection while it
+            # checks out a second (the revoked-token check). Seen here: 15 task PATCHes waited
+            # on SQLite for a lock, a GET waited on the pool, all for the 30 s pool timeout,
+            # then the GET got a 500. Every stack gets the same pool that cannot run dry.
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_MAX_OVERFLOW": "100",
+            # a 500 from the api-server then says which database error it was, not just an ID
+            "AIRFLOW__API__EXPOSE_STACKTRACE": "True",
         }
     )
     return env
