@@ -707,33 +707,48 @@ class ForkServer:
         return self.disabled_reason is None and self.config.accepts(argv, env, self.base_env)
 
     async def launch(
-        self, argv: tuple[str, ...], env: Mapping[str, str] | None, cwd: str | None, out_fd: int, go_fd: int
-    ) -> int:
-        """Fork a child for ``argv``; return its pid. The child waits for a byte on ``go_fd``.
+        self, argv: tuple[str, ...], env: Mapping[str, str] | None, cwd: str | None, out_fd: int
+    ) -> tuple[int, int]:
+        """Fork a child for ``argv``; return its pid and the write end of its "go" pipe.
 
-        Raises ``OSError`` when the task cannot start (e.g. a missing cwd: the child exited
-        already and has been reaped), :class:`ForkServerUnavailable` when warm start
-        cannot serve it (the caller execs it cold). A server that died is restarted once.
+        The child waits for a byte on that pipe: write ``b"1"`` once it is registered, or
+        close the pipe unwritten to make it exit without running. Raises ``OSError`` when
+        the task cannot start (e.g. a missing cwd: the child exited already and has been
+        reaped), :class:`ForkServerUnavailable` when warm start cannot serve it (the caller
+        execs it cold). A server that died is restarted once. Each attempt has a go pipe of
+        its own: a server that dies between its fork and its answer leaves a child nobody
+        knows the pid of, and that child must see its pipe closed (and exit), not wait on
+        the pipe of the next attempt's child and take its "go" (it would run unwatched).
         """
         for attempt in (1, 2):
             await self._ensure_started()
+            go_r, go_w = os.pipe2(os.O_CLOEXEC)
             try:
                 reply = await self._request(
-                    {"op": "launch", "argv": argv, "env": env, "cwd": cwd}, [out_fd, go_fd]
+                    {"op": "launch", "argv": argv, "env": env, "cwd": cwd}, [out_fd, go_r]
                 )
-            except _ServerGone:
-                if attempt == 2:
-                    raise ForkServerUnavailable("the fork server died twice during a launch") from None
-                continue
-            if "error" in reply and "pid" not in reply:
-                raise ForkServerUnavailable(reply["error"])
-            pid = int(reply["pid"])
-            code = int(reply.get("errno") or 0)
-            if code:
-                _reap_now(pid)
-                raise OSError(code, os.strerror(code))
+            except BaseException as exc:
+                os.close(go_w)
+                if isinstance(exc, _ServerGone):
+                    if attempt == 2:
+                        raise ForkServerUnavailable("the fork server died twice during a launch") from None
+                    continue
+                raise
+            finally:
+                os.close(go_r)
+            try:
+                if "error" in reply and "pid" not in reply:
+                    raise ForkServerUnavailable(reply["error"])
+                pid = int(reply["pid"])
+                code = int(reply.get("errno") or 0)
+                if code:
+                    _reap_now(pid)
+                    raise OSError(code, os.strerror(code))
+            except BaseException:
+                os.close(go_w)
+                raise
             self.launches += 1
-            return pid
+            return pid, go_w
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _ensure_started(self) -> None:
@@ -819,7 +834,8 @@ class ForkServer:
 
     async def _request(self, message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         assert self._loop is not None
-        assert self._sock is not None
+        if self._sock is None:  # it said "ready" and died before our launch could be sent
+            raise _ServerGone()
         self._ids += 1
         task = self._ids
         future: asyncio.Future[dict[str, Any]] = self._loop.create_future()

@@ -147,12 +147,6 @@ class ExecLauncher:
         return Child(popen.pid, None, popen)
 
 
-def _close(*fds: int) -> None:
-    for fd in fds:
-        if fd >= 0:
-            os.close(fd)
-
-
 def _start_error(argv: tuple[str, ...], cwd: str | None, exc: OSError) -> str:
     where = f" in {cwd!r}" if cwd else ""
     return f"could not start {argv[0]!r}{where}: {exc.strerror or exc}"
@@ -570,22 +564,22 @@ class LocalBackend:
         out_fd = self._open_output(token, log_path)
         if out_fd is None:
             return
-        go_r, go_w = os.pipe2(os.O_CLOEXEC)
         try:
-            pid = await self.forkserver.launch(argv, env, cwd, out_fd, go_r)
+            pid, go_w = await self.forkserver.launch(argv, env, cwd, out_fd)
         except ForkServerUnavailable as exc:
             logger.info("warm launch of %r not possible (%s); exec'ing it", argv[2], exc)
-            _close(go_r, go_w)
             self._spawn_cold(token, argv, env, cwd, log_path, out_fd)  # closes out_fd
             return
-        except BaseException as exc:
-            _close(go_r, go_w)
+        except asyncio.CancelledError:  # the backend is closing
             self._release_output(token, log_path, out_fd, started=False)
-            if not isinstance(exc, OSError):
-                raise
+            raise
+        except Exception as exc:
+            self._release_output(token, log_path, out_fd, started=False)
+            if not isinstance(exc, OSError):  # a bug: still, the task gets its one outcome
+                logger.exception("warm launch of %r failed", argv)
+                exc = OSError(errno.EIO, f"warm launch failed: {exc!r}")
             self._events.spawn_failed(token, exc, _start_error(argv, cwd, exc))
             return
-        _close(go_r)
         self._release_output(token, log_path, out_fd, started=True)
         child = Child(pid, _pidfd(pid))
         self._children[token] = child

@@ -84,12 +84,27 @@ def drain(ex: AsyncExecutor, timeout: float = 60.0) -> dict[Any, list[tuple[Task
         for key, event in ex.get_event_buffer().items():
             events.setdefault(key, []).append(event)
         if time.monotonic() > deadline:
-            raise AssertionError(f"tasks did not finish in {timeout}s: {ex!r}")
+            raise AssertionError(f"tasks did not finish in {timeout}s: {ex!r}{supervisor_report(ex)}")
         time.sleep(0.002)
     ex.sync()
     for key, event in ex.get_event_buffer().items():
         events.setdefault(key, []).append(event)
     return events
+
+
+def supervisor_report(ex: AsyncExecutor) -> str:
+    """What the executor's supervisor (if any) logged, and whether it runs: for a stuck test."""
+    backend = ex._engine.backend
+    path = getattr(backend, "_log_path", None)
+    if path is None:
+        return ""
+    pid = getattr(backend, "supervisor_pid", None)
+    try:
+        text = Path(path).read_text(errors="replace")[-6000:]
+    except OSError as exc:
+        text = f"(no log: {exc})"
+    alive = pid is not None and pid_alive(pid)
+    return f"\nsupervisor pid {pid} ({'running' if alive else 'gone'}); its log:\n{text}"
 
 
 def pid_alive(pid: int) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -239,26 +240,150 @@ async def test_a_child_that_never_gets_go_exits_without_running(tmp_path: Path) 
     marker = tmp_path / "ran"
     server = ForkServer(WARM, dict(os.environ))
     log = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT, 0o600)
-    go_r, go_w = os.pipe2(os.O_CLOEXEC)
     try:
-        pid = await server.launch((PY, "-c", f"open({str(marker)!r}, 'w')"), None, None, log, go_r)
+        pid, go_w = await server.launch((PY, "-c", f"open({str(marker)!r}, 'w')"), None, None, log)
         os.close(go_w)  # the owner gives up before registering it
         _, status = os.waitpid(pid, 0)
     finally:
-        os.close(go_r)
         os.close(log)
         server.close()
     assert os.waitstatus_to_exitcode(status) == 126
     assert not marker.exists()
 
 
+# A fork server that dies the way a real one can, between its fork and its answer: it says
+# ready, takes one launch request, forks a child that waits for "go" as a task child does (and
+# marks a file if it ever gets it), and exits without answering.
+DYING_SERVER = r"""
+import os, socket, sys
+sock = socket.socket(fileno=3)
+sock.send(b'{"op": "ready", "pid": %d}' % os.getpid())
+_, fds, _, _ = socket.recv_fds(sock, 1 << 16, 4)
+if os.fork() == 0:
+    sock.close()
+    with open(sys.argv[1] + ".pid", "w") as handle:
+        handle.write(str(os.getpid()))
+    if os.read(fds[1], 1) == b"1":
+        open(sys.argv[1], "w").close()
+    os._exit(0)
+os._exit(0)
+"""
+
+
+def launch_through_a_dying_server(tmp_path: Path) -> tuple[TaskState, Any, int, Path]:
+    """One task, whose first launch goes to ``DYING_SERVER``: its event, info, orphan, marker."""
+    tmp_path.mkdir()
+    marker = tmp_path / "orphan-ran"
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server = os.posix_spawn(
+        PY,
+        [PY, "-c", DYING_SERVER, str(marker)],
+        dict(os.environ),
+        file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)],
+    )
+    theirs.close()
+    ex = AsyncExecutor(parallelism=1, log_dir=tmp_path / "logs", state_path=None, warm_start=WARM)
+    ex._engine.backend.adopt_forkserver(server, ours)  # type: ignore[attr-defined]
+    ex.start()
+    try:
+        ex.queue_command("task", [PY, "-c", "print('ran')"])
+        events = drain(ex)
+        assert ex.statistics().warm_launched == 1  # by the server started in the dead one's place
+    finally:
+        ex.end()
+    orphan = int(wait_for_file(Path(f"{marker}.pid")))
+    deadline = time.monotonic() + 10
+    while pid_alive(orphan) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    [(state, info)] = events["task"]
+    return state, info, orphan, marker
+
+
+def test_a_server_that_dies_mid_launch_leaves_no_child_to_run_unwatched(tmp_path: Path) -> None:
+    """The launch is retried on a new server; the dead one's child never gets that task's "go".
+
+    With one go pipe for both attempts, the orphan and the new child raced for the "go": when
+    the orphan won, it ran the task unwatched and the registered child found the pipe closed
+    (the task ran, but was reported failed, exit 126). The race went the orphan's way in about
+    a third of the runs, hence several rounds.
+    """
+    for attempt in range(4):
+        state, info, orphan, marker = launch_through_a_dying_server(tmp_path / str(attempt))
+        assert state is TaskState.SUCCESS, info
+        assert Path(info.log_path or "").read_text() == "ran\n"
+        assert not pid_alive(orphan)
+        assert not marker.exists()  # the orphan saw its own pipe closed, and exited without running
+
+
+@pytest.mark.anyio
+async def test_a_server_that_dies_right_after_ready_is_replaced_for_the_waiting_launch(
+    tmp_path: Path,
+) -> None:
+    """A launch waits for the server's "ready"; "ready" and the server's death arrive together.
+
+    The launch then found the server ready but its socket gone, and failed an assertion: the
+    task got no event at all (the CI hang of 2026-11-25). It must go to a new server.
+    """
+    import asyncio
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stand_in = os.posix_spawn("/bin/true", ["true"], {})  # the server's pid (reaped when dropped)
+    server = ForkServer(WARM, dict(os.environ))
+    server.adopt(asyncio.get_running_loop(), stand_in, ours)
+    log = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT, 0o600)
+    go_w = -1
+    try:
+        launch = asyncio.ensure_future(server.launch((PY, "-c", "pass"), None, None, log))
+        await asyncio.sleep(0.05)  # it waits for "ready"
+        assert not launch.done()
+        theirs.send(b'{"op": "ready", "pid": 1}')
+        theirs.close()  # read in the same go as "ready"
+        pid, go_w = await asyncio.wait_for(launch, 60)
+        os.write(go_w, b"1")
+        _, status = os.waitpid(pid, 0)
+    finally:
+        if go_w >= 0:
+            os.close(go_w)
+        os.close(log)
+        server.close()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert server.starts == 2  # the adopted one, then the one that served the launch
+
+
+def test_an_unexpected_error_in_a_warm_launch_fails_that_task_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever goes wrong inside a warm launch, the task gets its one event; others run on."""
+    original = ForkServer.launch
+
+    async def launch(self: ForkServer, argv: tuple[str, ...], *args: Any) -> tuple[int, int]:
+        if argv[-1] == "broken":
+            raise RuntimeError("a bug in the launch path")
+        return await original(self, argv, *args)
+
+    monkeypatch.setattr(ForkServer, "launch", launch)
+    ex = warm_executor(tmp_path)
+    try:
+        ex.queue_command("broken", [PY, "-c", "pass", "broken"])
+        ex.queue_command("fine", [PY, "-c", "pass", "fine"])
+        events = drain(ex)
+        stats = ex.statistics()
+    finally:
+        ex.end()
+    [(state, info)] = events["broken"]
+    assert state is TaskState.FAILED and info.reason is FailureReason.SPAWN_FAILED
+    assert "a bug in the launch path" in (info.detail or "")
+    assert events["fine"] == [(TaskState.SUCCESS, events["fine"][0][1])]
+    assert stats.warm_launched == 1
+
+
 @pytest.mark.anyio
 async def test_the_fork_server_talks_only_to_its_parent(tmp_path: Path) -> None:
     server = ForkServer(WARM, dict(os.environ))
     log = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT, 0o600)
-    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    go_w = -1
     try:
-        pid = await server.launch((PY, "-c", "pass"), None, None, log, go_r)
+        pid, go_w = await server.launch((PY, "-c", "pass"), None, None, log)
         os.write(go_w, b"1")
         os.waitpid(pid, 0)
         assert server.pid is not None
@@ -275,8 +400,9 @@ async def test_the_fork_server_talks_only_to_its_parent(tmp_path: Path) -> None:
                 fields = line.split()
                 unix[fields[6]] = fields
     finally:
-        for fd in (go_r, go_w, log):
-            os.close(fd)
+        for fd in (go_w, log):
+            if fd >= 0:
+                os.close(fd)
         server.close()
     assert inodes, "the fork server has its control socket"
     for inode in inodes:
