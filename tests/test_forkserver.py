@@ -8,6 +8,7 @@ life (restart, threads, preload errors), the go pipe, its socket, and adoption.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -324,8 +325,6 @@ async def test_a_server_that_dies_right_after_ready_is_replaced_for_the_waiting_
     The launch then found the server ready but its socket gone, and failed an assertion: the
     task got no event at all (the CI hang of 2026-11-25). It must go to a new server.
     """
-    import asyncio
-
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     stand_in = os.posix_spawn("/bin/true", ["true"], {})  # the server's pid (reaped when dropped)
     server = ForkServer(WARM, dict(os.environ))
