@@ -316,15 +316,26 @@ class AsyncExecutor:
         command: Any,
         queue: str | None = None,
         executor_config: Mapping[str, Any] | None = None,
+        *,
+        priority: int = 1,
     ) -> None:
-        """Hand one task to the engine now (it starts as soon as a slot is free)."""
+        """Hand one task to the engine now (it starts as soon as a slot is free).
+
+        Tasks handed over while every slot is taken wait in the engine, and ``priority``
+        (higher first, then first come) orders them, as in ``queue_command``.
+        """
         self._require_started()
         check_key(key)
         self._refuse_duplicate(key)
         if executor_config is not None and not isinstance(executor_config, Mapping):
             raise TypeError(f"executor_config must be a mapping, not {type(executor_config).__name__}")
         spec = build_spec(
-            key, command, queue=queue, options=executor_config or {}, try_number=self._peek_try(key)
+            key,
+            command,
+            priority=priority,
+            queue=queue,
+            options=executor_config or {},
+            try_number=self._peek_try(key),
         )
         self._tries[key] = spec.try_number
         self.running.add(key)

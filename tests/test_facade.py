@@ -8,7 +8,14 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from async_executor import AsyncExecutor, ExecutorStatistics, FailureReason, TaskInfo, TaskState
+from async_executor import (
+    AsyncExecutor,
+    ExecutorStatistics,
+    FailureReason,
+    InvalidTaskError,
+    TaskInfo,
+    TaskState,
+)
 
 from .conftest import drain
 
@@ -52,6 +59,33 @@ def test_heartbeat_launches_highest_priority_first(executor: AsyncExecutor, tmp_
         ex.end()
     # highest priority first; equal priorities keep their queueing order
     assert order.read_text().split() == ["t5", "t1", "t3", "t2", "t0", "t4"]
+
+
+@pytest.mark.parametrize("mode", ["facade", "journal"])
+def test_execute_async_waiting_tasks_start_highest_priority_first(tmp_path: Path, mode: str) -> None:
+    """Handed over while the only slot is taken, tasks wait in the engine in priority order."""
+    order = tmp_path / "order"
+    gate = tmp_path / "gate"
+    state = tmp_path / "state" / "j.sqlite" if mode == "journal" else None
+    ex = AsyncExecutor(parallelism=1, log_dir=tmp_path / "logs", state_path=state)
+    ex.start()
+    try:
+        wait_for_gate = f"while [ ! -e {gate} ]; do sleep 0.01; done; echo first >> {order}"
+        ex.execute_async("first", ["sh", "-c", wait_for_gate])
+        for i, prio in enumerate([1, 5, 3, 5, 0, 9]):
+            ex.execute_async(f"t{i}", ["sh", "-c", f"echo t{i} >> {order}"], priority=prio)
+        gate.touch()
+        events = drain(ex)
+    finally:
+        ex.end()
+    assert len(events) == 7
+    assert order.read_text().split() == ["first", "t5", "t1", "t3", "t2", "t0", "t4"]
+
+
+def test_execute_async_refuses_a_bad_priority(executor: AsyncExecutor) -> None:
+    with pytest.raises(InvalidTaskError, match="priority"):
+        executor.execute_async("bad", ["true"], priority="high")  # type: ignore[arg-type]
+    assert not executor.has_task("bad")
 
 
 def test_heartbeat_fills_only_open_slots(log_dir: Path) -> None:

@@ -85,6 +85,14 @@ PRELOAD_V2 = (
     "airflow.task.task_runner.standard_task_runner",
 )
 SECTION = "async_executor"
+#: ``queue_ahead`` when it is not limited (Airflow 3's default): more than any scheduler offers.
+UNLIMITED_AHEAD = 1 << 31
+
+
+def _priority_weight(workload: Any) -> int:
+    """The task's ``priority_weight`` (1 when there is none: callbacks, or a bad value)."""
+    weight = getattr(getattr(workload, "ti", None), "priority_weight", None)
+    return weight if isinstance(weight, int) and not isinstance(weight, bool) else 1
 
 
 def _installed(modules: Sequence[str]) -> tuple[str, ...]:
@@ -221,14 +229,18 @@ class AsyncLocalExecutor(BaseExecutor):  # type: ignore[misc,unused-ignore]  # A
     def queue_ahead(self) -> int:
         """How many tasks beyond ``parallelism`` this executor takes to hold, not yet started.
 
-        They wait in the engine's queue, so a task starts the moment another one's process
-        exits, instead of one scheduler loop (about a second) later.  At most ``parallelism``
-        processes run either way.  ``[async_executor] queue_ahead``; by default as many as
-        ``parallelism``.  (Airflow 3's LocalExecutor takes any number into its queue.)
+        They wait in the engine's queue, highest ``priority_weight`` first, so a task starts
+        the moment another one's process exits, instead of a scheduler loop (one to a few
+        seconds under load) later.  At most ``parallelism`` processes run either way.
+        ``[async_executor] queue_ahead``. By default, on Airflow 3, any number: what its
+        LocalExecutor does (it never counts queued work in ``running``); on 2.x, as many
+        as ``parallelism`` (2.x's LocalExecutor takes none ahead).
         """
         configured = self._settings.queue_ahead if self._settings is not None else None
         if configured is not None:
             return configured
+        if AIRFLOW_V3:
+            return UNLIMITED_AHEAD
         return self.parallelism if self.parallelism and self.parallelism > 0 else 0
 
     def _queued_here(self) -> int:
@@ -345,6 +357,8 @@ class AsyncLocalExecutor(BaseExecutor):  # type: ignore[misc,unused-ignore]  # A
                     engine_key,
                     [sys.executable, "-m", WORKLOAD_MODULE, "--json-path", path],
                     executor_config=options or None,
+                    # held ahead, the highest priority_weight starts first (Airflow's order)
+                    priority=_priority_weight(workload),
                 )
             except Exception as exc:
                 files.discard(path)

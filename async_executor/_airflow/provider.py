@@ -105,7 +105,8 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "queue_ahead": {
                         "description": "Tasks held beyond [core] parallelism in the executor's own queue, "
-                        "started the moment a slot frees. Empty: as many as parallelism; 0: none.",
+                        "started the moment a slot frees, highest priority_weight first. Empty: any number "
+                        "on Airflow 3 (as its LocalExecutor), as many as parallelism on 2.x; 0: none.",
                         "version_added": "0.1.0",
                         "type": "integer",
                         "example": "32",

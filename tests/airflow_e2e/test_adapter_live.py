@@ -237,10 +237,47 @@ def test_provider_info_matches_airflows_schema() -> None:
     jsonschema.validate(get_provider_info(), json.loads(schema_file.read_text()))
 
 
-def test_queue_ahead_takes_more_than_parallelism_but_runs_at_most_parallelism(
+def test_queue_ahead_is_unlimited_by_default_and_runs_at_most_parallelism(
     executor: AsyncLocalExecutor, tmp_path: Path
 ) -> None:
-    assert executor.queue_ahead == executor.parallelism == 4  # default: as many as parallelism
+    """Airflow 3's LocalExecutor takes whatever the scheduler offers; so do we, by default."""
+    from async_executor._airflow._executor import UNLIMITED_AHEAD
+
+    assert executor.queue_ahead == UNLIMITED_AHEAD
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    keys = [key(f"many{i}") for i in range(12)]
+    for i, k in enumerate(keys):
+        executor.execute_async(
+            k,
+            [
+                "sh",
+                "-c",
+                f"touch {marks}/{i}; ls {marks} | wc -l >> {tmp_path}/seen; sleep 0.3; rm {marks}/{i}",
+            ],
+        )
+    assert executor.slots_occupied == 0 and executor.slots_available == 4  # 12 held: none count
+    wait_events(executor, set(keys))
+    seen = [int(n) for n in (tmp_path / "seen").read_text().split()]
+    assert len(seen) == 12 and max(seen) <= 4, seen
+
+
+def test_queue_ahead_takes_more_than_parallelism_but_runs_at_most_parallelism(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__STATE_PATH", str(tmp_path / "state.db"))
+    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__QUEUE_AHEAD", "4")
+    executor = AsyncLocalExecutor(parallelism=4)
+    executor.start()
+    try:
+        _four_ahead(executor, tmp_path)
+    finally:
+        executor.terminate()
+
+
+def _four_ahead(executor: AsyncLocalExecutor, tmp_path: Path) -> None:
+    assert executor.queue_ahead == executor.parallelism == 4
     assert executor.slots_available == 4 and executor.slots_occupied == 0
     marks = tmp_path / "marks"
     marks.mkdir()
@@ -352,7 +389,6 @@ def test_warm_fork_scheduler_forks_the_fork_server_at_start(
     assert len(children) == (1 if fork in ("true", "") else 0)
 
 
-
 def test_the_scheduler_side_loop_is_asyncio_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """Next to its supervisor the engine's loop in the scheduler only relays: uvloop would add
     ~2 MB to the scheduler for nothing measurable; ``loop = uvloop`` still asks for it."""
@@ -363,3 +399,13 @@ def test_the_scheduler_side_loop_is_asyncio_by_default(monkeypatch: pytest.Monke
     assert Settings.from_conf(conf).loop == "asyncio"
     monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__LOOP", "uvloop")
     assert Settings.from_conf(conf).loop == "uvloop"
+
+
+def test_priority_weight_orders_the_tasks_held_ahead() -> None:
+    from types import SimpleNamespace
+
+    from async_executor._airflow._executor import _priority_weight
+
+    assert _priority_weight(SimpleNamespace(ti=SimpleNamespace(priority_weight=7))) == 7
+    assert _priority_weight(SimpleNamespace(ti=None)) == 1  # callbacks carry no task instance
+    assert _priority_weight(SimpleNamespace(ti=SimpleNamespace(priority_weight="7"))) == 1
