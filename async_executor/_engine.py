@@ -190,6 +190,10 @@ class Engine:
     def has_key(self, key: Any) -> bool:
         return key in self._runs or key in self._pending_keys
 
+    def is_waiting(self, key: Any) -> bool:
+        """Handed over and waiting for a slot (not started)? A set lookup: safe from any thread."""
+        return key in self._pending_keys
+
     def pid_of(self, key: Any) -> int | None:
         run = self._runs.get(key)
         return run.pid if run is not None else None

@@ -427,6 +427,10 @@ class AsyncExecutor:
         """Is the task queued or running here?"""
         return key in self.queued_tasks or key in self.running
 
+    def is_waiting(self, key: Any) -> bool:
+        """Is the task queued here, or handed to the engine and waiting for a slot (not started)?"""
+        return key in self.queued_tasks or (key in self.running and self._engine.is_waiting(key))
+
     def send_callback(self, request: Any) -> None:
         """Hand ``request`` to the configured callback sink."""
         sink = self.callback_sink

@@ -518,11 +518,22 @@ class AsyncLocalExecutor(BaseExecutor):  # type: ignore[misc,unused-ignore]  # A
     # ------------------------------------------------------------------ revoke / stuck / adopt
 
     def revoke_task(self, *, ti: Any) -> None:
-        """Stop ``ti`` (queued or running) and forget it, without an event (Airflow's contract)."""
+        """Stop ``ti`` (queued or running) and forget it, without an event (Airflow's contract).
+
+        Airflow calls this only for a task "stuck in queued" past ``[scheduler]
+        task_queued_timeout``, then queues it again (twice) or fails it. A task held ahead
+        here, waiting for a slot, is not stuck: it starts when a slot frees. For it this raises
+        ``NotImplementedError``, which makes the scheduler leave it queued, as it leaves
+        LocalExecutor's queued work (LocalExecutor has no ``revoke_task``).
+        """
         key = ti.key
-        self.queued_tasks.pop(key, None)
         engine_key = _engine_key(key)
         inner = self._inner
+        if inner is not None and inner.is_waiting(engine_key):
+            raise NotImplementedError(
+                f"{key} waits for a slot here, it is not stuck: it starts when one frees"
+            )
+        self.queued_tasks.pop(key, None)
         if inner is not None and inner.has_task(engine_key):
             self._quiet.add(engine_key)
             try:
@@ -533,10 +544,16 @@ class AsyncLocalExecutor(BaseExecutor):  # type: ignore[misc,unused-ignore]  # A
         self.event_buffer.pop(key, None)
 
     def cleanup_stuck_queued_tasks(self, tis: list[Any]) -> list[str]:
-        """Airflow 2.x: drop tasks stuck in queued; return readable names of those dropped."""
+        """Airflow 2.x: drop tasks stuck in queued; return readable names of those dropped.
+
+        Tasks waiting here for a slot are not stuck (see :meth:`revoke_task`): they stay.
+        """
         readable = []
         for ti in tis:
-            self.revoke_task(ti=ti)
+            try:
+                self.revoke_task(ti=ti)
+            except NotImplementedError:
+                continue
             readable.append(repr(ti))
         return readable
 

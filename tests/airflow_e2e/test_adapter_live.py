@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ if not airflow.__version__.startswith("3."):
 
 from airflow.models.taskinstancekey import TaskInstanceKey  # noqa: E402
 
+from async_executor._airflow._executor import _engine_key  # noqa: E402
 from async_executor.airflow import AsyncLocalExecutor  # noqa: E402
 
 
@@ -143,6 +145,24 @@ def test_revoke_running_task_reports_nothing(executor: AsyncLocalExecutor) -> No
     assert not executor._inner.has_task(k[:])
 
 
+def test_a_task_waiting_for_a_slot_is_not_revoked_as_stuck(executor: AsyncLocalExecutor) -> None:
+    """Stuck in queued (past task_queued_timeout) but only waiting for a slot: it stays."""
+    keys = [key(f"busy{i}") for i in range(5)]  # parallelism 4: the fifth waits
+    for k in keys:
+        executor.execute_async(k, ["sleep", "60"])
+    tis = [SimpleNamespace(key=k) for k in keys]
+    assert executor._inner is not None
+    deadline = time.monotonic() + 20
+    while executor._inner.statistics().running < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(NotImplementedError, match="waits for a slot"):
+        executor.revoke_task(ti=tis[4])
+    assert keys[4] in executor.running and executor._inner.is_waiting(_engine_key(keys[4]))
+    # Airflow 2.x's call: only the started one is cleaned up (and stopped)
+    assert executor.cleanup_stuck_queued_tasks([tis[4], tis[0]]) == [repr(tis[0])]
+    assert keys[0] not in executor.running and keys[4] in executor.running
+
+
 def test_end_is_bounded_and_leaves_running_tasks_for_adoption(executor: AsyncLocalExecutor) -> None:
     k = key("sleeper")
     executor.execute_async(k, ["sh", "-c", "trap '' TERM; echo $$; exec sleep 60"])  # ignores SIGTERM
@@ -237,6 +257,25 @@ def test_provider_info_matches_airflows_schema() -> None:
     jsonschema.validate(get_provider_info(), json.loads(schema_file.read_text()))
 
 
+def queue_counting_tasks(executor: AsyncLocalExecutor, tmp_path: Path, count: int) -> set[Any]:
+    """``count`` tasks that each record how many of them run at once, then hold their slot."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    keys = [key(f"held{i}") for i in range(count)]
+    for i, k in enumerate(keys):
+        count_and_hold = (
+            f"touch {marks}/{i}; ls {marks} | wc -l >> {tmp_path}/seen; sleep 0.3; rm {marks}/{i}"
+        )
+        executor.execute_async(k, ["sh", "-c", count_and_hold])
+    return set(keys)
+
+
+def wait_and_count(executor: AsyncLocalExecutor, tmp_path: Path, keys: set[Any]) -> list[int]:
+    """Wait for ``keys`` and return what the tasks of :func:`queue_counting_tasks` recorded."""
+    wait_events(executor, keys)
+    return [int(n) for n in (tmp_path / "seen").read_text().split()]
+
+
 def test_queue_ahead_is_unlimited_by_default_and_runs_at_most_parallelism(
     executor: AsyncLocalExecutor, tmp_path: Path
 ) -> None:
@@ -244,21 +283,9 @@ def test_queue_ahead_is_unlimited_by_default_and_runs_at_most_parallelism(
     from async_executor._airflow._executor import UNLIMITED_AHEAD
 
     assert executor.queue_ahead == UNLIMITED_AHEAD
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    keys = [key(f"many{i}") for i in range(12)]
-    for i, k in enumerate(keys):
-        executor.execute_async(
-            k,
-            [
-                "sh",
-                "-c",
-                f"touch {marks}/{i}; ls {marks} | wc -l >> {tmp_path}/seen; sleep 0.3; rm {marks}/{i}",
-            ],
-        )
+    keys = queue_counting_tasks(executor, tmp_path, 12)
     assert executor.slots_occupied == 0 and executor.slots_available == 4  # 12 held: none count
-    wait_events(executor, set(keys))
-    seen = [int(n) for n in (tmp_path / "seen").read_text().split()]
+    seen = wait_and_count(executor, tmp_path, keys)
     assert len(seen) == 12 and max(seen) <= 4, seen
 
 
@@ -271,33 +298,15 @@ def test_queue_ahead_takes_more_than_parallelism_but_runs_at_most_parallelism(
     executor = AsyncLocalExecutor(parallelism=4)
     executor.start()
     try:
-        _four_ahead(executor, tmp_path)
+        assert executor.queue_ahead == executor.parallelism == 4
+        assert executor.slots_available == 4 and executor.slots_occupied == 0
+        keys = queue_counting_tasks(executor, tmp_path, 6)
+        # 6 held: 2 beyond the held-ahead allowance count against [core] parallelism
+        assert executor.slots_occupied == 2 and executor.slots_available == 2
+        seen = wait_and_count(executor, tmp_path, keys)
+        assert len(seen) == 6 and max(seen) <= 4, seen
     finally:
         executor.terminate()
-
-
-def _four_ahead(executor: AsyncLocalExecutor, tmp_path: Path) -> None:
-    assert executor.queue_ahead == executor.parallelism == 4
-    assert executor.slots_available == 4 and executor.slots_occupied == 0
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    keys = [key(f"held{i}") for i in range(6)]
-    for i, k in enumerate(keys):
-        # each task counts the others running with it, then holds its slot a while
-        executor.execute_async(
-            k,
-            [
-                "sh",
-                "-c",
-                f"touch {marks}/{i}; ls {marks} | wc -l >> {tmp_path}/seen; sleep 0.5; rm {marks}/{i}",
-            ],
-        )
-    # 6 held: 2 beyond the held-ahead allowance count against [core] parallelism
-    assert executor.slots_occupied == 2
-    assert executor.slots_available == 2
-    wait_events(executor, set(keys))
-    seen = [int(n) for n in (tmp_path / "seen").read_text().split()]
-    assert len(seen) == 6 and max(seen) <= 4, seen
     assert executor.slots_occupied == 0 and executor.slots_available == 4
 
 
@@ -402,8 +411,6 @@ def test_the_scheduler_side_loop_is_asyncio_by_default(monkeypatch: pytest.Monke
 
 
 def test_priority_weight_orders_the_tasks_held_ahead() -> None:
-    from types import SimpleNamespace
-
     from async_executor._airflow._executor import _priority_weight
 
     assert _priority_weight(SimpleNamespace(ti=SimpleNamespace(priority_weight=7))) == 7
