@@ -257,6 +257,19 @@ def test_provider_info_matches_airflows_schema() -> None:
     jsonschema.validate(get_provider_info(), json.loads(schema_file.read_text()))
 
 
+def started_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parallelism: int, **settings: str
+) -> AsyncLocalExecutor:
+    """A started executor in ``tmp_path`` with ``[async_executor]`` ``settings``."""
+    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__STATE_PATH", str(tmp_path / "state.db"))
+    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__LOG_DIR", str(tmp_path / "logs"))
+    for name, value in settings.items():
+        monkeypatch.setenv(f"AIRFLOW__ASYNC_EXECUTOR__{name.upper()}", value)
+    executor = AsyncLocalExecutor(parallelism=parallelism)
+    executor.start()
+    return executor
+
+
 def queue_counting_tasks(executor: AsyncLocalExecutor, tmp_path: Path, count: int) -> set[Any]:
     """``count`` tasks that each record how many of them run at once, then hold their slot."""
     marks = tmp_path / "marks"
@@ -292,11 +305,7 @@ def test_queue_ahead_is_unlimited_by_default_and_runs_at_most_parallelism(
 def test_queue_ahead_takes_more_than_parallelism_but_runs_at_most_parallelism(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__STATE_PATH", str(tmp_path / "state.db"))
-    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__LOG_DIR", str(tmp_path / "logs"))
-    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__QUEUE_AHEAD", "4")
-    executor = AsyncLocalExecutor(parallelism=4)
-    executor.start()
+    executor = started_with(tmp_path, monkeypatch, 4, queue_ahead="4")
     try:
         assert executor.queue_ahead == executor.parallelism == 4
         assert executor.slots_available == 4 and executor.slots_occupied == 0
@@ -311,11 +320,7 @@ def test_queue_ahead_takes_more_than_parallelism_but_runs_at_most_parallelism(
 
 
 def test_queue_ahead_zero_is_airflows_accounting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__STATE_PATH", str(tmp_path / "state.db"))
-    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__LOG_DIR", str(tmp_path / "logs"))
-    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__QUEUE_AHEAD", "0")
-    ex = AsyncLocalExecutor(parallelism=3)
-    ex.start()
+    ex = started_with(tmp_path, monkeypatch, 3, queue_ahead="0")
     try:
         assert ex.queue_ahead == 0
         ex.execute_async(key("one"), ["sleep", "5"])
