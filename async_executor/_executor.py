@@ -429,7 +429,7 @@ class AsyncExecutor:
 
     def is_waiting(self, key: Any) -> bool:
         """Is the task queued here, or handed to the engine and waiting for a slot (not started)?"""
-        return key in self.queued_tasks or (key in self.running and self._engine.is_waiting(key))
+        return key in self.queued_tasks or self._engine.is_waiting(key)
 
     def send_callback(self, request: Any) -> None:
         """Hand ``request`` to the configured callback sink."""
