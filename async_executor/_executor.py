@@ -428,8 +428,15 @@ class AsyncExecutor:
         return key in self.queued_tasks or key in self.running
 
     def is_waiting(self, key: Any) -> bool:
-        """Is the task queued here, or handed to the engine and waiting for a slot (not started)?"""
-        return key in self.queued_tasks or self._engine.is_waiting(key)
+        """Is the task queued here, or handed to the engine and waiting for a slot (not started)?
+
+        Asked on the engine's loop, so a hand-off still in flight from this thread is seen.
+        """
+        if key in self.queued_tasks:
+            return True
+        if key not in self.running or self._state != _STARTED:
+            return False
+        return self._call(self._engine.is_waiting, key)
 
     def send_callback(self, request: Any) -> None:
         """Hand ``request`` to the configured callback sink."""

@@ -82,6 +82,27 @@ def test_execute_async_waiting_tasks_start_highest_priority_first(tmp_path: Path
     assert order.read_text().split() == ["first", "t5", "t1", "t3", "t2", "t0", "t4"]
 
 
+def test_is_waiting_sees_a_hand_off_still_in_flight(tmp_path: Path) -> None:
+    """A task handed over while the engine's loop is busy is waiting, not unknown."""
+    ex = AsyncExecutor(parallelism=1, log_dir=tmp_path / "logs")
+    ex.start()
+    try:
+        ex.execute_async("first", ["sleep", "30"])
+        while ex.statistics().running < 1:
+            ex.sync()
+            time.sleep(0.01)
+        assert not ex.is_waiting("first")
+        assert ex._loop is not None
+        ex._loop.call_soon_threadsafe(time.sleep, 0.5)  # the loop is busy: the hand-off waits
+        ex.execute_async("second", ["true"])
+        assert ex.is_waiting("second")
+        assert not ex.is_waiting("never-queued")
+        ex.queue_command("third", ["true"])
+        assert ex.is_waiting("third")
+    finally:
+        ex.terminate()
+
+
 def test_execute_async_refuses_a_bad_priority(executor: AsyncExecutor) -> None:
     with pytest.raises(InvalidTaskError, match="priority"):
         executor.execute_async("bad", ["true"], priority="high")  # type: ignore[arg-type]
