@@ -258,6 +258,8 @@ class _Server:
         }
 
     def serve(self) -> None:
+        import runpy  # noqa: F401 - every "-m" launch needs it: import it once, not per child
+
         failed: dict[str, str] = {}
         started = time.perf_counter()
         for name in self.imports:

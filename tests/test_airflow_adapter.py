@@ -5,11 +5,13 @@ The adapter itself is exercised against real Airflow by ``tests/airflow_e2e`` (`
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
@@ -236,3 +238,57 @@ def test_exit_wake_wraps_once() -> None:
 
     once = wake_on_exit(_Supervisor._service_subprocess)
     assert wake_on_exit(once) is once
+
+
+def _fake_sdk_log(monkeypatch: pytest.MonkeyPatch) -> tuple[types.ModuleType, list[dict[str, object]]]:
+    """Stand-ins for ``airflow``, ``airflow.sdk`` and ``airflow.sdk.log`` with a cached set-up."""
+    made: list[dict[str, object]] = []
+
+    @functools.cache
+    def configure_logging(**kwargs: object) -> None:
+        made.append(kwargs)
+
+    log = types.ModuleType("airflow.sdk.log")
+    log.configure_logging = configure_logging  # type: ignore[attr-defined]
+    sdk = types.ModuleType("airflow.sdk")
+    sdk.log = log  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "airflow", types.ModuleType("airflow"))
+    monkeypatch.setitem(sys.modules, "airflow.sdk", sdk)
+    monkeypatch.setitem(sys.modules, "airflow.sdk.log", log)
+    return log, made
+
+
+def test_preconfigured_task_logging_is_reused_by_the_supervisors_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from async_executor._airflow._warmup import preconfigure_task_logging
+
+    monkeypatch.delenv("AIRFLOW__LOGGING__LOGGING_LEVEL", raising=False)
+    log, made = _fake_sdk_log(monkeypatch)
+    assert preconfigure_task_logging()
+    assert made == [{"output": sys.stdout.buffer, "json_output": True}]
+    log.configure_logging(output=sys.stdout.buffer, json_output=True)  # execute_workload's call
+    assert len(made) == 1  # done once, before the fork
+    assert not preconfigure_task_logging()  # wraps once
+
+
+def test_preconfigured_task_logging_is_redone_when_the_logging_environment_differs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from async_executor._airflow._warmup import preconfigure_task_logging
+
+    monkeypatch.delenv("AIRFLOW__LOGGING__LOGGING_LEVEL", raising=False)
+    log, made = _fake_sdk_log(monkeypatch)
+    assert preconfigure_task_logging()
+    monkeypatch.setenv("AIRFLOW__LOGGING__LOGGING_LEVEL", "DEBUG")  # a task's own environment
+    log.configure_logging(output=sys.stdout.buffer, json_output=True)
+    assert len(made) == 2
+
+
+def test_preconfigure_task_logging_needs_the_cached_set_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    from async_executor._airflow._warmup import preconfigure_task_logging
+
+    log, made = _fake_sdk_log(monkeypatch)
+    log.configure_logging = lambda **kwargs: made.append(kwargs)  # type: ignore[attr-defined]
+    assert not preconfigure_task_logging()  # not cached: a call here would not be reused
+    assert made == []

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -377,6 +380,28 @@ def test_fork_server_warmup_prepares_the_task_sdk() -> None:
     assert Client._get_ssl_context_cached.cache_info().currsize >= 1
     assert _warmup.install_exit_wake()
     assert getattr(ActivitySubprocess._service_subprocess, "_async_executor_exit_wake", False)
+
+
+def test_fork_server_warmup_does_the_task_supervisors_logging_set_up() -> None:
+    """execute_workload's own call finds the set-up done (in a fresh process: it is global)."""
+    code = textwrap.dedent(
+        """
+        import sys
+        from airflow.sdk import log
+        from async_executor._airflow import _warmup  # the fork server imports it: it does the set-up
+        assert getattr(log.configure_logging, "_async_executor_preconfigured", False)
+        assert not _warmup.preconfigure_task_logging()  # once
+        before = log.configure_logging.cache_info()
+        # what airflow.sdk.execution_time.execute_workload does first
+        from airflow.sdk.log import configure_logging
+        configure_logging(output=sys.stdout.buffer, json_output=True)
+        after = log.configure_logging.cache_info()
+        assert (after.hits, after.misses) == (before.hits + 1, before.misses), (before, after)
+        print("ok")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr
 
 
 def _supervisor_children(ex: AsyncLocalExecutor) -> list[int]:
