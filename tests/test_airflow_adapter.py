@@ -292,3 +292,19 @@ def test_preconfigure_task_logging_needs_the_cached_set_up(monkeypatch: pytest.M
     log.configure_logging = lambda **kwargs: made.append(kwargs)  # type: ignore[attr-defined]
     assert not preconfigure_task_logging()  # not cached: a call here would not be reused
     assert made == []
+
+
+def test_dispose_inherited_orm_disposes_as_execute_workload_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    from async_executor._airflow._warmup import dispose_inherited_orm
+
+    calls: list[dict[str, object]] = []
+    settings = types.ModuleType("airflow.settings")
+    settings.dispose_orm = lambda **kwargs: calls.append(kwargs)  # type: ignore[attr-defined]
+    airflow = types.ModuleType("airflow")
+    airflow.settings = settings  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "airflow", airflow)
+    monkeypatch.setitem(sys.modules, "airflow.settings", settings)
+    assert dispose_inherited_orm()
+    assert calls == [{"do_log": False}]
+    del settings.dispose_orm  # type: ignore[attr-defined]
+    assert not dispose_inherited_orm()

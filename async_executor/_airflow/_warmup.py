@@ -16,6 +16,11 @@ Imported last by the fork server (Airflow 3 with warm start), after the task SDK
   ``sys.stdout`` object, whose descriptor 1 is by then the task's log file.  A task whose
   environment changes the ``[logging]`` options (or the config file) configures itself.
 
+* **The database pool it inherited.**  ``execute_workload`` disposes of the ORM engine and
+  sessions its process has (a fork server forked from the scheduler has the scheduler's,
+  their descriptors already on /dev/null), so each fork did it again; done here, each finds
+  nothing to dispose of.
+
 * **Exit wake** (``[async_executor] exit_wake``, on by default).  Airflow's task supervisor
   (``airflow.sdk.execution_time.supervisor``) loops on ``selector.select(timeout)`` over the
   task process's sockets and looks for the process's exit after each wake-up.  The task
@@ -42,6 +47,7 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = [
+    "dispose_inherited_orm",
     "install_exit_wake",
     "prebuild_client_tls",
     "preconfigure_task_logging",
@@ -122,6 +128,19 @@ def prebuild_client_tls() -> bool:
     return True
 
 
+def dispose_inherited_orm() -> bool:
+    """Dispose of the ORM engine and sessions as each task's supervisor would; False if none."""
+    try:
+        from airflow import settings
+    except ImportError:
+        return False
+    dispose = getattr(settings, "dispose_orm", None)
+    if dispose is None:
+        return False
+    dispose(do_log=False)
+    return True
+
+
 def _logging_env() -> dict[str, str]:
     """The environment the task SDK's logging set-up depends on."""
     return {
@@ -171,6 +190,7 @@ def _exit_wake_enabled() -> bool:
 
 
 prebuild_client_tls()
+dispose_inherited_orm()
 if _exit_wake_enabled():
     install_exit_wake()
 # last: from here on the fork server's own stdlib logging goes where a task's would

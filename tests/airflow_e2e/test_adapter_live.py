@@ -382,13 +382,17 @@ def test_fork_server_warmup_prepares_the_task_sdk() -> None:
     assert getattr(ActivitySubprocess._service_subprocess, "_async_executor_exit_wake", False)
 
 
-def test_fork_server_warmup_does_the_task_supervisors_logging_set_up() -> None:
-    """execute_workload's own call finds the set-up done (in a fresh process: it is global)."""
+def test_fork_server_warmup_does_the_task_supervisors_set_up() -> None:
+    """execute_workload's own calls find the work done (in a fresh process: it is global)."""
     code = textwrap.dedent(
         """
         import sys
+        from airflow import settings
         from airflow.sdk import log
+        settings.configure_orm()  # as a fork of the scheduler has it
+        assert settings.engine is not None
         from async_executor._airflow import _warmup  # the fork server imports it: it does the set-up
+        assert settings.engine is None and settings.Session is None
         assert getattr(log.configure_logging, "_async_executor_preconfigured", False)
         assert not _warmup.preconfigure_task_logging()  # once
         before = log.configure_logging.cache_info()
