@@ -258,31 +258,21 @@ def _fake_sdk_log(monkeypatch: pytest.MonkeyPatch) -> tuple[types.ModuleType, li
     return log, made
 
 
-def test_preconfigured_task_logging_is_reused_by_the_supervisors_call(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(("task_level", "set_ups"), [(None, 1), ("DEBUG", 2)])
+def test_preconfigured_task_logging_is_reused_unless_the_logging_environment_differs(
+    monkeypatch: pytest.MonkeyPatch, task_level: str | None, set_ups: int
 ) -> None:
     from async_executor._airflow._warmup import preconfigure_task_logging
 
     monkeypatch.delenv("AIRFLOW__LOGGING__LOGGING_LEVEL", raising=False)
     log, made = _fake_sdk_log(monkeypatch)
     assert preconfigure_task_logging()
-    assert made == [{"output": sys.stdout.buffer, "json_output": True}]
+    assert made == [{"output": sys.stdout.buffer, "json_output": True}]  # once, before the fork
+    if task_level is not None:  # a task's own environment changes the [logging] options
+        monkeypatch.setenv("AIRFLOW__LOGGING__LOGGING_LEVEL", task_level)
     log.configure_logging(output=sys.stdout.buffer, json_output=True)  # execute_workload's call
-    assert len(made) == 1  # done once, before the fork
+    assert len(made) == set_ups
     assert not preconfigure_task_logging()  # wraps once
-
-
-def test_preconfigured_task_logging_is_redone_when_the_logging_environment_differs(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from async_executor._airflow._warmup import preconfigure_task_logging
-
-    monkeypatch.delenv("AIRFLOW__LOGGING__LOGGING_LEVEL", raising=False)
-    log, made = _fake_sdk_log(monkeypatch)
-    assert preconfigure_task_logging()
-    monkeypatch.setenv("AIRFLOW__LOGGING__LOGGING_LEVEL", "DEBUG")  # a task's own environment
-    log.configure_logging(output=sys.stdout.buffer, json_output=True)
-    assert len(made) == 2
 
 
 def test_preconfigure_task_logging_needs_the_cached_set_up(monkeypatch: pytest.MonkeyPatch) -> None:
