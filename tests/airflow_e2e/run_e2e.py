@@ -1205,7 +1205,7 @@ def print_summary(
                     f"  parallelism {p}, idle after the fan-out, USS: ours supervisor + fork server "
                     f"{ou['workers_uss_kb'] / 1024:.1f} MB + in-scheduler {in_scheduler / 1024:.1f} MB RSS = "
                     f"{(ou['workers_uss_kb'] + in_scheduler) / 1024:.1f} MB; LocalExecutor's workers "
-                    f"{lo['workers_uss_kb'] / 1024:.1f} MB; ratio {uss_ratio:.2f} (target < 0.20)"
+                    f"{lo['workers_uss_kb'] / 1024:.1f} MB; ratio {uss_ratio:.3f} (target < 0.20)"
                 )
                 if ou.get("workers_added_kb") is not None and lo.get("workers_added_kb"):
                     ours_added = ou["workers_added_kb"] + in_scheduler
@@ -1214,14 +1214,14 @@ def print_summary(
                         f"hold (none of the stack's others): ours {ou['workers_added_kb'] / 1024:.1f} MB + "
                         f"in-scheduler {in_scheduler / 1024:.1f} MB = {ours_added / 1024:.1f} MB; "
                         f"LocalExecutor's workers {lo['workers_added_kb'] / 1024:.1f} MB; ratio "
-                        f"{ours_added / lo['workers_added_kb']:.2f} (target < 0.20)"
+                        f"{ours_added / lo['workers_added_kb']:.3f} (target < 0.20)"
                     )
                 print(
                     f"  parallelism {p}, idle after the fan-out: executor-owned memory, ours = supervisor + "
                     f"fork server PSS {ou['workers_kb'] / 1024:.1f} MB + in-scheduler "
                     f"{in_scheduler / 1024:.1f} MB RSS = {owned / 1024:.1f} MB; LocalExecutor's "
                     f"{lo['n_workers']} workers {lo['workers_kb'] / 1024:.1f} MB PSS; "
-                    f"ratio {ratio:.2f} (target < 0.20)"
+                    f"ratio {ratio:.3f} (target < 0.20)"
                 )
     for p, (rss, uss) in sorted(probes.items()):
         local = pss.get("local", {}).get(p)
