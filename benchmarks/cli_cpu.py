@@ -26,11 +26,11 @@ from _harness import deferred_cleanup, scratch_dir
 
 # Runs inside the measured interpreter: the CLI's main in-process, then getrusage as JSON.
 _PROBE = """
-import json, resource, runpy, sys, time
-sys.argv = ["async-executor", "run", "-j", sys.argv[1], "--quiet", sys.argv[2]]
+import json, resource, sys, time
+from async_executor._cli import main
 started = time.perf_counter()
-try:
-    runpy.run_module("async_executor", run_name="__main__")
+try:  # embedded: ends with SystemExit (the console script ends with os._exit)
+    main(["run", "-j", sys.argv[1], "--quiet", sys.argv[2]])
 except SystemExit as exc:
     code = exc.code
 wall = time.perf_counter() - started
