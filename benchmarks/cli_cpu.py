@@ -51,7 +51,12 @@ def measure(checkout: str, jobs: Path, parallelism: int) -> dict[str, float]:
             text=True,
             check=False,
         )
-    result: dict[str, float] = json.loads(proc.stderr.strip().splitlines()[-1])
+    lines = proc.stderr.strip().splitlines()
+    if not lines or not lines[-1].startswith("{"):
+        raise SystemExit(
+            f"{checkout}: the probe reported nothing (exit {proc.returncode}): {proc.stderr[-2000:]}"
+        )
+    result: dict[str, float] = json.loads(lines[-1])
     if result["code"] not in (0, None):
         raise SystemExit(f"{checkout}: the CLI exited {result['code']}: {proc.stderr[-2000:]}")
     return result

@@ -72,3 +72,29 @@ def test_time_process_kills_a_process_that_outlives_its_timeout(tmp_path: Path) 
         _harness.time_process(["sh", "-c", f"sleep 0.3; touch {mark}"], timeout=0.05)
     time.sleep(0.6)
     assert not mark.exists()  # the shell was killed, not waited for
+
+
+def test_cli_cpu_reports_the_cli_s_own_cpu_and_its_children_s() -> None:
+    """The in-process probe of ``benchmarks/cli_cpu.py`` runs the CLI and gets to report."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks" / "cli_cpu.py"),
+            "--lines",
+            "5",
+            "--runs",
+            "1",
+            "-j",
+            "2",
+            str(root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = proc.stdout.strip().splitlines()[-1].split()
+    assert row[0].endswith(root.name) and len(row) == 5, proc.stdout
+    assert all(float(cell) >= 0 for cell in row[1:]) and float(row[1]) > 0, proc.stdout
