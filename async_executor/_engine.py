@@ -191,7 +191,8 @@ class Engine:
         return key in self._runs or key in self._pending_keys
 
     def is_waiting(self, key: Any) -> bool:
-        """Handed over and waiting for a slot (not started)? A set lookup: safe from any thread."""
+        """Handed over and waiting for a slot (not started)? Ask on the loop: from another thread
+        a hand-off still in flight (``call_soon_threadsafe``) is not seen yet."""
         return key in self._pending_keys
 
     def pid_of(self, key: Any) -> int | None:
