@@ -51,11 +51,25 @@ LABELS = {WORKLOAD: "/bin/true lines"}
 BASELINES = (("vs parallel", "gnu-parallel"), ("vs xargs", "xargs"))
 
 
+def _own_program(word: str) -> str:
+    """``python`` and ``async-executor`` as installed for this interpreter, not a PATH lookup.
+
+    On PATH they may be version-manager shims (pyenv's are bash scripts that cost ~50-75 ms
+    per start here), which would be timed as the CLI's own start-up. Other words are kept.
+    """
+    if word == "python":
+        return sys.executable
+    if word == "async-executor":
+        installed = Path(sys.executable).parent / word
+        if os.access(installed, os.X_OK):
+            return str(installed)
+    return word
+
+
 def _ae_argv(ae_cmd: str, jobs: int) -> list[str] | None:
     """``async-executor run`` argv without the job file, quiet when the CLI offers it;
     ``None`` when it is not installed."""
-    # not a version-manager shim for "python": those cost ~75 ms per start here
-    base = [sys.executable if word == "python" else word for word in shlex.split(ae_cmd)]
+    base = [_own_program(word) for word in shlex.split(ae_cmd)]
     if not base or shutil.which(base[0]) is None:
         return None
     help_text = subprocess.run([*base, "run", "--help"], capture_output=True, text=True, check=False).stdout
@@ -115,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--ae-cmd",
         default="async-executor",
-        help="how to start the CLI under test (default: async-executor on PATH)",
+        help="how to start the CLI under test (default: the async-executor installed next to this "
+        "Python, else the one on PATH)",
     )
     ap.add_argument(
         "--base-cmd",

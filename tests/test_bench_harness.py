@@ -98,3 +98,23 @@ def test_cli_cpu_reports_the_cli_s_own_cpu_and_its_children_s() -> None:
     row = proc.stdout.strip().splitlines()[-1].split()
     assert row[0].endswith(root.name) and len(row) == 5, proc.stdout
     assert all(float(cell) >= 0 for cell in row[1:]) and float(row[1]) > 0, proc.stdout
+
+
+def test_bench_cli_times_the_cli_installed_for_its_python_not_a_shim_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bench_cli
+
+    # A shim first on PATH (as pyenv's are) must not be what gets timed.
+    shim = tmp_path / "async-executor"
+    shim.write_text("#!/bin/sh\nexit 99\n")
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
+    installed = Path(sys.executable).parent / "async-executor"
+    expected = str(installed) if os.access(installed, os.X_OK) else "async-executor"
+    assert bench_cli._own_program("async-executor") == expected
+    assert bench_cli._own_program("python") == sys.executable
+    assert bench_cli._own_program("env") == "env"
+    if expected != "async-executor":
+        argv = bench_cli._ae_argv("async-executor", 8)
+        assert argv is not None and argv[0] == expected and argv[1:4] == ["run", "-j", "8"]
