@@ -26,6 +26,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -62,6 +63,9 @@ class Child:
     #: one, or where the platform has none: then the backend polls).
     pidfd: int | None
     popen: subprocess.Popen[bytes] | None = None
+    #: Its start time in clock ticks since boot, when the launcher could tell without
+    #: reading ``/proc`` (see :func:`ticks_between`); ``None`` otherwise.
+    start_ticks: int | None = None
 
     @property
     def pgid(self) -> int:
@@ -122,6 +126,7 @@ class ExecLauncher:
             if resolved is None:
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
             program, spawn = resolved, os.posix_spawn
+        before = _boottime_ns()
         pid = spawn(
             program,
             argv,
@@ -131,7 +136,7 @@ class ExecLauncher:
             setsigmask=(),  # nothing blocked, whatever the spawning thread blocks
             setsigdef=RESTORED_SIGNALS,
         )
-        return Child(pid, None)
+        return Child(pid, None, start_ticks=ticks_between(before, _boottime_ns()))
 
     def _launch_popen(self, argv: tuple[str, ...], environ: dict[str, str], cwd: str, out_fd: int) -> Child:
         popen = subprocess.Popen(  # argv list, never a shell
@@ -288,6 +293,29 @@ def _close_pidfd(child: Child) -> None:
     if child.pidfd is not None:
         os.close(child.pidfd)
         child.pidfd = None
+
+
+_CLOCK_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)
+_TICK_NS = 10**9 // os.sysconf("SC_CLK_TCK") if 10**9 % os.sysconf("SC_CLK_TCK") == 0 else 0
+
+
+def _boottime_ns() -> int | None:
+    return time.clock_gettime_ns(_CLOCK_BOOTTIME) if _CLOCK_BOOTTIME is not None and _TICK_NS else None
+
+
+def ticks_between(before: int | None, after: int | None) -> int | None:
+    """A process's start time in clock ticks, from the boot clock read just before and just
+    after the system call that created it; ``None`` if a tick boundary lies between the two.
+
+    The kernel stamps a new process with the boot clock (``/proc/PID/stat`` field 22 is that
+    stamp in whole ticks), so when both readings fall in the same tick, that tick is the
+    process's start time, exactly, without reading ``/proc`` (which costs ~40 µs here for a
+    child that is still exec'ing).
+    """
+    if before is None or after is None:
+        return None
+    tick = before // _TICK_NS
+    return tick if after // _TICK_NS == tick else None
 
 
 def proc_start_ticks(pid: int) -> int | None:
@@ -541,7 +569,7 @@ class LocalBackend:
         child.pidfd = _pidfd(child.pid)  # after the log's descriptor is released
         self._children[token] = child
         self._watch(token, child)
-        self._events.spawned(token, child.pid)
+        self._events.spawned(token, child.pid, child.start_ticks)
 
     async def _spawn_warm(
         self,

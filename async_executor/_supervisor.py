@@ -316,6 +316,8 @@ class Supervisor(ProcessEvents):
         child["pid"] = pid
         child["t0"] = _now()
         child["warm"] = warm
+        if proc_start is not None:
+            child["start"] = proc_start
         # Recorded once the whole batch of spawn requests is launched: reading /proc of a
         # child that is still exec'ing is slow, and one write covers the batch.
         self._unrecorded.append(child)  # recorded at the end of _spawn_some

@@ -226,3 +226,35 @@ def test_full_log_disk_fails_that_task_clearly_and_others_run_on(full_log_dir: P
     state, info = events["chatty"][0]
     assert state == TaskState.FAILED
     assert "log is full" in (info.detail or "")
+
+
+def test_ticks_between_is_the_tick_when_both_readings_share_it() -> None:
+    from async_executor._spawn import _TICK_NS, ticks_between
+
+    tick = _TICK_NS
+    assert ticks_between(5 * tick, 5 * tick + tick - 1) == 5
+    assert ticks_between(5 * tick + tick - 1, 6 * tick) is None  # a boundary between them
+    assert ticks_between(None, 6 * tick) is None
+    assert ticks_between(5 * tick, None) is None
+
+
+def test_the_launcher_knows_a_child_start_time_exactly_or_not_at_all(tmp_path: Path) -> None:
+    """A child's start time (with its pid, its identity across executor restarts) is taken
+    from the boot clock around the spawn when it can be: it must equal what /proc says."""
+    from async_executor._spawn import proc_start_ticks
+
+    launcher = ExecLauncher()
+    out = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
+    known = 0
+    try:
+        for _ in range(200):
+            child = launcher.launch(("true",), None, None, out)  # a zombie keeps its /proc entry
+            try:
+                if child.start_ticks is not None:
+                    known += 1
+                    assert child.start_ticks == proc_start_ticks(child.pid)
+            finally:
+                os.waitpid(child.pid, 0)
+    finally:
+        os.close(out)
+    assert known  # a spawn takes far less than a tick (10 ms) here: most are known
