@@ -33,6 +33,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -152,6 +153,7 @@ def c_facade(
         with Stopwatch() as setup:
             ex.start()
         ok = failed = heartbeats = idle = 0
+        cpu = os.times()
         with Stopwatch() as sw:
             for i in range(tasks):
                 ex.queue_command(_key(i), argv)
@@ -168,6 +170,8 @@ def c_facade(
                     idle += 1
                     if idle_sleep:
                         time.sleep(idle_sleep)
+        cpu_end = os.times()
+        supervisor_cpu = _process_cpu(getattr(ex._engine.backend, "supervisor_pid", None))
         stats = ex.statistics()
         with Stopwatch() as teardown:
             ex.end()
@@ -180,8 +184,42 @@ def c_facade(
         "start_s": setup.elapsed,
         "end_s": teardown.elapsed,
         "engine_loop": str(getattr(stats, "loop", loop)),
+        # CPU of the executor's process (all its threads) while the tasks ran, and of its
+        # supervisor over its life so far (its start included): the costs ratios hide
+        "cpu_s": round(cpu_end.user + cpu_end.system - cpu.user - cpu.system, 3),
+        **({"supervisor_cpu_s": supervisor_cpu} if supervisor_cpu is not None else {}),
         **_counters(stats),
     }
+
+
+def _process_cpu(pid: int | None) -> float | None:
+    """User + system CPU seconds of a live process (``/proc/PID/stat``), ``None`` if unknown."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 3)
+
+
+def _cpu_notes(suite: Suite) -> list[str]:
+    """Median CPU per 1,000 tasks of each façade contender (executor process, supervisor)."""
+    notes = []
+    for r in suite.results:
+        c = r.case
+        cpus = [float(s["cpu_s"]) for s in r.samples if "cpu_s" in s]
+        if not cpus:
+            continue
+        per = 1000 / c.tasks
+        line = f"{c.contender} {LABELS[c.workload]} P={c.parallelism}: CPU per 1,000 tasks, executor process "
+        line += f"{statistics.median(cpus) * per:.3f} s"
+        sups = [float(s["supervisor_cpu_s"]) for s in r.samples if "supervisor_cpu_s" in s]
+        if sups:
+            line += f", supervisor {statistics.median(sups) * per:.3f} s (its start included)"
+        notes.append(line)
+    return notes
 
 
 def _counters(stats: object) -> dict[str, int]:
@@ -822,6 +860,7 @@ def _run_workloads(args: argparse.Namespace, cfg: Config, core: bool, notes: lis
     }
     if engine_loops:
         notes.append(f"façade engine loop (--loop {args.loop}): {', '.join(sorted(engine_loops))}")
+    notes.extend(_cpu_notes(suite))
     return suite
 
 

@@ -118,3 +118,14 @@ def test_bench_cli_times_the_cli_installed_for_its_python_not_a_shim_on_path(
     if expected != "async-executor":
         argv = bench_cli._ae_argv("async-executor", 8)
         assert argv is not None and argv[0] == expected and argv[1:4] == ["run", "-j", "8"]
+
+
+def test_the_facade_contender_reports_the_cpu_of_the_executor_and_its_supervisor(tmp_path: Path) -> None:
+    import bench_core
+
+    sample = bench_core.c_facade(20, 4, ["true"], 0.001, "asyncio", str(tmp_path), journal=True)
+    assert (sample["ok"], sample["failed"]) == (20, 0)
+    assert sample["cpu_s"] >= 0
+    assert sample["supervisor_cpu_s"] > 0  # its start alone (imports) takes tens of ms
+    assert bench_core._process_cpu(os.getpid()) is not None
+    assert bench_core._process_cpu(None) is None
