@@ -285,6 +285,18 @@ class Proc:
     comm: str
 
 
+def proc_stat(pid: int) -> tuple[str, list[bytes]] | None:
+    """``(command name, fields from field 3 on)`` of ``/proc/PID/stat``; ``None`` if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: it ends at the last ')'.
+    close = stat.rfind(b")")
+    return stat[stat.find(b"(") + 1 : close].decode(errors="replace"), stat[close + 2 :].split()
+
+
 def descendants(root: int | None = None) -> list[Proc]:
     """Every live descendant of ``root`` (default: this process), found through ``/proc``.
 
@@ -295,19 +307,13 @@ def descendants(root: int | None = None) -> list[Proc]:
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
+        stat = proc_stat(int(entry.name))
+        if stat is None:
             continue
-        # The command name may hold spaces and parentheses: it ends at the last ')'.
-        close = stat.rfind(b")")
-        fields = stat[close + 2 :].split()
+        comm, fields = stat
         if fields[0] == b"Z":
             continue  # exited, not yet reaped
-        proc = Proc(
-            int(entry.name), int(fields[1]), int(fields[2]), stat[stat.find(b"(") + 1 : close].decode()
-        )
+        proc = Proc(int(entry.name), int(fields[1]), int(fields[2]), comm)
         procs.setdefault(proc.ppid, []).append(proc)
     found: list[Proc] = []
     todo = [os.getpid() if root is None else root]

@@ -60,6 +60,7 @@ from _harness import (
     ideal_wall,
     kill_descendants,
     percentile,
+    proc_stat,
     raise_nofile,
     rss_kb,
     run_isolated,
@@ -194,13 +195,10 @@ def c_facade(
 
 def _process_cpu(pid: int | None) -> float | None:
     """User + system CPU seconds of a live process (``/proc/PID/stat``), ``None`` if unknown."""
-    if pid is None:
+    stat = None if pid is None else proc_stat(pid)
+    if stat is None:
         return None
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            fields = handle.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
+    fields = stat[1]  # utime and stime are fields 14 and 15
     return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 3)
 
 
