@@ -4,7 +4,9 @@ The fast path is ``os.posix_spawn`` (glibc: ``clone(CLONE_VM|CLONE_VFORK)``, so 
 parent is never copied) with ``setsid`` giving every task its own session and process
 group, and ``os.pidfd_open`` telling the event loop when the child exits. Tasks with a
 ``cwd`` fall back to ``subprocess.Popen`` (vfork on 3.10+), because ``posix_spawn`` has no
-chdir action in Python. Exec errors surface synchronously as ``OSError``.
+chdir action in Python. Exec errors surface synchronously as ``OSError``. Where the
+system allows it, ``_handoff.py`` makes each child start on the spawning thread's CPU, so
+the vfork wait is short (the task's own policy, nice value and CPU mask stay as they were).
 
 Two seams. A :class:`Launcher` starts one process (``ExecLauncher``); Python commands
 that a :class:`~._forkserver.WarmStart` rule accepts are forked by a warm fork server
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
+from ._handoff import CHILD_ATTRS, CpuHandoff
 from ._logs import open_log
 
 if TYPE_CHECKING:
@@ -87,7 +90,8 @@ class Launcher(Protocol):
 class ExecLauncher:
     """Launch by exec: ``posix_spawn`` fast path, ``Popen`` for tasks that need a cwd."""
 
-    def __init__(self) -> None:
+    def __init__(self, handoff: bool | None = None) -> None:
+        self._handoff = CpuHandoff(handoff)
         self._base_env: dict[str, str] = dict(os.environ)
         self._base_path = self._base_env.get("PATH", os.defpath)
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -126,17 +130,25 @@ class ExecLauncher:
             if resolved is None:
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
             program, spawn = resolved, os.posix_spawn
-        before = _boottime_ns()
-        pid = spawn(
-            program,
-            argv,
-            environ,
-            file_actions=actions,
-            setsid=True,
-            setsigmask=(),  # nothing blocked, whatever the spawning thread blocks
-            setsigdef=RESTORED_SIGNALS,
-        )
-        return Child(pid, None, start_ticks=ticks_between(before, _boottime_ns()))
+        pin = self._handoff.enter()  # see _handoff.py: the child starts on this CPU
+        pid = None
+        try:
+            before = _boottime_ns()
+            pid = spawn(
+                program,
+                argv,
+                environ,
+                file_actions=actions,
+                setsid=True,
+                setsigmask=(),  # nothing blocked, whatever the spawning thread blocks
+                setsigdef=RESTORED_SIGNALS,
+                **(CHILD_ATTRS if pin is not None else {}),  # back to SCHED_OTHER before its exec
+            )
+            after = _boottime_ns()
+        finally:
+            if pin is not None:
+                self._handoff.leave(pin, pid)
+        return Child(pid, None, start_ticks=ticks_between(before, after))
 
     def _launch_popen(self, argv: tuple[str, ...], environ: dict[str, str], cwd: str, out_fd: int) -> Child:
         popen = subprocess.Popen(  # argv list, never a shell
