@@ -41,9 +41,8 @@ ENV_SWITCH = "ASYNC_EXECUTOR_SPAWN_HANDOFF"
 
 #: ``posix_spawn`` keywords for a handed-off child: back to SCHED_OTHER before its exec
 #: (``sched_setscheduler`` keeps the nice value).
-CHILD_ATTRS: dict[str, Any] = (
-    {"scheduler": (os.SCHED_OTHER, os.sched_param(0))} if hasattr(os, "sched_setscheduler") else {}
-)
+_HAVE_SCHED = hasattr(os, "sched_setscheduler")
+CHILD_ATTRS: dict[str, Any] = {"scheduler": (os.SCHED_OTHER, os.sched_param(0))} if _HAVE_SCHED else {}
 
 #: What :meth:`CpuHandoff.enter` changed: the CPU the thread was pinned to, and its mask before.
 Pin = tuple[int, frozenset[int]]
@@ -52,7 +51,7 @@ Pin = tuple[int, frozenset[int]]
 def _supported() -> bool:
     return (
         sys.platform.startswith("linux")
-        and hasattr(os, "sched_setscheduler")
+        and _HAVE_SCHED
         and hasattr(os, "SCHED_FIFO")
         and hasattr(os, "sched_setaffinity")
         and os.environ.get(ENV_SWITCH, "1") != "0"
@@ -135,7 +134,7 @@ class CpuHandoff:
             except ProcessLookupError:
                 pass  # already gone
             except OSError as exc:
-                self._free_child(pid, exc)
+                self._widen(pid, exc, f"task pid {pid}")
         try:
             os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
         except OSError as exc:  # lowering one's own policy is always allowed; be loud if not
@@ -143,22 +142,18 @@ class CpuHandoff:
             self._on = False
         self._restore_thread(mask)
 
-    def _free_child(self, pid: int, exc: OSError) -> None:
-        """The mask could not be set (the cpuset changed?): give it every CPU the system allows."""
+    def _restore_thread(self, mask: frozenset[int]) -> None:
+        try:
+            os.sched_setaffinity(0, mask)
+        except OSError as exc:
+            self._widen(0, exc, "the spawning thread")
+
+    def _widen(self, pid: int, exc: OSError, what: str) -> None:
+        """A mask could not be set (the cpuset changed?): give every CPU the system allows, stop."""
         try:
             os.sched_setaffinity(pid, range(os.cpu_count() or 1))
         except ProcessLookupError:
             return
         except OSError:
-            logger.warning("task pid %d may stay pinned to one CPU: %s", pid, exc)
-        self._off(f"could not set a child's CPU mask ({exc.strerror or exc})")
-
-    def _restore_thread(self, mask: frozenset[int]) -> None:
-        try:
-            os.sched_setaffinity(0, mask)
-        except OSError as exc:
-            try:
-                os.sched_setaffinity(0, range(os.cpu_count() or 1))
-            except OSError:
-                logger.warning("could not restore the spawning thread's CPU mask: %s", exc)
-            self._off(f"could not restore the thread's CPU mask ({exc.strerror or exc})")
+            logger.warning("%s may stay pinned to one CPU: %s", what, exc)
+        self._off(f"could not set the CPU mask of {what} ({exc.strerror or exc})")
