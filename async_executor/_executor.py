@@ -174,7 +174,15 @@ class AsyncExecutor:
             self.log_dir = None
         self.kill_grace = grace
         self.callback_sink = callback_sink
+        #: Tasks waiting for a slot (Airflow's attribute): read it, delete from it; tasks come in
+        #: through ``queue_command`` (one written in directly still launches, later).
         self.queued_tasks: dict[Any, TaskSpec] = {}
+        #: ``queued_tasks`` in launch order: ``(-priority, sequence, spec)``. A heap, so each
+        #: heartbeat costs O(slots x log n), not a pass over every queued task (quadratic over a
+        #: large backlog). Entries of tasks no longer queued (revoked, cleaned up) are skipped
+        #: when they come up; see ``_pop_queued``.
+        self._queue_heap: list[tuple[int, int, TaskSpec]] = []
+        self._queue_seq = 0
         self.running: set[Any] = set()
         self.event_buffer: EventBuffer = {}
         #: Outcomes the last get_event_buffer() handed out, confirmed to the journal by the next
@@ -304,10 +312,13 @@ class AsyncExecutor:
         if key in self._adoptable or key in self._foreign_live:
             logger.error("refusing to queue task %r: an earlier executor's process still runs it", key)
             return False
-        self.queued_tasks[key] = build_spec(
+        spec = build_spec(
             key, command, priority=priority, queue=queue, options=options, try_number=self._peek_try(key)
         )
-        self._tries[key] = self.queued_tasks[key].try_number
+        self.queued_tasks[key] = spec
+        self._queue_seq += 1
+        heapq.heappush(self._queue_heap, (-spec.priority, self._queue_seq, spec))
+        self._tries[key] = spec.try_number
         return True
 
     def execute_async(
@@ -344,29 +355,46 @@ class AsyncExecutor:
     def heartbeat(self) -> None:
         """Launch the highest-priority queued tasks into the open slots, then ``sync()``."""
         self._require_started()
-        open_slots = self.parallelism - len(self.running)
-        queued = self.queued_tasks
-        if open_slots > 0 and queued:
-            if len(queued) <= open_slots:
-                chosen = sorted(queued.values(), key=_priority, reverse=True)
-            else:
-                chosen = heapq.nlargest(open_slots, queued.values(), key=_priority)
-            for spec in chosen:
-                del queued[spec.key]
-                self.running.add(spec.key)
-            self._handoff(chosen)
+        self._launch_queued(self.parallelism - len(self.running))
         self.sync()
 
     def trigger_tasks(self, open_slots: int) -> None:
         """Launch up to ``open_slots`` queued tasks, highest priority first (Airflow's name)."""
         self._require_started()
-        queued = self.queued_tasks
-        chosen = heapq.nlargest(max(0, open_slots), queued.values(), key=_priority)
-        for spec in chosen:
-            del queued[spec.key]
-            self.running.add(spec.key)
+        self._launch_queued(open_slots)
+
+    def _launch_queued(self, count: int) -> None:
+        chosen = self._pop_queued(count)
         if chosen:
+            self.running.update(spec.key for spec in chosen)
             self._handoff(chosen)
+
+    def _pop_queued(self, count: int) -> list[TaskSpec]:
+        """Take up to ``count`` tasks out of ``queued_tasks``: highest priority first, then the
+        first queued."""
+        queued = self.queued_tasks
+        if count <= 0 or not queued:
+            return []
+        heap = self._queue_heap
+        if len(queued) > len(heap) or len(heap) > 2 * len(queued) + 64:
+            # entries put into queued_tasks by hand (not by queue_command), or mostly stale ones
+            self._rebuild_queue_heap()
+        chosen: list[TaskSpec] = []
+        while len(chosen) < count and queued:
+            if not heap:  # what is left was put into queued_tasks by hand
+                self._rebuild_queue_heap()
+            spec = heapq.heappop(heap)[2]
+            if queued.get(spec.key) is spec:  # else: revoked, cleaned up or queued again since
+                del queued[spec.key]
+                chosen.append(spec)
+        return chosen
+
+    def _rebuild_queue_heap(self) -> None:
+        """The heap from ``queued_tasks`` alone (whose order is the order of queueing)."""
+        heap = self._queue_heap
+        heap[:] = [(-spec.priority, seq, spec) for seq, spec in enumerate(self.queued_tasks.values())]
+        heapq.heapify(heap)
+        self._queue_seq = len(heap)
 
     def sync(self) -> None:
         """Move finished results into the event buffer. Never blocks."""
@@ -655,6 +683,7 @@ class AsyncExecutor:
     def _take_queued(self) -> list[TaskSpec]:
         specs = list(self.queued_tasks.values())
         self.queued_tasks.clear()
+        self._queue_heap.clear()
         self.running.update(spec.key for spec in specs)
         return specs
 
@@ -844,10 +873,6 @@ class AsyncExecutor:
     def _require_other_thread(self, async_name: str) -> None:
         if threading.get_ident() == self._loop_thread_id:
             raise RuntimeError(f"inside the event loop, use await executor.{async_name}()")
-
-
-def _priority(spec: TaskSpec) -> int:
-    return spec.priority
 
 
 @atexit.register

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from async_executor import (
     AsyncExecutor,
@@ -16,6 +18,7 @@ from async_executor import (
     TaskInfo,
     TaskState,
 )
+from async_executor._validation import build_spec
 
 from .conftest import drain
 
@@ -283,3 +286,48 @@ def test_capture_false_discards_output(tmp_path: Path) -> None:
 def test_default_log_dir_honours_home_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ASYNC_EXECUTOR_HOME", str(tmp_path / "home"))
     assert AsyncExecutor().log_dir == str(tmp_path / "home" / "logs")
+
+
+# ------------------------------------------------------------------ launch order over a backlog
+
+_QUEUE_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("queue"), st.integers(0, 40), st.integers(-2, 3)),
+        st.tuples(st.just("revoke"), st.integers(0, 40), st.just(0)),
+        st.tuples(st.just("take"), st.integers(0, 6), st.just(0)),
+    ),
+    max_size=120,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=_QUEUE_OPS)
+def test_queued_tasks_leave_in_priority_then_queueing_order(ops: list[tuple[str, int, int]]) -> None:
+    """The launch heap beside ``queued_tasks`` picks what sorting the whole dict would, through
+    revokes (stale heap entries) and keys queued again, without a pass over the backlog."""
+    ex = AsyncExecutor(parallelism=4, state_path=None, capture=False)
+    for op, key, priority in ops:
+        if op == "queue":
+            ex.queue_command(key, ["true"], priority=priority)
+        elif op == "revoke":
+            ex.revoke_task(key)
+        else:
+            expected = sorted(ex.queued_tasks.values(), key=lambda spec: -spec.priority)[:key]
+            assert ex._pop_queued(key) == expected
+            assert all(spec.key not in ex.queued_tasks for spec in expected)
+    assert len(ex._queue_heap) <= 2 * len(ex.queued_tasks) + 64 + len(ops)
+
+
+def test_tasks_put_into_queued_tasks_by_hand_are_not_lost() -> None:
+    """``queue_command`` is the way in; an entry written into the dict directly still launches
+    (its priority counts from the next rebuild of the heap on)."""
+    ex = AsyncExecutor(parallelism=4, state_path=None, capture=False)
+    ex.queue_command("a", ["true"], priority=1)
+    ex.queue_command("b", ["true"], priority=1)
+    ex.revoke_task("b")
+    ex.queued_tasks["hand"] = build_spec("hand", ["true"], priority=5, queue=None, options={}, try_number=1)
+    # the dict has as many entries as the heap here: found when the heap runs dry
+    assert [spec.key for spec in ex._pop_queued(5)] == ["a", "hand"]
+    ex.queued_tasks["x"] = build_spec("x", ["true"], priority=0, queue=None, options={}, try_number=1)
+    ex.queue_command("y", ["true"], priority=3)
+    assert [spec.key for spec in ex._pop_queued(5)] == ["y", "x"]
