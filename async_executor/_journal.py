@@ -81,7 +81,7 @@ import orjson
 from . import _logs
 from ._exceptions import AsyncExecutorError
 from ._records import FailureReason, TaskInfo, TaskSpec, TaskState
-from ._spawn import proc_start_ticks
+from ._spawn import proc_start_ticks, same_start
 from ._validation import check_key, plain_key
 
 logger = logging.getLogger("async_executor.journal")
@@ -216,7 +216,7 @@ def same_process(pid: int | None, proc_start: int | None) -> bool:
     makes a bare pid check unreliable). Without a recorded start time, never true."""
     if pid is None or proc_start is None or pid <= 0:
         return False
-    return proc_start_ticks(pid) == proc_start
+    return same_start(proc_start, proc_start_ticks(pid))
 
 
 def failed_info(row: JournalRow, reason: FailureReason | None, detail: str) -> TaskInfo:

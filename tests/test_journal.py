@@ -918,6 +918,8 @@ def test_proc_start_identifies_a_process() -> None:
     assert mine > 0
     assert same_process(os.getpid(), mine)
     assert not same_process(os.getpid(), mine + 1)  # same pid, another start time: pid reused
+    assert not same_process(os.getpid(), mine - 2)
+    assert same_process(os.getpid(), mine - 1)  # a record one tick early (see ticks_between)
     assert not same_process(os.getpid(), None)
     child = subprocess.Popen(["true"])
     child.wait()
