@@ -324,8 +324,8 @@ def ticks_between(before: int | None, after: int | None) -> int | None:
     stamp in whole ticks), so the process started in the tick of ``before`` or, if a tick
     boundary lies between the two readings, possibly in the next one; :func:`same_start`
     accepts both. That spares reading ``/proc`` of a child that is still exec'ing, which
-    waits for the exec: 0.5 ms at the median right after a handed-off spawn here, and up to
-    5 ms under load, with the spawning loop blocked all the while.
+    waits for the exec: 0.5 ms at the median right after a handed-off spawn here, and 5 ms
+    on average under load, with the spawning loop blocked all the while.
     """
     if before is None or after is None:
         return None
