@@ -4,7 +4,10 @@ On start, an executor with a journal looks at the journal's unfinished rows writ
 executors that are no longer alive (checked by pid *and* process start time) and sorts
 each task into one of four outcomes:
 
-* it ended while no executor ran: the supervisor's exits file has its real status;
+* it ended: the supervisor's exits file has its real status. Either it ended while no
+  executor ran, or before its executor died: an executor reports a plain exit as soon as its
+  supervisor has recorded it, before its own journal commits (``Engine.deliver``), so such an
+  outcome is marked ``redelivered`` (its caller may have seen it);
 * it still runs under that executor's supervisor: *adoptable* (``try_adopt_task_instances``);
 * it was accepted but never started: reported as failed with reason ``not_started``;
 * it started but its process is gone with no status recorded: reported as failed.
@@ -83,8 +86,10 @@ class Adoptable:
 
 @attrs.define(slots=True)
 class Recovery:
-    #: Outcomes to report through the event buffer (tasks that ended while no executor ran, ...).
+    #: Outcomes to journal, then report (tasks that ended while no executor ran, ...).
     events: list[TaskInfo] = attrs.Factory(list)
+    #: Outcomes the journal holds as final whose caller never confirmed them: report again.
+    repeats: list[TaskInfo] = attrs.Factory(list)
     adoptable: dict[Any, Adoptable] = attrs.Factory(dict)
     #: Keys running under another executor that is alive: refused here.
     foreign_live: set[Any] = attrs.Factory(set)
@@ -170,7 +175,8 @@ def _tuplify(value: Any) -> Any:
     return tuple(_tuplify(item) for item in value) if isinstance(value, list) else value
 
 
-def info_from_exit(row: JournalRow, record: Message, detail: str | None) -> TaskInfo:
+def info_from_exit(row: JournalRow, record: Message, detail: str, redelivered: bool = False) -> TaskInfo:
+    """The outcome in a supervisor's exit record."""
     returncode, signum = record.get("rc"), record.get("sig")
     return TaskInfo(
         key=row.key,
@@ -183,6 +189,7 @@ def info_from_exit(row: JournalRow, record: Message, detail: str | None) -> Task
         log_path=row.log_path,
         detail=detail,
         try_number=row.try_number,
+        redelivered=redelivered,
     )
 
 
@@ -256,7 +263,7 @@ async def recover(
             # Outcomes it recorded but its caller never confirmed: deliver them again. Claimed
             # first, so an executor starting later does not deliver them a third time.
             await journal.claim(executor_id, unreported[old_id])
-            recovery.events.extend(redelivered_info(row) for row in unreported[old_id])
+            recovery.repeats.extend(redelivered_info(row) for row in unreported[old_id])
         exits_path = os.path.join(state_dir, f"exits-{old_id}.jsonl")
         # Start-up only: a stat and a small file read on the loop are acceptable here.
         if not rows and not os.path.exists(exits_path):  # noqa: ASYNC240
@@ -291,9 +298,14 @@ async def recover(
         for tag, row in rows_by_tag.items():
             origin = f"recovered from executor {old_id}"
             if tag in exits:
-                recovery.events.append(
-                    info_from_exit(row, exits[tag], f"ended while no executor ran ({origin})")
-                )
+                if exits[tag].get("o"):
+                    # Its supervisor was reporting to the executor, which may have reported this
+                    # plain exit before its journal had it (Engine.deliver): a possible repeat.
+                    detail = f"ended before its executor died, which may have reported it ({origin})"
+                    recovery.events.append(info_from_exit(row, exits[tag], detail, redelivered=True))
+                else:
+                    detail = f"ended while no executor ran ({origin})"
+                    recovery.events.append(info_from_exit(row, exits[tag], detail))
             elif tag in children and children[tag].get("pid"):
                 recovery.adoptable[row.key] = Adoptable(row, children[tag], supervisor)
                 pending_adoption = True

@@ -720,16 +720,15 @@ class AsyncExecutor:
             loop = asyncio.get_running_loop()
             for supervisor in self._attached:
                 supervisor.open(loop, self._engine)
+            for info in recovery.repeats:  # already final in the journal: deliver, do not record
+                self._engine.deliver(info, record=False)
             for info in recovery.events:
-                if info.redelivered:  # already final in the journal: deliver, do not record
-                    self._engine.deliver(info, record=False)
-                else:
-                    self._report_recovered(info)
+                self._report_recovered(info)
             await self._engine.wait_idle()  # recovered outcomes committed and in the results
-            if recovery.events or recovery.adoptable:
+            if recovery.events or recovery.repeats or recovery.adoptable:
                 logger.info(
                     "recovered %d outcome(s) and %d adoptable task(s) from earlier executors",
-                    len(recovery.events),
+                    len(recovery.events) + len(recovery.repeats),
                     len(recovery.adoptable),
                 )
 

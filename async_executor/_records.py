@@ -62,10 +62,10 @@ class TaskInfo:
     #: Human-readable detail for ``reason`` (e.g. the ``OSError`` of a failed spawn).
     detail: str | None = None
     try_number: int = 1
-    #: Delivered again after a crash: an earlier executor recorded this outcome but died
-    #: before its caller confirmed it (see ``AsyncExecutor.get_event_buffer``). The caller
-    #: may have seen it already; callers that keep their own records dedupe on
-    #: ``(key, try_number)``.
+    #: Delivered again after a crash: an earlier executor recorded this outcome (in its
+    #: journal, or its supervisor in its exits file) but died before its caller confirmed it
+    #: (see ``AsyncExecutor.get_event_buffer``). The caller may have seen it already; callers
+    #: that keep their own records dedupe on ``(key, try_number)``.
     redelivered: bool = False
 
     @property

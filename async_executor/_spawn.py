@@ -384,6 +384,9 @@ class Backend(Protocol):
     """Owns task processes for the engine; tokens are the engine's opaque per-task objects."""
 
     name: str
+    #: Whether an exit is on disk (a supervisor's exits file, which recovery reads) before the
+    #: backend reports it: then, with a journal, the engine need not wait for its commit.
+    records_exits: bool
 
     def open(self, loop: asyncio.AbstractEventLoop, events: ProcessEvents) -> None: ...
 
@@ -429,6 +432,7 @@ class LocalBackend:
     """Task processes as children of this process, each watched through a pidfd."""
 
     name = "local"
+    records_exits = False
 
     def __init__(
         self,

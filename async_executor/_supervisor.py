@@ -372,6 +372,10 @@ class Supervisor(ProcessEvents):
         self._record_spawns()  # its spawn record (and "started") always come first
         child = self.children.pop(token, {"id": token})
         record = {**child, "ev": "exit", "rc": returncode, "sig": signum, "t": _now()}
+        if self.owner is not None:
+            # Its executor is connected and may report the exit before its journal has it
+            # (see Engine.deliver): a recovery delivers such an exit as a possible repeat.
+            record["o"] = 1
         os.write(self.exits_fd, orjson.dumps(record) + b"\n")  # before telling anyone
         self._send({"op": "exit", **record})
         self._maybe_greet()
@@ -488,6 +492,8 @@ class SupervisorBackend(_SupervisorLink):
     """The engine's backend when tasks must outlive the executor: a supervisor owns them."""
 
     name = "supervisor"
+    #: The supervisor appends each exit to its exits file before reporting it.
+    records_exits = True
 
     def __init__(self, state_dir: str, executor_id: str, warm: WarmStart | None = None) -> None:
         self.warm = warm
@@ -753,6 +759,9 @@ class AttachedSupervisor(_SupervisorLink):
     """
 
     name = "attached-supervisor"
+    #: Its exits go to the dead executor's exits file: an adopted task's outcome is reported
+    #: once this executor's journal has it.
+    records_exits = False
 
     def __init__(self, executor_id: str, on_unadopted_exit: Callable[[Message], None]) -> None:
         super().__init__()

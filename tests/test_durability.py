@@ -640,3 +640,87 @@ def test_a_task_its_dead_supervisor_was_launching_is_not_reported_unstarted(tmp_
     assert launching.state == TaskState.FAILED and launching.reason is None
     assert "may have run" in (launching.detail or "")
     assert never.reason is FailureReason.NOT_STARTED
+
+
+async def _plain_exits_do_not_wait_for_the_journal(tmp_path: Path) -> None:
+    state, logs = tmp_path / "state" / "journal.sqlite", tmp_path / "logs"
+    gate = anyio.Event()
+    async with AsyncExecutor(parallelism=4, log_dir=logs, state_path=state, kill_grace=0.5) as ex:
+        recorder = ex._engine.recorder
+        assert recorder is not None
+        commit = recorder.wait_durable
+
+        async def held_commit() -> None:
+            await gate.wait()
+            await commit()
+
+        recorder.wait_durable = held_commit  # type: ignore[method-assign]
+        # plain exits are in the supervisor's exits file before the engine hears of them
+        with anyio.fail_after(30):
+            ok = await ex.run("works", ["true"])
+            bad = await ex.run("fails", ["sh", "-c", "exit 3"])
+        assert (ok.state, bad.state, bad.returncode) == (TaskState.SUCCESS, TaskState.FAILED, 3)
+        # a timeout is the engine's verdict, not in that record: it waits for the journal
+        handle = await ex.submit("slow", ["sleep", "30"], timeout=0.2)
+        with anyio.fail_after(30):
+            while ex._engine.counters["timed_out"] == 0:
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.1)
+        assert not handle.done()
+        gate.set()
+        with anyio.fail_after(30):
+            slow = await handle.wait()
+        assert slow.reason is FailureReason.TIMED_OUT
+
+
+def test_a_plain_exit_is_reported_before_its_journal_commit(tmp_path: Path) -> None:
+    """The supervisor's exits record makes it durable already; the journal row follows."""
+    anyio.run(_plain_exits_do_not_wait_for_the_journal, tmp_path)
+    assert_nothing_to_deliver(tmp_path)  # all three were journaled, as reported
+
+
+async def _dead_executor_whose_exits_were_reported(state: Path) -> None:
+    """Rows still ``running``; the exits file has both exits, one sent to the live executor."""
+    journal = Journal(state)
+    await journal.open()
+    await journal.register_executor("deadbeef", pid=999_999, proc_start=1, supervisor_socket=None)
+    for number in (1, 2):
+        journal.accepted("deadbeef", TaskSpec(key=("ended", number), argv=("true",)), accepted_at=0.0)
+        pid = 999_990 + number
+        journal.started(
+            "deadbeef", ("ended", number), 1, pid=pid, pgid=pid, proc_start=1, log_path=None, started_at=1.0
+        )
+    await journal.close()
+    records = [
+        {
+            "ev": "exit",
+            "id": 1,
+            "tag": [["ended", 1], 1],
+            "pid": 999_991,
+            "rc": 0,
+            "sig": None,
+            "t": 2.0,
+            "o": 1,
+        },
+        {"ev": "exit", "id": 2, "tag": [["ended", 2], 1], "pid": 999_992, "rc": 2, "sig": None, "t": 3.0},
+    ]
+    (state.parent / "exits-deadbeef.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_an_exit_its_executor_may_have_reported_is_delivered_as_a_repeat(tmp_path: Path) -> None:
+    """A plain exit is reported before the journal has it: after a crash, its exit record (sent
+    to a connected executor) gives it back marked ``redelivered``, and it is journaled."""
+    state = tmp_path / "state" / "journal.sqlite"
+    anyio.run(_dead_executor_whose_exits_were_reported, state)
+    ex = AsyncExecutor(log_dir=tmp_path / "logs", state_path=state)
+    ex.start()
+    try:
+        events = recovered_events(ex)
+    finally:
+        ex.end()
+    reported, unseen = events[("ended", 1)][1], events[("ended", 2)][1]
+    assert (reported.state, reported.returncode, reported.redelivered) == (TaskState.SUCCESS, 0, True)
+    assert "may have reported it" in (reported.detail or "")
+    assert (unseen.state, unseen.returncode, unseen.redelivered) == (TaskState.FAILED, 2, False)
+    assert "ended while no executor ran" in (unseen.detail or "")
+    assert_nothing_to_deliver(tmp_path)  # journaled by the second life, confirmed at its end

@@ -83,3 +83,38 @@ def test_an_adopting_executor_is_greeted_only_once_launches_under_way_have_a_pid
     its caller may queue it again) while the fork server goes on to start it.
     """
     asyncio.run(_greeting_waits_for_launches(tmp_path))
+
+
+async def _exit_records_say_whether_an_executor_heard(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    exits = tmp_path / "exits.jsonl"
+    supervisor = Supervisor(loop, theirs, str(exits), f"\0async-executor-test-{uuid.uuid4().hex}")
+    supervisor.backend.close()
+    backend = SlowBackend()
+    supervisor.backend = backend  # type: ignore[assignment]
+    for task in (1, 2):
+        request = {"op": "spawn", "id": task, "argv": ["true"], "tag": [["k", task], 1]}
+        ours.sendall(json.dumps(request).encode() + b"\n")
+    while len(backend.launching) < 2:
+        await asyncio.sleep(0.01)
+    supervisor.spawned(1, os.getpid())
+    supervisor.spawned(2, os.getpid())
+    supervisor.exited(1, 0, None)  # reported to the connected executor
+    ours.close()
+    while supervisor.owner is not None:
+        await asyncio.sleep(0.01)
+    supervisor.exited(2, 3, None)  # nobody to report it to
+    await asyncio.wait_for(supervisor.done, 5)
+    supervisor.listener.close()
+    os.close(supervisor.exits_fd)
+    records = [json.loads(line) for line in exits.read_text().splitlines()]
+    ends = {tuple(r["tag"][0]): r for r in records if r["ev"] == "exit"}
+    assert (ends[("k", 1)]["rc"], ends[("k", 1)].get("o")) == (0, 1)
+    assert (ends[("k", 2)]["rc"], ends[("k", 2)].get("o")) == (3, None)
+
+
+def test_an_exit_record_says_whether_the_executor_was_connected(tmp_path: Path) -> None:
+    """An exit reported to a live executor may reach its caller before the executor's journal
+    has it (Engine.deliver): its record says so, and recovery delivers it as a possible repeat."""
+    asyncio.run(_exit_records_say_whether_an_executor_heard(tmp_path))
