@@ -186,7 +186,8 @@ def info_from_exit(row: JournalRow, record: Message, detail: str, redelivered: b
         pid=record.get("pid", row.pid),
         started_at=row.started_at,
         ended_at=record.get("t"),
-        log_path=row.log_path,
+        # lazy logs: "w": 0 if the task wrote nothing, else its log in "log"
+        log_path=record.get("log", row.log_path) if record.get("w", 1) != 0 else None,
         detail=detail,
         try_number=row.try_number,
         redelivered=redelivered,

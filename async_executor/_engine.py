@@ -301,7 +301,9 @@ class Engine:
     def _launch(self, spec: TaskSpec, future: asyncio.Future[TaskInfo] | None) -> None:
         path = None
         try:
-            if self.log_dir is not None and not self._lazy_logs:
+            # Lazy logs in this process name a log only for a task that writes; a supervisor
+            # needs the name in the spawn request (and the journal keeps it for recovery).
+            if self.log_dir is not None and (self._tagged or not self._lazy_logs):
                 path = _logs.log_path(self.log_dir, spec.key, spec.try_number)
             run = _Run(spec, time.time(), path, future)
             run.backend = self.backend
@@ -327,7 +329,9 @@ class Engine:
             self.counters["warm_launched"] += 1
         spec = run.spec
         if self.recorder is not None:
-            self.recorder.started(spec, pid, proc_start, run.log_path, run.started_at)
+            # A lazy log may never exist: the journal learns its path with the outcome.
+            log_path = None if self._lazy_logs else run.log_path
+            self.recorder.started(spec, pid, proc_start, log_path, run.started_at)
         if run.reason is not None:  # terminated or cancelled while it was being spawned
             self._stop(run)
         elif spec.timeout is not None:
@@ -373,8 +377,10 @@ class Engine:
         for handle in (run.timer, run.kill_timer):
             if handle is not None:
                 handle.cancel()
-        if self._lazy_logs:  # named only now, and only if the task wrote something
-            run.log_path = self.log_path_of(run) if log_written else None
+        if not log_written:  # lazy logs, and the task wrote nothing: it has no log file
+            run.log_path = None
+        elif run.log_path is None and self._lazy_logs:  # named only now that it wrote
+            run.log_path = self.log_path_of(run)
         if run.log_path is not None and self._log_cap is not None:
             _logs.enforce_cap(run.log_path, self._log_cap)
         succeeded = returncode == 0 and run.reason is None

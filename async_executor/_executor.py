@@ -111,11 +111,12 @@ class AsyncExecutor:
         ``$ASYNC_EXECUTOR_HOME/logs`` (``~/.local/state/async-executor/logs``).
     :param log_max_bytes: cap on one task's log (the head is kept); ``None`` for no cap.
     :param capture: ``False`` sends task output to ``/dev/null`` instead of log files.
-    :param lazy_logs: create a task's log file only if it writes something (Linux, without a
-        journal: ``state_path=None``). Output waits in an anonymous memory file and reaches the
-        log file when the task ends, or every 0.5 s for a task that runs longer; creating a
-        file per task costs more than spawning ``/bin/true`` on some file systems. A task that
-        wrote nothing has ``log_path=None``. Elsewhere it is ignored (log files as usual).
+    :param lazy_logs: create a task's log file only if it writes something (Linux). Output
+        waits in an anonymous memory file (held by the supervisor process when there is a
+        journal) and reaches the log file when the task ends, or every 0.5 s for a task that
+        runs longer; creating a file per task costs more than spawning ``/bin/true`` on some
+        file systems. A task that wrote nothing has ``log_path=None``. Elsewhere it is ignored
+        (log files as usual).
     :param kill_grace: seconds between SIGTERM and SIGKILL when a task is stopped.
     :param callback_sink: where ``send_callback()`` sends requests (``.send(r)`` or callable).
     :param loop: the private loop for the sync façade: ``"auto"`` (uvloop if installed),
@@ -212,24 +213,20 @@ class AsyncExecutor:
             )
             if launcher is not None:
                 raise ValueError("a custom launcher runs in this process: pass state_path=None with it")
-            from ._supervisor import SupervisorBackend
+            from ._supervisor import LazyLogs, SupervisorBackend
 
-            if lazy_logs:
-                raise ValueError(
-                    "lazy_logs needs state_path=None: with a journal, tasks are started by the"
-                    " supervisor process and write to their log files directly"
-                )
+            lazy_logs = lazy_logs and _lazy_logs_available(self.log_dir)
             backend: Backend = SupervisorBackend(
-                os.path.dirname(os.path.abspath(self.state_path)), self.executor_id, warm_start
+                os.path.dirname(os.path.abspath(self.state_path)),
+                self.executor_id,
+                warm_start,
+                LazyLogs(log_max_bytes) if lazy_logs else None,
             )
         else:
-            if lazy_logs and self.log_dir is not None:
+            if lazy_logs and _lazy_logs_available(self.log_dir):
                 from . import _memlogs
 
-                if _memlogs.AVAILABLE:
-                    memory_logs = _memlogs.MemoryLogs(log_max_bytes)
-                else:  # pragma: no cover - Linux has memfd_create
-                    logger.debug("lazy_logs: no memfd_create here; every task gets a log file")
+                memory_logs = _memlogs.MemoryLogs(log_max_bytes)
             lazy_logs = memory_logs is not None
             backend = LocalBackend(launcher, warm_start, memory_logs)
         self._engine = Engine(
@@ -872,6 +869,17 @@ class AsyncExecutor:
     def _require_other_thread(self, async_name: str) -> None:
         if threading.get_ident() == self._loop_thread_id:
             raise RuntimeError(f"inside the event loop, use await executor.{async_name}()")
+
+
+def _lazy_logs_available(log_dir: str | None) -> bool:
+    """Whether lazy logs apply: output is captured, and the platform has memory files."""
+    if log_dir is None:
+        return False
+    from . import _memlogs
+
+    if not _memlogs.AVAILABLE:  # pragma: no cover - Linux has memfd_create
+        logger.debug("lazy_logs: no memfd_create here; every task gets a log file")
+    return _memlogs.AVAILABLE
 
 
 @atexit.register

@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import attrs
 import orjson
 
 from ._forkserver import WarmStart
@@ -196,9 +197,17 @@ class Supervisor(ProcessEvents):
         listen_name: str,
         warm: WarmStart | None = None,
         forked: tuple[int, socket.socket] | None = None,
+        lazy_logs: LazyLogs | None = None,
     ) -> None:
         self.loop = loop
-        self.backend = LocalBackend(warm=warm)
+        #: With lazy logs: each task's log path (from its spawn request), named when it writes.
+        self._log_paths: dict[int, str] = {}
+        memory_logs = None
+        if lazy_logs is not None:
+            from ._memlogs import MemoryLogs
+
+            memory_logs = MemoryLogs(lazy_logs.max_bytes, self._log_paths.__getitem__)
+        self.backend = LocalBackend(warm=warm, memory_logs=memory_logs)
         if forked is not None:  # a fork server forked from the executor's process
             self.backend.adopt_forkserver(*forked)
         self.backend.open(loop, self)
@@ -225,6 +234,8 @@ class Supervisor(ProcessEvents):
         if op == "spawn":
             task = message["id"]
             self.children[task] = {"id": task, "tag": message.get("tag")}
+            if message.get("log") is not None:
+                self._log_paths[task] = message["log"]
             if not self._to_spawn:
                 self.loop.call_soon(self._spawn_some)
             self._to_spawn.append(message)
@@ -236,6 +247,7 @@ class Supervisor(ProcessEvents):
             self._to_spawn = deque(m for m in self._to_spawn if m["id"] != message["id"])
             self.backend.abandon(message["id"])
             self.children.pop(message["id"], None)
+            self._log_paths.pop(message["id"], None)
         elif op == "hello":
             self._send({"op": "ready", "pid": os.getpid()})
         elif op == "bye":
@@ -357,6 +369,7 @@ class Supervisor(ProcessEvents):
 
     def spawn_failed(self, token: Any, exc: OSError, detail: str) -> None:
         self.children.pop(token, None)
+        self._log_paths.pop(token, None)
         self._send({"op": "failed", "id": token, "errno": exc.errno, "detail": detail})
         self._maybe_greet()
         self._maybe_exit()
@@ -367,11 +380,20 @@ class Supervisor(ProcessEvents):
         returncode: int | None,
         signum: int | None,
         detail: str | None = None,
-        log_written: bool = True,  # always: the supervisor's tasks write to their log files
+        log_written: bool = True,
     ) -> None:
+        """``log_written=False``: lazy logs, and the task wrote nothing (it has no log file);
+        ``detail``: its output could not all be kept (lazy logs)."""
         self._record_spawns()  # its spawn record (and "started") always come first
         child = self.children.pop(token, {"id": token})
+        log_path = self._log_paths.pop(token, None)
         record = {**child, "ev": "exit", "rc": returncode, "sig": signum, "t": _now()}
+        if not log_written:
+            record["w"] = 0
+        elif log_path is not None:  # lazy logs: the journal has no path for it yet
+            record["log"] = log_path
+        if detail is not None:
+            record["detail"] = detail
         if self.owner is not None:
             # Its executor is connected and may report the exit before its journal has it
             # (see Engine.deliver): a recovery delivers such an exit as a possible repeat.
@@ -386,6 +408,18 @@ class Supervisor(ProcessEvents):
             return
         if not self.children and (self.owner is None or self.closing) and not self.done.done():
             self.done.set_result(None)
+
+
+@attrs.frozen
+class LazyLogs:
+    """The supervisor's lazy-log setting: the cap of one task's log (``None``: no cap)."""
+
+    max_bytes: int | None = None
+
+
+def _exit_of(token: Any, message: Message) -> tuple[Any, int | None, int | None, str | None, bool]:
+    """``ProcessEvents.exited`` arguments from an exit message (or record)."""
+    return token, message.get("rc"), message.get("sig"), message.get("detail"), message.get("w", 1) != 0
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -406,11 +440,12 @@ async def _serve(
     listen_name: str,
     warm: WarmStart | None,
     forked: tuple[int, int] | None = None,
+    lazy_logs: LazyLogs | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     control = socket.socket(fileno=control_fd)
     server = (forked[0], socket.socket(fileno=forked[1])) if forked is not None else None
-    supervisor = Supervisor(loop, control, exits_path, listen_name, warm, server)
+    supervisor = Supervisor(loop, control, exits_path, listen_name, warm, server, lazy_logs)
     await supervisor.done
     if supervisor.owner is not None:
         supervisor.owner.flush_blocking()
@@ -425,7 +460,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warm", default=None, help="WarmStart as JSON")
     parser.add_argument("--forkserver-fd", type=int, default=None, help="socket of a forked fork server")
     parser.add_argument("--forkserver-pid", type=int, default=None, help="... and its pid (our child)")
+    parser.add_argument("--lazy-logs", action="store_true", help="a log file only for tasks that write")
+    parser.add_argument("--log-max-bytes", type=int, default=None, help="cap of a lazy log")
     args = parser.parse_args(argv)
+    lazy_logs = LazyLogs(args.log_max_bytes) if args.lazy_logs else None
     forked = None
     if args.forkserver_fd is not None and args.forkserver_pid is not None:
         forked = (args.forkserver_pid, args.forkserver_fd)
@@ -438,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
         runner: Callable[..., Any] = uvloop.run
     except ImportError:
         runner = asyncio.run
-    runner(_serve(args.control_fd, args.exits, "\0" + args.listen, warm, forked))
+    runner(_serve(args.control_fd, args.exits, "\0" + args.listen, warm, forked, lazy_logs))
 
 
 # ---------------------------------------------------------------------------- executor side
@@ -495,8 +533,17 @@ class SupervisorBackend(_SupervisorLink):
     #: The supervisor appends each exit to its exits file before reporting it.
     records_exits = True
 
-    def __init__(self, state_dir: str, executor_id: str, warm: WarmStart | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: str,
+        executor_id: str,
+        warm: WarmStart | None = None,
+        lazy_logs: LazyLogs | None = None,
+    ) -> None:
         self.warm = warm
+        #: Set: the supervisor captures output in memory files and creates a task's log file only
+        #: if the task writes (see _memlogs.py); the exit then says whether it did.
+        self.lazy_logs = lazy_logs
         self.state_dir = state_dir
         self.executor_id = executor_id
         self.exits_path = os.path.join(state_dir, f"exits-{executor_id}.jsonl")
@@ -514,6 +561,10 @@ class SupervisorBackend(_SupervisorLink):
         args = ["--exits", self.exits_path, "--listen", socket_name(self.executor_id)[1:]]
         if self.warm is not None:
             args += ["--warm", orjson.dumps(self.warm.to_json()).decode()]
+        if self.lazy_logs is not None:
+            args.append("--lazy-logs")
+            if self.lazy_logs.max_bytes is not None:
+                args += ["--log-max-bytes", str(self.lazy_logs.max_bytes)]
         return args
 
     def _open_log(self) -> int:
@@ -631,7 +682,7 @@ class SupervisorBackend(_SupervisorLink):
         if self._channel.closed:
             self._fail_spawn(task, "the task supervisor is not running")
             return
-        if log_path is not None:
+        if log_path is not None and self.lazy_logs is None:
             precreate_log(log_path)
         self._channel.send(
             {"op": "spawn", "id": task, "argv": argv, "env": env, "cwd": cwd, "log": log_path, "tag": tag}
@@ -674,7 +725,7 @@ class SupervisorBackend(_SupervisorLink):
             self._events.spawn_failed(token, OSError(code, os.strerror(code)), message["detail"])
         elif op == "exit":
             self._forget(task)
-            self._events.exited(token, message.get("rc"), message.get("sig"))
+            self._events.exited(*_exit_of(token, message))
 
     def _forget(self, task: int) -> Any:
         self._pids.pop(task, None)
@@ -842,7 +893,7 @@ class AttachedSupervisor(_SupervisorLink):
             self._on_unadopted_exit(message)
             return
         assert self._events is not None
-        self._events.exited(token, message.get("rc"), message.get("sig"))
+        self._events.exited(*_exit_of(token, message))
 
     def _lost(self) -> None:
         if not self._tokens:

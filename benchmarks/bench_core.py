@@ -9,7 +9,8 @@ parallelism 1, 8, 64, 512, 1000. Contenders (each sample runs in a fresh interpr
   task, then ``heartbeat()`` + drain ``get_event_buffer()`` in a loop; the second variant sleeps
   1 ms when a heartbeat produced no event); ``facade-idle1ms/no-journal`` without the journal,
   ``facade-idle1ms/lazy-logs`` without it and with ``lazy_logs=True`` (a log file only for a task
-  that writes), ``facade-idle1ms/supervisor-only`` with the supervisor but no journal;
+  that writes), ``facade-idle1ms/journal-lazy-logs`` with both (the supervisor holds the memory
+  files), ``facade-idle1ms/supervisor-only`` with the supervisor but no journal;
 * ``async-with/asyncio`` / ``async-with/uvloop``: ``async with``, ``submit``, ``wait``;
 * ``subprocess.run``: a sequential loop (``/bin/true`` only, inherently parallelism 1);
 * ``bare-asyncio``: ``asyncio.create_subprocess_exec`` workers with the best child watcher
@@ -140,7 +141,7 @@ def c_facade(
 
     ``supervisor_only``: no journal, but tasks still spawned by a supervisor process (what the
     supervisor alone costs; set up through the engine's backend seam, not a public option).
-    ``lazy_logs``: no journal, and a log file only for a task that writes (``lazy_logs=True``).
+    ``lazy_logs``: a log file only for a task that writes (``lazy_logs=True``).
     """
     raise_nofile()
     from async_executor import AsyncExecutor
@@ -583,6 +584,7 @@ def _contenders(
             ("facade-idle1ms/supervisor-only", 0.001, False, True, False),
             ("facade-idle1ms/no-journal", 0.001, False, False, False),
             ("facade-idle1ms/lazy-logs", 0.001, False, False, True),
+            ("facade-idle1ms/journal-lazy-logs", 0.001, True, False, True),
         ):
             params = {"idle_sleep": idle, "loop": loop, "tmpdir": tmpdir, "journal": journal}
             if supervisor_only:
@@ -630,6 +632,7 @@ FACADES = (
     "facade-idle1ms/supervisor-only",
     "facade-idle1ms/no-journal",
     "facade-idle1ms/lazy-logs",
+    "facade-idle1ms/journal-lazy-logs",
 )
 
 

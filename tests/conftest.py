@@ -40,7 +40,8 @@ WARM = WarmStart(inline_code=True, modules=("json.tool",), preload=("json", "sub
 # Each sync-façade test runs in four modes that together cover both loops, both backends, both
 # launchers and both ways of capturing output: tasks spawned in this process (no journal), the
 # same with lazy logs (output in memory files until a task ends), tasks owned by the supervisor
-# process, and the supervisor with warm start (its ``python -c`` tasks come from the fork server).
+# process, and the supervisor with warm start (its ``python -c`` tasks come from the fork server)
+# and lazy logs (memory files held by the supervisor, passed to the fork server).
 MODES = [pytest.param({"loop": "asyncio", "state_path": None}, id="asyncio-local")]
 MODES.append(
     pytest.param(
@@ -49,7 +50,9 @@ MODES.append(
     )
 )
 MODES.append(pytest.param({"loop": "uvloop" if HAVE_UVLOOP else "asyncio"}, id="uvloop-supervisor"))
-MODES.append(pytest.param({"loop": "asyncio", "warm_start": WARM}, id="warm-supervisor"))
+MODES.append(
+    pytest.param({"loop": "asyncio", "warm_start": WARM, "lazy_logs": True}, id="warm-supervisor-lazy-logs")
+)
 
 
 @pytest.fixture(params=MODES)

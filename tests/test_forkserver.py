@@ -1,7 +1,7 @@
 """Warm start: the fork server forks Python tasks that behave like freshly exec'd ones.
 
 The engine-level behaviour (timeouts, terminate, parallelism, bad input) runs over both
-launchers through the ``warm-supervisor`` mode in conftest; this file covers what is
+launchers through the ``warm-supervisor-lazy-logs`` mode in conftest; this file covers what is
 particular to warm launches: Python's start-up semantics, the rule, the fork server's
 life (restart, threads, preload errors), the go pipe, its socket, and adoption.
 """

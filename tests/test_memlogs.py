@@ -6,9 +6,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import anyio
+import orjson
 import pytest
 
 from async_executor import AsyncExecutor, TaskState, _memlogs
+from async_executor._journal import Journal
+from async_executor._records import TaskSpec
 
 pytestmark = pytest.mark.skipif(not _memlogs.AVAILABLE, reason="no memfd_create on this platform")
 
@@ -87,11 +91,20 @@ def test_a_write_error_is_reported_not_raised(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- through the executor
 
+#: Lazy logs in this process (no journal) and in the supervisor process (with a journal).
+BACKENDS = [pytest.param(False, id="local"), pytest.param(True, id="supervisor")]
+
+
+def _state(tmp_path: Path, journal: bool) -> Path | None:
+    return tmp_path / "state" / "journal.sqlite" if journal else None
+
 
 @pytest.mark.anyio
-async def test_executor_outcomes_carry_a_log_path_only_for_output(tmp_path: Path) -> None:
+@pytest.mark.parametrize("journal", BACKENDS)
+async def test_executor_outcomes_carry_a_log_path_only_for_output(tmp_path: Path, journal: bool) -> None:
     log_dir = tmp_path / "logs"
-    async with AsyncExecutor(parallelism=4, log_dir=log_dir, state_path=None, lazy_logs=True) as ex:
+    state = _state(tmp_path, journal)
+    async with AsyncExecutor(parallelism=4, log_dir=log_dir, state_path=state, lazy_logs=True) as ex:
         silent = await ex.run("silent", ["true"])
         talker = await ex.run("talker", ["sh", "-c", "echo out; echo err >&2; exit 3"])
         missing = await ex.run("missing", ["/no/such/program"])
@@ -101,10 +114,24 @@ async def test_executor_outcomes_carry_a_log_path_only_for_output(tmp_path: Path
     assert sorted(Path(talker.log_path).read_text().splitlines()) == ["err", "out"]
     assert missing.state is TaskState.FAILED and "could not start" in (missing.detail or "")
     assert [p.name for p in log_dir.iterdir()] == [Path(talker.log_path).name]
+    if state is not None:  # the journal has the same: a path only for the task that wrote
+        journal_ = Journal(state)
+        await journal_.open()
+        try:
+            rows = {key: await journal_.row(key) for key in ("silent", "talker")}
+        finally:
+            await journal_.close()
+        assert {key: row.log_path if row else "?" for key, row in rows.items()} == {
+            "silent": None,
+            "talker": talker.log_path,
+        }
 
 
-def test_get_task_log_of_a_silent_task_says_there_is_no_output(tmp_path: Path) -> None:
-    ex = AsyncExecutor(parallelism=2, log_dir=tmp_path, state_path=None, lazy_logs=True)
+@pytest.mark.parametrize("journal", BACKENDS)
+def test_get_task_log_of_a_silent_task_says_there_is_no_output(tmp_path: Path, journal: bool) -> None:
+    ex = AsyncExecutor(
+        parallelism=2, log_dir=tmp_path / "logs", state_path=_state(tmp_path, journal), lazy_logs=True
+    )
     ex.start()
     try:
         ex.queue_command("silent", ["true"])
@@ -120,31 +147,106 @@ def test_get_task_log_of_a_silent_task_says_there_is_no_output(tmp_path: Path) -
     assert ex.get_task_log("talker")[1] == ["hi\n"]
 
 
-def test_lazy_logs_with_a_journal_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="lazy_logs needs state_path=None"):
-        AsyncExecutor(state_path=tmp_path / "journal.sqlite", lazy_logs=True)
+@pytest.mark.anyio
+async def test_a_running_task_s_output_reaches_its_log_under_the_supervisor(tmp_path: Path) -> None:
+    """The supervisor spills a running task's output to its log file, as this process does."""
+    log_dir = tmp_path / "logs"
+    state = _state(tmp_path, True)
+    async with AsyncExecutor(parallelism=2, log_dir=log_dir, state_path=state, lazy_logs=True) as ex:
+        handle = await ex.submit("chatty", ["sh", "-c", "echo first; exec sleep 30"])
+        with anyio.fail_after(30):
+            while not list(log_dir.glob("*.log")) or not next(log_dir.glob("*.log")).read_text():
+                await anyio.sleep(0.05)
+        assert next(log_dir.glob("*.log")).read_text() == "first\n"
+        await ex.aterminate()
+        info = await handle.wait()
+    assert info.log_path is not None and Path(info.log_path).read_text() == "first\n"
+
+
+def _memfds(pid: int | str) -> int:
+    """The memory files process ``pid`` holds (none once it has exited)."""
+    count = 0
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except FileNotFoundError:
+        return 0
+    for fd in fds:
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:")
+        except OSError:
+            pass
+    return count
 
 
 @pytest.mark.anyio
-async def test_no_memory_file_outlives_its_task(tmp_path: Path) -> None:
-    """Started, failed to start, timed out or terminated: every memory file is closed."""
-
-    def memfds() -> int:
-        count = 0
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                count += os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:")
-            except OSError:
-                pass
-        return count
-
-    before = memfds()
-    async with AsyncExecutor(parallelism=8, log_dir=tmp_path, state_path=None, lazy_logs=True) as ex:
+@pytest.mark.parametrize("journal", BACKENDS)
+async def test_no_memory_file_outlives_its_task(tmp_path: Path, journal: bool) -> None:
+    """Started, failed to start, timed out or terminated: every memory file is closed (in the
+    process that holds them: this one, or the supervisor)."""
+    before = _memfds("self")
+    async with AsyncExecutor(
+        parallelism=8, log_dir=tmp_path / "logs", state_path=_state(tmp_path, journal), lazy_logs=True
+    ) as ex:
+        holder = getattr(ex._engine.backend, "supervisor_pid", None) or "self"
         handles = [await ex.submit(("ok", i), ["sh", "-c", f"echo {i}"]) for i in range(20)]
         handles.append(await ex.submit("bad", ["/no/such/program"]))
         handles.append(await ex.submit("slow", ["sleep", "30"], timeout=0.2))
         for handle in handles:
             await handle.wait()
-        await ex.submit("left", ["sleep", "30"])
+        left = await ex.submit("left", ["sleep", "30"])
+        while ex._engine.pid_of("left") is None:
+            await anyio.sleep(0.01)
+        assert _memfds(holder) == (before if holder == "self" else 0) + 1  # the one running task's
         await ex.aterminate()
-    assert memfds() == before
+        await left.wait()
+        if holder != "self":
+            assert _memfds(holder) == 0  # the supervisor holds none after its tasks ended
+    assert _memfds("self") == before
+
+
+async def _dead_executor_with_lazy_logs(state: Path, log_dir: Path) -> None:
+    """A dead executor whose supervisor recorded two lazy-log exits: one wrote, one did not."""
+    journal = Journal(state)
+    await journal.open()
+    await journal.register_executor("deadbeef", pid=999_999, proc_start=1, supervisor_socket=None)
+    for name in ("silent", "talker"):
+        journal.accepted("deadbeef", TaskSpec(key=name, argv=("true",)), accepted_at=0.0)
+        journal.started(
+            "deadbeef", name, 1, pid=999_990, pgid=999_990, proc_start=1, log_path=None, started_at=1.0
+        )
+    await journal.close()
+    written = log_dir / "talker.1.log"
+    written.write_text("said something\n")
+    records = [
+        {"ev": "exit", "id": 1, "tag": ["silent", 1], "pid": 999_990, "rc": 0, "sig": None, "t": 2.0, "w": 0},
+        {
+            "ev": "exit",
+            "id": 2,
+            "tag": ["talker", 1],
+            "pid": 999_990,
+            "rc": 0,
+            "sig": None,
+            "t": 2.0,
+            "log": str(written),
+        },
+    ]
+    (state.parent / "exits-deadbeef.jsonl").write_text(
+        "".join(orjson.dumps(r).decode() + "\n" for r in records)
+    )
+
+
+def test_recovery_knows_which_lazy_logs_were_written(tmp_path: Path) -> None:
+    """The journal learns a lazy log's path with the outcome; the exit record has it meanwhile."""
+    state, log_dir = tmp_path / "state" / "journal.sqlite", tmp_path / "logs"
+    state.parent.mkdir()
+    log_dir.mkdir()
+    anyio.run(_dead_executor_with_lazy_logs, state, log_dir)
+    ex = AsyncExecutor(log_dir=log_dir, state_path=state, lazy_logs=True)
+    ex.start()
+    try:
+        ex.sync()
+        events = ex.get_event_buffer()
+    finally:
+        ex.end()
+    assert events["silent"][1].log_path is None
+    assert events["talker"][1].log_path == str(log_dir / "talker.1.log")
