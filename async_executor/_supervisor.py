@@ -200,8 +200,9 @@ class Supervisor(ProcessEvents):
         lazy_logs: LazyLogs | None = None,
     ) -> None:
         self.loop = loop
-        #: With lazy logs: each task's log path (from its spawn request), named when it writes.
+        #: With lazy logs: each task's log path (from its spawn request), created when it writes.
         self._log_paths: dict[int, str] = {}
+        self._lazy_logs = lazy_logs is not None
         memory_logs = None
         if lazy_logs is not None:
             from ._memlogs import MemoryLogs
@@ -234,7 +235,7 @@ class Supervisor(ProcessEvents):
         if op == "spawn":
             task = message["id"]
             self.children[task] = {"id": task, "tag": message.get("tag")}
-            if message.get("log") is not None:
+            if self._lazy_logs and message.get("log") is not None:
                 self._log_paths[task] = message["log"]
             if not self._to_spawn:
                 self.loop.call_soon(self._spawn_some)
