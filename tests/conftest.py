@@ -78,6 +78,14 @@ def executor(log_dir: Path, mode: dict[str, Any]) -> Iterator[AsyncExecutor]:
         ex.terminate()
 
 
+def recovered_events(ex: AsyncExecutor) -> dict[Any, Any]:
+    """What a just-started executor reports from earlier lives (recovery is done by start())."""
+    events = ex.get_event_buffer()
+    ex.sync()
+    events.update(ex.get_event_buffer())
+    return events
+
+
 def drain(ex: AsyncExecutor, timeout: float = 60.0) -> dict[Any, list[tuple[TaskState, TaskInfo]]]:
     """Drive ``ex`` like a scheduler until nothing is queued or running; every event per key."""
     events: dict[Any, list[tuple[TaskState, TaskInfo]]] = {}

@@ -23,7 +23,7 @@ from async_executor._journal import Journal
 from async_executor._records import TaskSpec
 from async_executor._spawn import proc_start_ticks
 
-from .conftest import PY, drain, pid_alive, wait_for_file
+from .conftest import PY, drain, pid_alive, recovered_events, wait_for_file
 
 # A process that runs an executor: hands over every task, makes the hand-over durable,
 # says "accepted", then drives the executor and appends each event it sees to a file.
@@ -104,14 +104,6 @@ def second_life(tmp_path: Path, **options: Any) -> AsyncExecutor:
     )
     ex.start()
     return ex
-
-
-def recovered_events(ex: AsyncExecutor) -> dict[Any, Any]:
-    """What a just-started executor reports from earlier lives (recovery is done by start())."""
-    events = ex.get_event_buffer()
-    ex.sync()
-    events.update(ex.get_event_buffer())
-    return events
 
 
 def assert_nothing_to_deliver(tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ from async_executor import AsyncExecutor, TaskState, _memlogs
 from async_executor._journal import Journal
 from async_executor._records import TaskSpec
 
+from .conftest import recovered_events
+
 pytestmark = pytest.mark.skipif(not _memlogs.AVAILABLE, reason="no memfd_create on this platform")
 
 
@@ -244,8 +246,7 @@ def test_recovery_knows_which_lazy_logs_were_written(tmp_path: Path) -> None:
     ex = AsyncExecutor(log_dir=log_dir, state_path=state, lazy_logs=True)
     ex.start()
     try:
-        ex.sync()
-        events = ex.get_event_buffer()
+        events = recovered_events(ex)
     finally:
         ex.end()
     assert events["silent"][1].log_path is None
