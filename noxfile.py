@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 
 import nox
+from nox.command import CommandFailed
 
 nox.options.sessions = ["tests", "lint"]
 
@@ -16,9 +18,34 @@ nox.options.default_venv_backend = "venv"
 TEST_DEPS = ["pytest>=8", "pytest-timeout", "hypothesis>=6.100", "anyio>=4.4"]
 
 
+def ensure_gnu_parallel(session: nox.Session) -> None:
+    """GNU parallel, which the CLI is compared with (a test, and ``bench_cli.py``).
+
+    Installed from Debian's packages when it is missing and this machine can (root with
+    apt-get); otherwise the comparison test skips and says so.
+    """
+    if shutil.which("parallel"):
+        return
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("apt-get"):
+        session.log("GNU parallel is missing and cannot be installed here: its comparison test will skip")
+        return
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "parallel"]
+    for step in ([install], [["apt-get", "update", "-q"], install]):  # the package lists may be stale
+        try:
+            for command in step:
+                session.run(*command, external=True, env=env, silent=True)
+        except CommandFailed:
+            continue
+        if shutil.which("parallel"):
+            return
+    session.log("GNU parallel could not be installed from Debian's packages: its comparison test will skip")
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite (real subprocesses), on asyncio with and without uvloop."""
+    ensure_gnu_parallel(session)
     session.install("-e", ".", *TEST_DEPS)
     session.run("pytest", "--timeout=300", "-p", "no:cacheprovider", *session.posargs)
 
@@ -35,6 +62,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks: ratios against baselines measured in the same run (see benchmarks/README.md)."""
+    ensure_gnu_parallel(session)
     session.install("-e", ".")
     # One trash for every benchmark's scratch directories, emptied once at the end: deleting
     # thousands of log files slows file creation for ~30 s after on ext4 without a journal
