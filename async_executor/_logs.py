@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from ._validation import plain_key
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 logger = logging.getLogger("async_executor.logs")
 
@@ -20,6 +23,8 @@ _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
 
 def default_home() -> Path:
     """``$ASYNC_EXECUTOR_HOME``, else ``$XDG_STATE_HOME/async-executor`` (``~/.local/state``)."""
+    from pathlib import Path  # here: the supervisor process, which imports this module, never needs it
+
     home = os.environ.get("ASYNC_EXECUTOR_HOME")
     if home:
         return Path(home)

@@ -24,7 +24,6 @@ import errno
 import fcntl
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -125,7 +124,10 @@ class ExecLauncher:
         if "/" in program or path == self._base_path:
             spawn = os.posix_spawn if "/" in program else os.posix_spawnp
         else:
-            # The task's own PATH decides, as it would for Popen(env=...).
+            # The task's own PATH decides, as it would for Popen(env=...). (Imported here:
+            # shutil brings zlib, bz2 and lzma, which the supervisor process never needs.)
+            import shutil
+
             resolved = shutil.which(program, path=path)
             if resolved is None:
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)

@@ -277,9 +277,10 @@ def test_two_live_executors_sharing_a_state_file(tmp_path: Path) -> None:
         first.end()
 
 
-def test_the_supervisor_does_not_load_openssl(tmp_path: Path) -> None:
+def test_the_supervisor_does_not_load_openssl_or_compression(tmp_path: Path) -> None:
     """It speaks no TLS: ``ssl`` is kept out (asyncio would import it, mapping OpenSSL into every
-    supervisor), and it still runs tasks on asyncio's own loop."""
+    supervisor), and it still runs tasks on asyncio's own loop. Nor does it compress anything:
+    ``shutil`` (which loads zlib, bz2 and lzma) is imported only where a task needs it."""
     ex = AsyncExecutor(parallelism=2, log_dir=tmp_path / "logs", state_path=tmp_path / "journal.sqlite")
     ex.start()
     try:
@@ -291,6 +292,8 @@ def test_the_supervisor_does_not_load_openssl(tmp_path: Path) -> None:
         assert "libpython" in maps or "/python" in maps  # the right process, and readable
         assert "libssl" not in maps
         assert "libcrypto" not in maps
+        for library in ("libz.so", "libbz2", "liblzma"):
+            assert library not in maps
     finally:
         ex.end()
 
