@@ -235,6 +235,19 @@ def time_process(
     return sw.elapsed, returncode
 
 
+def reaped_cpu() -> float:
+    """User + system CPU seconds of every child process this process has reaped so far, with
+    the descendants each of them reaped (``RUSAGE_CHILDREN``).
+
+    The difference around one measured run is the CPU of its whole process tree: the tasks,
+    the executor's threads and its supervisor, or ``xargs``. It is what bounds throughput on a
+    machine whose cores the tasks keep busy, and it varies less from run to run than wall time
+    on a shared machine. A process left to another parent (reparented) is not counted.
+    """
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0-100) with linear interpolation between closest ranks."""
     if not values:
@@ -398,6 +411,12 @@ class Result:
         return self.case.tasks / med if med else None
 
     @property
+    def cpu_per_task_ms(self) -> float | None:
+        """Median CPU of the whole process tree per task, in ms (see :func:`reaped_cpu`)."""
+        cpus = [float(s["tree_cpu_s"]) for s in self.samples if s.get("tree_cpu_s") is not None]
+        return 1000 * statistics.median(cpus) / self.case.tasks if cpus and self.case.tasks else None
+
+    @property
     def failed(self) -> int:
         return max((int(s.get("failed", 0)) for s in self.samples), default=0)
 
@@ -498,7 +517,9 @@ class Suite:
         """Every result: absolute numbers, then speed against each ``(column, contender)``
         baseline of the same workload and parallelism (baseline wall / this wall)."""
         with_ideal = any(r.case.ideal for r in self.results)
+        with_cpu = any(r.cpu_per_task_ms is not None for r in self.results)
         headers = ["workload", "P", "contender", "N", "wall med s", "min-max s", "tasks/s"]
+        headers += ["CPU ms/task"] if with_cpu else []
         headers += ["ideal s", "x ideal"] if with_ideal else []
         headers += [*(col for col, _ in baselines), "fail"]
         rows: list[list[str]] = []
@@ -513,6 +534,9 @@ class Suite:
                 f"{min(walls):.3f}-{max(walls):.3f}" if len(walls) > 1 else "",
                 f"{r.rate:,.0f}" if r.rate else "-",
             ]
+            if with_cpu:
+                cpu = r.cpu_per_task_ms
+                row.append(f"{cpu:.3f}" if cpu is not None else "-")
             if with_ideal:
                 row += [fmt_s(c.ideal), fmt_ratio(med / c.ideal) if med and c.ideal else "-"]
             for _, contender in baselines:
@@ -535,6 +559,7 @@ def run_isolated(script: str | Path, fn: str, params: Mapping[str, Any], timeout
     (tasks run in sessions of their own) are killed: nothing else.
     """
     spec = json.dumps({"fn": fn, "params": dict(params)})
+    cpu_before = reaped_cpu()
     proc = subprocess.Popen(
         [sys.executable, str(script), "--child", spec],
         stdin=subprocess.DEVNULL,
@@ -553,6 +578,8 @@ def run_isolated(script: str | Path, fn: str, params: Mapping[str, Any], timeout
     for line in reversed(out.decode(errors="replace").splitlines()):
         if line.startswith(RESULT_MARK):
             result: Measurement = json.loads(line[len(RESULT_MARK) :])
+            # the measuring interpreter's start and set-up included: a few tens of ms
+            result.setdefault("tree_cpu_s", reaped_cpu() - cpu_before)
             return result
     tail = err.decode(errors="replace").strip().splitlines()[-3:]
     raise RuntimeError(f"{fn} exited {proc.returncode} without a result: {' | '.join(tail)}")

@@ -39,6 +39,7 @@ from _harness import (
     deferred_cleanup,
     environment,
     heading,
+    reaped_cpu,
     scratch_dir,
     time_process,
     write_json,
@@ -115,8 +116,16 @@ def _private_env(work: str | Path) -> dict[str, str]:
 def _measure(argv: Sequence[str], tasks: int, timeout: float) -> Measurement:
     """One whole-process run in a fresh working and state directory."""
     with scratch_dir("bench-cli-") as work:
+        cpu_before = reaped_cpu()
         wall, rc = time_process(argv, cwd=work, env=_private_env(work), timeout=timeout)
-    return {"wall": wall, "ok": tasks if rc == 0 else 0, "failed": 0 if rc == 0 else tasks, "rc": rc}
+        cpu = reaped_cpu() - cpu_before
+    return {
+        "wall": wall,
+        "ok": tasks if rc == 0 else 0,
+        "failed": 0 if rc == 0 else tasks,
+        "rc": rc,
+        "tree_cpu_s": cpu,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -129,3 +129,34 @@ def test_the_facade_contender_reports_the_cpu_of_the_executor_and_its_supervisor
     assert sample["supervisor_cpu_s"] > 0  # its start alone (imports) takes tens of ms
     assert bench_core._process_cpu(os.getpid()) is not None
     assert bench_core._process_cpu(None) is None
+
+
+_BURNER = """
+import subprocess, sys
+sys.path.insert(0, {bench!r})
+import _harness
+
+def burn() -> dict:
+    # a grandchild that spends ~0.3 s of CPU: its CPU must count in the measured tree
+    code = "import time\\nend = time.process_time() + 0.3\\nwhile time.process_time() < end: pass"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return {{"wall": 1.0, "ok": 1, "failed": 0}}
+
+if __name__ == "__main__":
+    sys.exit(_harness.child_main({{"burn": burn}}, sys.argv[2]))
+"""
+
+
+def test_run_isolated_reports_the_cpu_of_the_whole_process_tree(tmp_path: Path) -> None:
+    script = tmp_path / "burner.py"
+    script.write_text(_BURNER.format(bench=str(Path(_harness.__file__).parent)))
+    sample = _harness.run_isolated(script, "burn", {}, timeout=60)
+    assert sample["tree_cpu_s"] >= 0.3  # the grandchild's, plus two interpreters' start
+    result = _harness.Result(
+        _harness.Case("w", 1, "c", tasks=4), samples=[sample, {**sample, "tree_cpu_s": 1.0}]
+    )
+    assert result.cpu_per_task_ms == pytest.approx(1000 * (sample["tree_cpu_s"] + 1.0) / 2 / 4)
+    suite = _harness.Suite(lambda case: sample, repeats=1, log=lambda msg: None)
+    suite.results.append(result)
+    header = suite.table({}, []).splitlines()[0]
+    assert "CPU ms/task" in header
