@@ -957,3 +957,131 @@ def test_a_second_default_stdin_run_takes_the_next_free_name(tmp_path: Path) -> 
         (tmp_path / "release").touch()
         assert first.wait(timeout=60) == 0
     assert set(status_rows(tmp_path, "stdin-2")) == {1}
+
+
+# --------------------------------------------------------------------------- GNU parallel's form
+
+
+def test_command_with_arguments_runs_once_per_combination(tmp_path: Path) -> None:
+    result = ae(
+        tmp_path,
+        "run",
+        "-k",
+        "-j",
+        "4",
+        "printf",
+        "'%s:%s\\n'",  # the command's words make one job line: quoted as in a job file
+        "{1/.}",
+        "{2}",
+        ":::",
+        "a/x.txt",
+        "b/y z.gz",
+        ":::",
+        "1",
+        "2",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "x:1\nx:2\ny z:1\ny z:2\n"
+    rows = status_rows(tmp_path, "printf")  # the run is named after the program
+    assert sorted(rows) == [1, 2, 3, 4] and {r["state"] for r in rows.values()} == {"success"}
+
+
+def test_options_after_the_command_are_the_commands(tmp_path: Path) -> None:
+    """As in GNU parallel, ``run`` takes options only before the command: ``-n`` is echo's."""
+    result = ae(tmp_path, "run", "-k", "echo", "-n", "{}", ":::", "a", "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "a-q"
+
+
+def test_options_after_a_job_file_are_refused(tmp_path: Path) -> None:
+    path = jobfile(tmp_path, ["echo hi"])
+    result = ae(tmp_path, "run", str(path), "--resume")
+    assert result.returncode == 2
+    assert "options go before JOBFILE" in result.stderr
+    assert not (tmp_path / "home").exists()  # nothing was started: no journal either
+
+
+def test_arguments_from_a_pipe_start_as_they_arrive(tmp_path: Path) -> None:
+    proc = _start(
+        tmp_path, "run", "-j", "4", "sh", "-c", "'echo $1 >> ran'", "sh", "::::", "-", stdin=subprocess.PIPE
+    )
+    _feed(proc, "first")
+    assert _wait_lines(tmp_path / "ran", 1, proc) == ["first"]  # the pipe is still open
+    _feed(proc, "second")
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert (tmp_path / "ran").read_text().split() == ["first", "second"]
+    assert sorted(status_rows(tmp_path, "sh")) == [1, 2]
+
+
+def test_arguments_from_files_and_stdin_read_whole(tmp_path: Path) -> None:
+    (tmp_path / "names").write_text("x\ny\n")
+    result = ae(tmp_path, "run", "-k", "echo", ":::", "1", "2", "::::", "names", "-", stdin="s\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "1 x s\n1 y s\n2 x s\n2 y s\n"
+
+
+def test_dry_run_prints_a_job_file_and_runs_nothing(tmp_path: Path) -> None:
+    result = ae(tmp_path, "run", "--dry-run", "touch", "{}.done", ":::", "a", "b c")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "touch a.done\ntouch 'b c'.done\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no journal, no files touched
+    (tmp_path / "jobs.txt").write_text(result.stdout)
+    assert ae(tmp_path, "run", "--quiet", "jobs.txt").returncode == 0
+    assert (tmp_path / "a.done").exists() and (tmp_path / "b c.done").exists()
+    assert ae(tmp_path, "run", "--dry-run", "jobs.txt").stdout == result.stdout  # a job file too
+
+
+def test_resume_a_command_line_run(tmp_path: Path) -> None:
+    args = ("sh", "-c", "'echo $1 >> ran; test -e $1.ok'", "sh")
+    (tmp_path / "a.ok").touch()
+    first = ae(tmp_path, "run", *args, ":::", "a", "b")
+    assert first.returncode == 1
+    (tmp_path / "ran").unlink()
+    (tmp_path / "b.ok").touch()
+    second = ae(tmp_path, "run", "--resume", *args, ":::", "a", "b")
+    assert second.returncode == 0, second.stderr
+    assert _ran(tmp_path) == ["b"]
+    assert "1 skipped" in second.stderr
+
+
+def test_bad_command_lines_exit_2_and_start_nothing(tmp_path: Path) -> None:
+    for args, message in [
+        (("echo", "{%}", ":::", "a"), "{%} (GNU parallel's job slot) is not supported"),
+        (("echo", "{2}", ":::", "a"), "{2} names input source 2, but there is 1 input source"),
+        (("echo", ":::+", "a"), ":::+ links to the input source before it"),
+        (("echo", "::::", "missing"), "cannot read input file missing"),
+        (("echo", "a", "b"), "expected one JOBFILE"),
+    ]:
+        result = ae(tmp_path, "run", *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr, (args, result.stderr)
+    assert not (tmp_path / "home").exists()
+
+
+def test_same_lines_and_outputs_as_gnu_parallel(tmp_path: Path) -> None:
+    if shutil.which("parallel") is None:
+        pytest.skip("GNU parallel is not installed (apt-get install -y parallel): comparison not run")
+    (tmp_path / "list").write_text("p/q.r\n\nlast one\n")
+    cases = [
+        ["echo", "{}", "{.}", "{/}", "{//}", "{/.}", "{#}", ":::", "a/b.c", "/x", "sp ace.d/f", "it's"],
+        ["echo", ":::", "A", "B", "C", ":::+", "1", "2", ":::", "x", "y"],
+        ["echo", "{2}-{1/}", "::::", "list", ":::", "1", "2"],
+        ["printf", "'<%s>\\n'", ":::", "$(id)", "a;b", "#c", "*"],
+        [":::", "echo one", "sh -c 'exit 3'", "echo 'two  words'"],
+    ]
+    for case in cases:
+        gnu_lines = subprocess.run(
+            ["parallel", "--will-cite", "-k", "--dry-run", *case],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        ).stdout
+        gnu = subprocess.run(
+            ["parallel", "--will-cite", "-k", *case], cwd=tmp_path, capture_output=True, text=True
+        )
+        ours_lines = ae(tmp_path, "run", "--dry-run", *case).stdout
+        ours = ae(tmp_path, "run", "-k", "--quiet", *case)
+        assert ours_lines == gnu_lines, case
+        assert ours.stdout == gnu.stdout, case
+        assert (ours.returncode == 0) == (gnu.returncode == 0), (case, ours.stderr, gnu.stderr)

@@ -22,10 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import attrs
 import click
 
 from .halt import NEVER, HaltPolicy, parse_halt
 from .jobs import Job, JobFileError, JobParser, parse_jobs
+from .template import parse_command_line
 
 __all__ = ["cli", "main"]
 
@@ -151,14 +153,16 @@ def cli() -> None:
 
     \b
       async-executor run -j 32 jobs.txt      run each line of jobs.txt
+      async-executor run gzip {} ::: *.log   GNU parallel's form: gzip each file
       async-executor run --resume jobs.txt   run what has not succeeded yet
       async-executor status [RUN]            runs, or one run's tasks
       async-executor logs RUN:LINE:HASH      a task's captured output
     """
 
 
-@cli.command(epilog=_EXIT_CODES)
-@click.argument("jobfile", type=str)
+# Options end at the first argument, as in GNU parallel: `run gzip -9 {} ::: a` gives -9 to gzip.
+@cli.command(epilog=_EXIT_CODES, context_settings={"allow_interspersed_args": False})
+@click.argument("args", nargs=-1, required=True, metavar="JOBFILE | COMMAND... ::: ARG...")
 @click.option(
     "-j",
     "--jobs",
@@ -202,6 +206,11 @@ def cli() -> None:
     "--shell", is_flag=True, help="Run each line with /bin/sh -c instead of splitting it with shell rules."
 )
 @click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print each job line that would run (a job file), and run nothing.",
+)
+@click.option(
     "--joblog",
     type=click.Path(dir_okay=False, writable=True, path_type=str),
     default=None,
@@ -239,13 +248,14 @@ def cli() -> None:
 )
 @_state_option
 def run(
-    jobfile: str,
+    args: tuple[str, ...],
     parallelism: int,
     timeout: float | None,
     retries: int,
     backoff: float,
     halt: HaltPolicy,
     shell: bool,
+    dry_run: bool,
     joblog: str | None,
     results: str | None,
     keep_order: bool,
@@ -256,12 +266,28 @@ def run(
     kill_grace: float,
     state_path: str | None,
 ) -> None:
-    """Run each line of JOBFILE (or - for stdin) as a command, -j at a time.
+    """Run each line of JOBFILE (or - for stdin) as a command, -j at a time; or, in GNU
+    parallel's form, COMMAND once for each argument after ::: (or line of each FILE after ::::).
+
+    \b
+      async-executor run -j 32 jobs.txt
+      async-executor run -j 8 gzip -9 {} ::: *.log
+      find . -name '*.csv' | async-executor run python load.py {} :::: -
+      async-executor run convert {} {.}.png ::: *.jpg
+      async-executor run echo {1}-{2} ::: a b ::: 1 2        (a-1 a-2 b-1 b-2)
 
     Lines are split with shell rules and run without a shell (unless --shell); blank lines
     and # comments are skipped. Each line's key in the journal is RUN:LINE:HASH (its line
     number and a hash of its text), so --resume and --retry-failed find it again after the
     file is edited. Output of each task is printed whole when it finishes.
+
+    In GNU parallel's form each combination of the input sources (the first varying slowest;
+    :::+ and ::::+ pair a source's values with the one's before) fills the command's replacement strings,
+    each value as one word: {} {.} {/} {//} {/.}, {N} (source N) and {N.} {N/} {N//} {N/.},
+    {#} (the job's number). A command without them gets the values appended; with no command
+    each value is a line. The result is a job line, run as above (--dry-run prints them),
+    its LINE being the job's number; the run is named after the program. Options go before
+    COMMAND.
 
     From a pipe or a terminal, each line starts as soon as it is read, like GNU parallel
     (`tail -f queue | async-executor run -` is a job queue), unless --resume, --retry-failed
@@ -270,26 +296,27 @@ def run(
     """
     if resume and retry_failed:
         raise click.UsageError("--resume and --retry-failed cannot be used together")
-    source = "<stdin>" if jobfile == "-" else jobfile
     halt = halt if halt is not None else NEVER
     # A pipe or terminal is read as the run goes, each line starting when it arrives (GNU
     # parallel's way), unless the whole input is needed first: to match lines against the
-    # journal (--resume, --retry-failed) or to take a percentage of all lines (--halt N%).
-    stream = jobfile == "-" and not resume and not retry_failed and not halt.percent and _is_stream(0)
-    jobs: list[Job] = []
-    if not stream:
-        try:
-            data = sys.stdin.buffer.read() if jobfile == "-" else Path(jobfile).read_bytes()
-        except OSError as exc:
-            raise click.BadParameter(
-                f"cannot read {source}: {exc.strerror or exc}", param_hint="JOBFILE"
-            ) from None
-        text = data.decode("utf-8", "surrogateescape")
-        try:
-            jobs = parse_jobs(text.splitlines(), shell=shell, source=source)
-        except JobFileError as exc:
-            raise click.UsageError(f"{exc}; nothing was started") from None
-    name = run_name if run_name is not None else ("stdin" if jobfile == "-" else Path(jobfile).stem or "jobs")
+    # journal (--resume, --retry-failed), to take a percentage of all lines (--halt N%), or
+    # to print them all (--dry-run).
+    whole = resume or retry_failed or bool(halt.percent) or dry_run
+    form = parse_command_line(args)
+    if form is None:
+        if len(args) != 1:
+            raise click.UsageError(
+                f"expected one JOBFILE, or a command in GNU parallel's form (COMMAND ... ::: ARG ...), "
+                f"got {len(args)} arguments and no ::: or :::: (options go before JOBFILE)"
+            )
+        plan = _jobfile_plan(args[0], shell, whole)
+    else:
+        plan = _template_plan(*form, shell, whole)
+    if dry_run:
+        for job in plan.jobs:
+            click.echo(job.text)
+        sys.exit(0)
+    name = run_name if run_name is not None else plan.name
     if not name or ":" in name:
         raise click.BadParameter(
             f"{name!r}: a run name must be non-empty and contain no ':'", param_hint="--run"
@@ -298,12 +325,13 @@ def run(
     from .state import make_log_dir
 
     state = _state_path(state_path)
-    # A default-named run from stdin that needs no earlier rows takes the next free name, so two
-    # pipelines (`tail -f queue | async-executor run -` twice) run side by side, as with parallel.
-    renames = run_name is None and jobfile == "-" and not resume and not retry_failed
+    # A default-named run from stdin or a command line that needs no earlier rows takes the next
+    # free name, so two pipelines (`tail -f queue | async-executor run -` twice) run side by side,
+    # as with parallel.
+    renames = run_name is None and plan.renames and not resume and not retry_failed
     lock, name = _lock_run(state, name, renames)
     cfg = RunConfig(
-        jobs=jobs,
+        jobs=plan.jobs,
         run=name,
         parallelism=parallelism,
         timeout=timeout,
@@ -318,14 +346,91 @@ def run(
         state_path=state,
         log_dir=make_log_dir(state),
         kill_grace=kill_grace,
-        stream_fd=0 if stream else None,
-        parser=JobParser(shell=shell, source=source) if stream else None,
+        stream_fd=0 if plan.parser is not None else None,
+        parser=plan.parser,
     )
     try:
         code = _run_async(run_batch, cfg)
     finally:
         lock.release()
     sys.exit(code)
+
+
+@attrs.frozen
+class _Plan:
+    """What ``run`` was given to run: the jobs read already, or the parser of streamed input."""
+
+    jobs: list[Job]
+    #: Reads standard input as the run goes (``jobs`` is then empty).
+    parser: JobParser | None
+    #: The run's default name.
+    name: str
+    #: Whether a default-named run takes the next free name when its name is held.
+    renames: bool
+
+
+def _read_input(name: str, what: str = "") -> bytes:
+    """The bytes of file ``name`` (``-``: standard input); a usage error if it cannot be read."""
+    try:
+        return sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+    except OSError as exc:
+        where = "<stdin>" if name == "-" else name
+        raise click.UsageError(f"cannot read {what}{where}: {exc.strerror or exc}") from None
+
+
+def _jobfile_plan(jobfile: str, shell: bool, whole: bool) -> _Plan:
+    source = "<stdin>" if jobfile == "-" else jobfile
+    name = "stdin" if jobfile == "-" else Path(jobfile).stem or "jobs"
+    if jobfile == "-" and not whole and _is_stream(0):
+        return _Plan([], JobParser(shell=shell, source=source), name, renames=True)
+    text = _read_input(jobfile).decode("utf-8", "surrogateescape")
+    try:
+        jobs = parse_jobs(text.splitlines(), shell=shell, source=source)
+    except JobFileError as exc:
+        raise click.UsageError(f"{exc}; nothing was started") from None
+    return _Plan(jobs, None, name, renames=jobfile == "-")
+
+
+def _template_plan(
+    command: list[str], groups: list[tuple[str, list[str]]], shell: bool, whole: bool
+) -> _Plan:
+    """GNU parallel's form (see ``template.py``)."""
+    from .template import (
+        CommandTemplate,
+        TemplateError,
+        TemplateParser,
+        read_source_lines,
+        sources_from_groups,
+        template_jobs,
+    )
+
+    # Standard input as the only source, from a pipe or terminal: read as the run goes.
+    streams = not whole and groups == [("::::", ["-"])] and _is_stream(0)
+
+    def read_file(name: str) -> tuple[str, ...] | None:
+        return None if streams else read_source_lines(_read_input(name, "input file "))
+
+    try:
+        sources = sources_from_groups(groups, read_file)
+        template = CommandTemplate(tuple(command), shell=shell, sources=len(sources))
+    except TemplateError as exc:
+        raise click.UsageError(str(exc)) from None
+    name = _command_run_name(command)
+    if streams:
+        return _Plan([], TemplateParser(template), name, renames=True)
+    try:
+        jobs = template_jobs(template, sources, "<input>")
+    except JobFileError as exc:
+        raise click.UsageError(f"{exc}; nothing was started") from None
+    return _Plan(jobs, None, name, renames=True)
+
+
+def _command_run_name(command: Sequence[str]) -> str:
+    """A command line's default run name: its program's name (``commands`` without one)."""
+    words = command[0].split() if command else []
+    program = Path(words[0]).name if words else ""
+    program = program.replace(":", "_")
+    return program if program and "{" not in program else "commands"
 
 
 def _lock_run(state: str, name: str, renames: bool) -> tuple[RunLock, str]:

@@ -70,21 +70,29 @@ class JobParser:
         text = raw.rstrip("\r\n").strip()
         if not text or text.startswith("#"):
             return None
-        if "\x00" in text:
-            raise JobFileError(f"{self.source}, line {number}: the line contains a NUL byte")
-        if _PLAIN.fullmatch(text):
-            argv = text.split()
-        else:
-            try:
-                argv = shlex.split(text, comments=True)
-            except ValueError as exc:
-                raise JobFileError(f"{self.source}, line {number}: {exc} in: {text}") from None
-        if not argv:
+        argv = split_line(text, shell=self.shell, where=f"{self.source}, line {number}")
+        if argv is None:
             return None  # only a trailing comment after blanks
-        if self.shell:
-            argv = ["/bin/sh", "-c", text]
         self.jobs += 1
-        return Job(seq=self.jobs, line=number, text=text, argv=tuple(argv), digest=line_digest(text))
+        return Job(seq=self.jobs, line=number, text=text, argv=argv, digest=line_digest(text))
+
+
+def split_line(text: str, *, shell: bool, where: str) -> tuple[str, ...] | None:
+    """What a job line runs: its words by shell rules (``None`` if it is only a comment), or
+    ``/bin/sh -c LINE`` with ``shell``. :class:`JobFileError` (starting with ``where``) when it
+    cannot be split or holds a NUL byte."""
+    if "\x00" in text:
+        raise JobFileError(f"{where}: the line contains a NUL byte")
+    if _PLAIN.fullmatch(text):
+        argv = text.split()
+    else:
+        try:
+            argv = shlex.split(text, comments=True)
+        except ValueError as exc:
+            raise JobFileError(f"{where}: {exc} in: {text}") from None
+    if not argv:
+        return None
+    return ("/bin/sh", "-c", text) if shell else tuple(argv)
 
 
 def parse_jobs(lines: Iterable[str], *, shell: bool = False, source: str = "<jobs>") -> list[Job]:

@@ -1,0 +1,246 @@
+"""GNU parallel's command-line form: ``COMMAND... ::: ARG... :::: FILE...`` made into job lines.
+
+``async-executor run gzip -9 {} ::: a.log b.log`` runs ``gzip -9 a.log`` and ``gzip -9 b.log``.
+Each combination of the input sources fills the command's replacement strings and becomes one
+job line, exactly as if it had been written in a job file: the words of the command are joined
+with blanks, each value goes in shell-quoted (one word, whatever it holds), and the line is then
+split by shell rules (or given to ``/bin/sh -c`` with ``--shell``). ``--dry-run`` prints these
+lines, so its output is a job file of the same run.
+
+Input sources, as in GNU parallel:
+
+* ``::: A B C`` - the arguments themselves; ``:::: FILE...`` - each file is a source of its lines
+  (``-``: standard input, read as it arrives when it is the only source and a pipe or terminal);
+* several sources: every combination, the first source varying slowest; ``:::+`` / ``::::+``
+  link a source to the one before it instead (the n-th values go together, as many as the
+  shortest of them has);
+* an empty source (``:::`` with no arguments, an empty file): no jobs.
+
+Replacement strings: ``{}`` (the values, blank-separated), ``{.}`` (without the extension),
+``{/}`` (basename), ``{//}`` (directory, as ``dirname``), ``{/.}`` (basename without extension),
+``{N}`` and ``{N.}``, ``{N/}``, ``{N//}``, ``{N/.}`` (the value of source N), ``{#}`` (the job's
+number). A command with none of them gets the values appended. With no command at all, each
+value is itself a job line. ``{%}`` (GNU parallel's job slot) is refused: tasks here have no slot.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shlex
+from collections.abc import Callable, Iterator, Sequence
+
+import attrs
+
+from .jobs import Job, JobParser, line_digest, split_line
+
+__all__ = [
+    "SEPARATORS",
+    "CommandTemplate",
+    "InputSource",
+    "TemplateError",
+    "TemplateParser",
+    "combinations",
+    "parse_command_line",
+    "read_source_lines",
+    "sources_from_groups",
+    "template_jobs",
+]
+
+#: The words that start an input source; what follows (up to the next one) are its operands.
+SEPARATORS = (":::", ":::+", "::::", "::::+")
+
+#: ``{}``, ``{N}`` and their ``.``/``/``/``//``/``/.`` forms; ``{#}``; ``{%}`` (refused).
+_REPLACEMENT = re.compile(r"\{(\d*)(/\.|//|/|\.)?\}|\{#\}|\{%\}")
+_EXTENSION = re.compile(r"\.[^/.]*$")
+
+
+class TemplateError(ValueError):
+    """A command line in GNU parallel's form that cannot be run (nothing is started)."""
+
+
+def _dirname(value: str) -> str:
+    """``dirname`` as GNU parallel's ``{//}`` gives it: ``a`` -> ``.``, ``/a`` -> ``/``."""
+    stripped = value.rstrip("/")
+    if not stripped:
+        return "/" if value else "."
+    head = stripped.rpartition("/")[0]
+    if not head and "/" not in stripped:
+        return "."
+    return head.rstrip("/") or "/"
+
+
+_TRANSFORMS: dict[str, Callable[[str], str]] = {
+    "": lambda value: value,
+    ".": lambda value: _EXTENSION.sub("", value),
+    "/": lambda value: value.rpartition("/")[2],
+    "//": _dirname,
+    "/.": lambda value: _EXTENSION.sub("", value.rpartition("/")[2]),
+}
+
+
+@attrs.frozen
+class InputSource:
+    """One input source: its values, or ``None`` for standard input read as the run goes."""
+
+    #: For messages: ``:::`` or the file's name.
+    name: str
+    values: tuple[str, ...] | None
+    #: ``:::+`` / ``::::+``: its values go with the previous source's, not across them.
+    linked: bool = False
+
+
+@attrs.frozen
+class CommandTemplate:
+    """The command part (the words before the first separator), checked and ready to fill."""
+
+    words: tuple[str, ...]
+    shell: bool = False
+    #: How many input sources there are (``{N}`` must name one of them).
+    sources: int = 1
+
+    def __attrs_post_init__(self) -> None:
+        template = " ".join(self.words)
+        for match in _REPLACEMENT.finditer(template):
+            if match.group(0) == "{%}":
+                raise TemplateError("{%} (GNU parallel's job slot) is not supported: tasks here have no slot")
+            number = match.group(1)
+            if number and not 1 <= int(number) <= self.sources:
+                have = f"{self.sources} input source" + ("s" if self.sources != 1 else "")
+                raise TemplateError(f"{match.group(0)} names input source {int(number)}, but there is {have}")
+        if self.words:
+            # The command's own quoting, checked once (the values go in quoted, and cannot break it).
+            try:
+                shlex.split(self.fill(("x",) * self.sources, 1), comments=True)
+            except ValueError as exc:
+                why = f"the command {template!r} cannot be split by shell rules: {exc}"
+                raise TemplateError(why) from None
+
+    @property
+    def appends(self) -> bool:
+        """Whether the values are appended (the command has no replacement string)."""
+        return _REPLACEMENT.search(" ".join(self.words)) is None
+
+    def fill(self, values: Sequence[str], seq: int) -> str:
+        """The job line for one combination of values (job number ``seq``)."""
+        if not self.words:
+            return " ".join(values)  # no command: the values are the line
+        template = " ".join(self.words)
+        if self.appends:
+            return " ".join([template, *map(shlex.quote, values)])
+
+        def replace(match: re.Match[str]) -> str:
+            if match.group(0) == "{#}":
+                return str(seq)
+            transform = _TRANSFORMS[match.group(2) or ""]
+            number = match.group(1)
+            chosen = values if not number else (values[int(number) - 1],)
+            return " ".join(shlex.quote(transform(value)) for value in chosen)
+
+        return _REPLACEMENT.sub(replace, template)
+
+    def job(self, values: Sequence[str], seq: int, line: int, source: str) -> Job | None:
+        """The job for one combination; ``None`` when a command-less line is blank or a comment.
+
+        :class:`~.jobs.JobFileError` when a command-less value cannot be split, or a value
+        holds a NUL byte (an argument cannot).
+        """
+        text = self.fill(values, seq)
+        if not self.words:  # the value is a job line: blanks and comments are skipped, as in a file
+            text = text.strip()
+            if not text or text.startswith("#"):
+                return None
+        argv = split_line(text, shell=self.shell, where=f"{source}, input {line}")
+        if argv is None:
+            return None
+        return Job(seq=seq, line=line, text=text, argv=argv, digest=line_digest(text))
+
+
+def parse_command_line(args: Sequence[str]) -> tuple[list[str], list[tuple[str, list[str]]]] | None:
+    """Split ``run``'s arguments into the command words and ``(separator, operands)`` groups;
+    ``None`` when there is no separator (the arguments are not in GNU parallel's form)."""
+    command: list[str] = []
+    groups: list[tuple[str, list[str]]] = []
+    for arg in args:
+        if arg in SEPARATORS:
+            groups.append((arg, []))
+        elif groups:
+            groups[-1][1].append(arg)
+        else:
+            command.append(arg)
+    return (command, groups) if groups else None
+
+
+def read_source_lines(data: bytes) -> tuple[str, ...]:
+    """A file's lines as values (blank lines included), split as a job file's are
+    (:meth:`str.splitlines`, as the streamed reader does too)."""
+    return tuple(data.decode("utf-8", "surrogateescape").splitlines())
+
+
+def sources_from_groups(
+    groups: Sequence[tuple[str, Sequence[str]]], read_file: Callable[[str], tuple[str, ...] | None]
+) -> list[InputSource]:
+    """The input sources of the separator groups, files read through ``read_file`` (which
+    returns ``None`` for standard input left to be streamed). :class:`TemplateError` for a
+    ``::::`` with no file, a link with nothing before it, or standard input named twice."""
+    sources: list[InputSource] = []
+    stdin_seen = False
+    for separator, operands in groups:
+        linked = separator.endswith("+")
+        if linked and not sources:
+            raise TemplateError(f"{separator} links to the input source before it, and there is none")
+        if separator.startswith("::::"):
+            if not operands:
+                raise TemplateError(f"{separator} needs at least one file (- for standard input)")
+            for index, name in enumerate(operands):
+                if name == "-":
+                    if stdin_seen:
+                        raise TemplateError("standard input (-) can be an input source only once")
+                    stdin_seen = True
+                sources.append(InputSource(name, read_file(name), linked and index == 0))
+        else:
+            sources.append(InputSource(separator, tuple(operands), linked))
+    return sources
+
+
+def combinations(sources: Sequence[InputSource]) -> Iterator[tuple[str, ...]]:
+    """Every combination of the sources' values (all read already), in GNU parallel's order."""
+    blocks: list[list[tuple[str, ...]]] = []
+    for source in sources:
+        assert source.values is not None
+        if source.linked and blocks:
+            blocks[-1].append(source.values)
+        else:
+            blocks.append([source.values])
+    rows: list[list[tuple[str, ...]]] = []
+    for block in blocks:
+        # linked sources: the n-th values together, as many as the shortest has (GNU parallel's
+        # :::+; an empty source gives no combination at all)
+        rows.append(list(zip(*block, strict=False)))
+    for combination in itertools.product(*rows):
+        yield tuple(value for part in combination for value in part)
+
+
+def template_jobs(template: CommandTemplate, sources: Sequence[InputSource], source: str) -> list[Job]:
+    """All the jobs of a template over sources that are all read (raises as :meth:`CommandTemplate.job`)."""
+    jobs: list[Job] = []
+    for number, values in enumerate(combinations(sources), start=1):
+        job = template.job(values, len(jobs) + 1, number, source)
+        if job is not None:
+            jobs.append(job)
+    return jobs
+
+
+class TemplateParser(JobParser):
+    """Streamed standard input as the only source: each line read is one value, one job."""
+
+    def __init__(self, template: CommandTemplate, *, source: str = "<stdin>") -> None:
+        super().__init__(shell=template.shell, source=source)
+        self.template = template
+
+    def feed(self, raw: str) -> Job | None:
+        self.lines += 1
+        job = self.template.job((raw,), self.jobs + 1, self.lines, self.source)
+        if job is not None:
+            self.jobs += 1
+        return job

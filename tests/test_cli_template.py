@@ -1,0 +1,194 @@
+"""GNU parallel's command-line form (``COMMAND ::: ARGS``): how it becomes job lines.
+
+The expected strings come from GNU parallel 20221122 (``parallel -k --dry-run``) on the same
+input; ``tests/test_cli.py`` compares the two programs directly where ``parallel`` is installed.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import given
+
+from async_executor._cli.jobs import JobFileError
+from async_executor._cli.template import (
+    CommandTemplate,
+    InputSource,
+    TemplateError,
+    TemplateParser,
+    combinations,
+    parse_command_line,
+    read_source_lines,
+    sources_from_groups,
+    template_jobs,
+)
+
+
+def _lines(words: list[str], *groups: tuple[str, list[str]], shell: bool = False) -> list[str]:
+    sources = sources_from_groups(list(groups), lambda name: pytest.fail(f"no file expected: {name}"))
+    template = CommandTemplate(tuple(words), shell=shell, sources=len(sources))
+    return [job.text for job in template_jobs(template, sources, "<input>")]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        # {} , {.} , {/} , {//} , {/.}  as GNU parallel prints them
+        ("a", "echo a , a , a , . , a"),
+        ("/a", "echo /a , /a , a , / , a"),
+        ("a/b/", "echo a/b/ , a/b/ , '' , a , ''"),
+        (".bashrc", "echo .bashrc , '' , .bashrc , . , ''"),
+        ("a.", "echo a. , a , a. , . , a"),
+        ("dir.d/file", "echo dir.d/file , dir.d/file , file , dir.d , file"),
+        ("a/b.tar.gz", "echo a/b.tar.gz , a/b.tar , b.tar.gz , a , b.tar"),
+        ("/", "echo / , / , '' , / , ''"),
+        ("", "echo '' , '' , '' , . , ''"),
+        ("x y.z", "echo 'x y.z' , 'x y' , 'x y.z' , . , 'x y'"),
+        ("a//b", "echo a//b , a//b , b , a , b"),
+    ],
+)
+def test_replacement_strings_as_gnu_parallel(value: str, expected: str) -> None:
+    words = ["echo", "{}", ",", "{.}", ",", "{/}", ",", "{//}", ",", "{/.}"]
+    assert _lines(words, (":::", [value])) == [expected]
+
+
+def test_sources_combine_first_slowest_and_linked_ones_pair_up_to_the_shortest() -> None:
+    assert _lines(["echo"], (":::", ["A", "B"]), (":::", ["1", "2"])) == [
+        "echo A 1",
+        "echo A 2",
+        "echo B 1",
+        "echo B 2",
+    ]
+    assert _lines(["echo"], (":::", ["A", "B", "C"]), (":::+", ["1", "2"])) == ["echo A 1", "echo B 2"]
+    assert _lines(["echo"], (":::", ["A", "B"]), (":::+", ["1", "2"]), (":::", ["x", "y"])) == [
+        "echo A 1 x",
+        "echo A 1 y",
+        "echo B 2 x",
+        "echo B 2 y",
+    ]
+    assert _lines(["echo", "{2}-{1}"], (":::", ["A", "B"]), (":::", ["1", "2"])) == [
+        "echo 1-A",
+        "echo 2-A",
+        "echo 1-B",
+        "echo 2-B",
+    ]
+
+
+def test_an_empty_source_gives_no_jobs() -> None:
+    assert _lines(["echo"], (":::", [])) == []
+    assert _lines(["echo"], (":::", ["a"]), (":::", [])) == []
+
+
+def test_values_are_appended_unless_a_replacement_string_is_used() -> None:
+    assert _lines(["gzip", "-9"], (":::", ["my file", "it's"])) == [
+        "gzip -9 'my file'",
+        "gzip -9 'it'\"'\"'s'",
+    ]
+    assert _lines(["echo", "{#}"], (":::", ["a", "b"])) == [
+        "echo 1",
+        "echo 2",
+    ]  # {#} counts: nothing appended
+    assert _lines(["echo", "x{}y"], (":::", ["a b"]), (":::", ["c"])) == ["echo x'a b' cy"]
+    assert _lines(["echo", "{1.}", "{1/}", "{2}"], (":::", ["d/a.b"]), (":::", ["e"])) == ["echo d/a a.b e"]
+
+
+def test_one_word_commands_are_split_like_a_job_line() -> None:
+    """GNU parallel joins the command's words into one line: ``'gzip -9 {}'`` is three words."""
+    template = CommandTemplate(("gzip -9 {}",))
+    job = template.job(("my file",), 1, 1, "<input>")
+    assert job is not None and job.argv == ("gzip", "-9", "my file")
+
+
+def test_without_a_command_each_value_is_a_job_line() -> None:
+    template = CommandTemplate((), sources=1)
+    sources = [InputSource(":::", ("echo a", "", "  # note", "sh -c 'exit 3'"))]
+    jobs = template_jobs(template, sources, "<input>")
+    assert [(j.seq, j.line, j.argv) for j in jobs] == [
+        (1, 1, ("echo", "a")),
+        (2, 4, ("sh", "-c", "exit 3")),
+    ]
+    with pytest.raises(JobFileError, match=r"<input>, input 1: No closing quotation"):
+        template_jobs(template, [InputSource(":::", ("echo 'a",))], "<input>")
+
+
+@given(st.text().filter(lambda v: "\x00" not in v))
+def test_any_value_is_exactly_one_word(value: str) -> None:
+    job = CommandTemplate(("printf", "%s", "{}", "{/}")).job((value,), 1, 1, "<input>")
+    assert job is not None
+    assert job.argv == ("printf", "%s", value, value.rpartition("/")[2])
+
+
+@pytest.mark.parametrize("value", ["a b", "it's", "$(touch pwned)", "a;b", "'\"\\", "#x", "", "*"])
+def test_with_a_shell_a_value_is_still_one_word(value: str, tmp_path: Path) -> None:
+    job = CommandTemplate(("printf", "'<%s>'", "{}"), shell=True).job((value,), 1, 1, "<input>")
+    assert job is not None
+    assert job.argv[:2] == ("/bin/sh", "-c")
+    out = subprocess.run(job.argv, capture_output=True, text=True, check=True, cwd=str(tmp_path)).stdout
+    assert out == f"<{value}>"
+
+
+def test_a_value_with_nul_is_refused() -> None:
+    with pytest.raises(JobFileError, match="NUL"):
+        CommandTemplate(("echo",)).job(("a\x00b",), 1, 7, "<input>")
+
+
+@pytest.mark.parametrize(
+    ("words", "sources", "message"),
+    [
+        (("echo", "{%}"), 1, r"\{%\} \(GNU parallel's job slot\) is not supported"),
+        (("echo", "{3}"), 2, r"\{3\} names input source 3, but there is 2 input sources"),
+        (("echo", "{0.}"), 1, r"\{0\.\} names input source 0, but there is 1 input source"),
+        (("echo", '"{}'), 1, "cannot be split by shell rules: No closing quotation"),
+    ],
+)
+def test_bad_templates_are_refused(words: tuple[str, ...], sources: int, message: str) -> None:
+    with pytest.raises(TemplateError, match=message):
+        CommandTemplate(words, sources=sources)
+
+
+def test_bad_sources_are_refused() -> None:
+    def never(name: str) -> tuple[str, ...]:
+        raise AssertionError(name)
+
+    with pytest.raises(TemplateError, match=r":::\+ links to the input source before it"):
+        sources_from_groups([(":::+", ["a"])], never)
+    with pytest.raises(TemplateError, match=r":::: needs at least one file"):
+        sources_from_groups([(":::", ["a"]), ("::::", [])], never)
+    with pytest.raises(TemplateError, match="standard input"):
+        sources_from_groups([("::::", ["-", "-"])], lambda name: ())
+
+
+def test_file_sources_one_per_file_linked_only_first() -> None:
+    read = {"f": ("1", "2"), "g": ("x",)}
+    sources = sources_from_groups([(":::", ["a", "b"]), ("::::+", ["f", "g"])], read.__getitem__)
+    assert [(s.name, s.values, s.linked) for s in sources] == [
+        (":::", ("a", "b"), False),
+        ("f", ("1", "2"), True),
+        ("g", ("x",), False),
+    ]
+    assert list(combinations(sources)) == [("a", "1", "x"), ("b", "2", "x")]
+
+
+def test_command_line_split_and_file_lines() -> None:
+    assert parse_command_line(["jobs.txt"]) is None
+    assert parse_command_line(["echo", "-n", "{}", ":::", "a", "::::", "f", ":::+", "b"]) == (
+        ["echo", "-n", "{}"],
+        [(":::", ["a"]), ("::::", ["f"]), (":::+", ["b"])],
+    )
+    assert parse_command_line([":::", "echo a"]) == ([], [(":::", ["echo a"])])
+    assert read_source_lines(b"a\n\nb c\r\nlast") == ("a", "", "b c", "last")
+
+
+def test_streamed_lines_number_jobs_like_their_lines() -> None:
+    parser = TemplateParser(CommandTemplate(("wc", "-c", "{}")))
+    jobs = [parser.feed(line) for line in ["a.txt", "my file", ""]]
+    assert [(j.seq, j.line, j.text) for j in jobs if j is not None] == [
+        (1, 1, "wc -c a.txt"),
+        (2, 2, "wc -c 'my file'"),
+        (3, 3, "wc -c ''"),
+    ]
+    assert shlex.split(jobs[1].text if jobs[1] else "") == ["wc", "-c", "my file"]
