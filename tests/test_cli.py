@@ -1064,6 +1064,8 @@ def test_same_lines_and_outputs_as_gnu_parallel(tmp_path: Path) -> None:
         pytest.skip("GNU parallel is not installed (apt-get install -y parallel): comparison not run")
     (tmp_path / "list").write_text("p/q.r\n\nlast one\n")
     cases = [
+        ["--tag", "printf", "'%s\\n\\n%s'", ":::", "a b", "c", ":::", "1"],
+        ["-a", "list", "-a", "-", "echo", "{2}{1}"],
         ["echo", "{}", "{.}", "{/}", "{//}", "{/.}", "{#}", ":::", "a/b.c", "/x", "sp ace.d/f", "it's"],
         ["echo", ":::", "A", "B", "C", ":::+", "1", "2", ":::", "x", "y"],
         ["echo", "{2}-{1/}", "::::", "list", ":::", "1", "2"],
@@ -1071,17 +1073,52 @@ def test_same_lines_and_outputs_as_gnu_parallel(tmp_path: Path) -> None:
         [":::", "echo one", "sh -c 'exit 3'", "echo 'two  words'"],
     ]
     for case in cases:
+        stdin = "s1\ns2\n"
         gnu_lines = subprocess.run(
             ["parallel", "--will-cite", "-k", "--dry-run", *case],
             cwd=tmp_path,
             capture_output=True,
             text=True,
+            input=stdin,
         ).stdout
         gnu = subprocess.run(
-            ["parallel", "--will-cite", "-k", *case], cwd=tmp_path, capture_output=True, text=True
+            ["parallel", "--will-cite", "-k", *case],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            input=stdin,
         )
-        ours_lines = ae(tmp_path, "run", "--dry-run", *case).stdout
-        ours = ae(tmp_path, "run", "-k", "--quiet", *case)
+        ours_lines = ae(tmp_path, "run", "--dry-run", *case, stdin=stdin).stdout
+        ours = ae(tmp_path, "run", "-k", "--quiet", *case, stdin=stdin)
         assert ours_lines == gnu_lines, case
         assert ours.stdout == gnu.stdout, case
         assert (ours.returncode == 0) == (gnu.returncode == 0), (case, ours.stderr, gnu.stderr)
+
+
+def test_arg_files_make_the_arguments_a_command(tmp_path: Path) -> None:
+    (tmp_path / "names").write_text("a\nb\n")
+    result = ae(tmp_path, "run", "-k", "-a", "names", "echo", "got", ":::", "1", "2")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "got a 1\ngot a 2\ngot b 1\ngot b 2\n"
+    lines = ae(tmp_path, "run", "--dry-run", "-a", "-", stdin="echo x\n# note\ntrue\n")
+    assert lines.stdout == "echo x\ntrue\n"  # no command: each line is a job line
+    missing = ae(tmp_path, "run", "-q")
+    assert missing.returncode == 2 and "missing JOBFILE" in missing.stderr
+
+
+def test_tag_puts_the_arguments_before_each_output_line(tmp_path: Path) -> None:
+    result = ae(
+        tmp_path,
+        "run",
+        "-k",
+        "--tag",
+        "--shell",
+        "printf 'one\\n\\nthree'; echo err {} >&2",
+        ":::",
+        "a b",
+        "c",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "a b\tone\na b\t\na b\tthreeerr a b\nc\tone\nc\t\nc\tthreeerr c\n"
+    path = jobfile(tmp_path, ["echo x"])
+    assert ae(tmp_path, "run", "--tag", str(path)).stdout == "echo x\tx\n"  # a job line tags with itself

@@ -180,3 +180,23 @@ async def test_stream_reader_pauses_resumes_and_ends() -> None:
         if writer_fd >= 0:
             os.close(writer_fd)
         os.close(reader_fd)
+
+
+@given(
+    st.lists(st.sampled_from([b"\n", b"a", b"\r", b"xy\xff"]), max_size=40).map(b"".join),
+    st.lists(st.integers(min_value=1, max_value=12), max_size=12),
+)
+def test_tag_goes_before_every_line_wherever_the_chunks_end(data: bytes, cuts: list[int]) -> None:
+    from async_executor._cli.display import _tagged
+
+    chunks, rest = [], data
+    for cut in cuts:
+        if rest:
+            chunks.append(rest[:cut])
+            rest = rest[cut:]
+    if rest:
+        chunks.append(rest)
+    pieces = data.split(b"\n")
+    lines = [piece + b"\n" for piece in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
+    assert b"".join(_tagged(chunks, b"T\t")) == b"".join(b"T\t" + line for line in lines)
+    assert b"".join(_tagged(chunks, None)) == data

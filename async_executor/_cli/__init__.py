@@ -162,7 +162,7 @@ def cli() -> None:
 
 # Options end at the first argument, as in GNU parallel: `run gzip -9 {} ::: a` gives -9 to gzip.
 @cli.command(epilog=_EXIT_CODES, context_settings={"allow_interspersed_args": False})
-@click.argument("args", nargs=-1, required=True, metavar="JOBFILE | COMMAND... ::: ARG...")
+@click.argument("args", nargs=-1, metavar="JOBFILE | COMMAND... ::: ARG...")
 @click.option(
     "-j",
     "--jobs",
@@ -208,7 +208,7 @@ def cli() -> None:
 @click.option(
     "--dry-run",
     is_flag=True,
-    help="Print each job line that would run (a job file), and run nothing.",
+    help="Print each job line that would run (a job file, unless --tag), and run nothing.",
 )
 @click.option(
     "--joblog",
@@ -225,6 +225,20 @@ def cli() -> None:
 )
 @click.option(
     "-k", "--keep-order", is_flag=True, help="Print outputs in input order (default: as tasks finish)."
+)
+@click.option(
+    "--tag",
+    is_flag=True,
+    help="Put each job's arguments (or its line) and a tab before each line of its output.",
+)
+@click.option(
+    "-a",
+    "--arg-file",
+    "arg_files",
+    multiple=True,
+    metavar="FILE",
+    help="An input source of FILE's lines, as :::: FILE (repeatable; - for stdin): the "
+    "arguments are then the command.",
 )
 @click.option(
     "-q", "--quiet", is_flag=True, help="No progress display, notes or summary: only the tasks' output."
@@ -259,6 +273,8 @@ def run(
     joblog: str | None,
     results: str | None,
     keep_order: bool,
+    tag: bool,
+    arg_files: tuple[str, ...],
     quiet: bool,
     resume: bool,
     retry_failed: bool,
@@ -303,7 +319,12 @@ def run(
     # to print them all (--dry-run).
     whole = resume or retry_failed or bool(halt.percent) or dry_run
     form = parse_command_line(args)
+    if arg_files:  # -a FILE: an input source before any ::: / :::: ones
+        command, groups = form if form is not None else (list(args), [])
+        form = (command, [("::::", list(arg_files)), *groups])
     if form is None:
+        if not args:
+            raise click.UsageError("missing JOBFILE, or a command with ::: ARG ... or -a FILE")
         if len(args) != 1:
             raise click.UsageError(
                 f"expected one JOBFILE, or a command in GNU parallel's form (COMMAND ... ::: ARG ...), "
@@ -313,8 +334,8 @@ def run(
     else:
         plan = _template_plan(*form, shell, whole)
     if dry_run:
-        for job in plan.jobs:
-            click.echo(job.text)
+        for job in plan.jobs:  # tagged as GNU parallel tags them
+            click.echo(f"{job.tag}\t{job.text}" if tag else job.text)
         sys.exit(0)
     name = run_name if run_name is not None else plan.name
     if not name or ":" in name:
@@ -341,6 +362,7 @@ def run(
         joblog=joblog,
         results=results,
         keep_order=keep_order,
+        tag=tag,
         quiet=quiet,
         mode="resume" if resume else "retry-failed" if retry_failed else "all",
         state_path=state,

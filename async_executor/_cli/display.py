@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 import attrs
@@ -84,6 +84,24 @@ def _chunks(path: str | None) -> Iterator[bytes]:
         return
 
 
+def _tagged(chunks: Iterable[bytes], tag: bytes | None) -> Iterator[bytes]:
+    """``chunks`` with ``tag`` before each line (a last line without a newline too), as
+    GNU parallel's ``--tag`` does; unchanged when ``tag`` is ``None``."""
+    if tag is None:
+        yield from chunks
+        return
+    at_start = True
+    for chunk in chunks:
+        lines = chunk.split(b"\n")
+        # each piece after a newline starts a line; an empty last piece is not a line yet
+        out = [tag + lines[0] if at_start else lines[0]]
+        out.extend(tag + line for line in lines[1:-1])
+        if len(lines) > 1:
+            out.append(tag + lines[-1] if lines[-1] else b"")
+        at_start = chunk.endswith(b"\n")
+        yield b"\n".join(out)
+
+
 class PlainDisplay:
     """Output groups on stdout as raw bytes; notes and the summary as plain lines on stderr."""
 
@@ -114,16 +132,18 @@ class PlainDisplay:
         os.close(devnull)
         self.out = open(os.devnull, "wb")  # noqa: SIM115 - lives as long as the display
 
-    def output(self, stdout_path: str | None, stderr_path: str | None = None) -> None:
-        """Copy one task's captured output, whole, in one go."""
+    def output(
+        self, stdout_path: str | None, stderr_path: str | None = None, tag: bytes | None = None
+    ) -> None:
+        """Copy one task's captured output, whole, in one go (``tag`` before each line)."""
         try:
-            for chunk in _chunks(stdout_path):
+            for chunk in _tagged(_chunks(stdout_path), tag):
                 self.out.write(chunk)
         except BrokenPipeError:
             self._stdout_gone()
         if stderr_path:
             self.out.flush()
-            for chunk in _chunks(stderr_path):
+            for chunk in _tagged(_chunks(stderr_path), tag):
                 self.err.buffer.write(chunk) if hasattr(self.err, "buffer") else self.err.write(
                     chunk.decode()
                 )
@@ -225,9 +245,11 @@ class LiveDisplay:
     def flush(self) -> None:
         pass
 
-    def output(self, stdout_path: str | None, stderr_path: str | None = None) -> None:
+    def output(
+        self, stdout_path: str | None, stderr_path: str | None = None, tag: bytes | None = None
+    ) -> None:
         for path in (stdout_path, stderr_path):
-            data = b"".join(_chunks(path))
+            data = b"".join(_tagged(_chunks(path), tag))
             if data:
                 self.console.out(data.decode("utf-8", "replace"), end="", highlight=False)
 

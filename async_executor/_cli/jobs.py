@@ -35,6 +35,13 @@ class Job:
     argv: tuple[str, ...]
     #: Short hash of ``text``.
     digest: str
+    #: The input values it was made from (GNU parallel's form; empty for a job-file line).
+    values: tuple[str, ...] = ()
+
+    @property
+    def tag(self) -> str:
+        """What ``--tag`` puts before each output line: the values, or else the line (as GNU parallel)."""
+        return " ".join(self.values) if self.values else self.text
 
     def key(self, run: str) -> str:
         """The task key, stable for this line of this run: ``RUN:LINE:HASH``."""

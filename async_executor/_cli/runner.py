@@ -59,6 +59,8 @@ class RunConfig:
     joblog: str | None = None
     results: str | None = None
     keep_order: bool = False
+    #: Put each job's values (or line) and a tab before each line of its output.
+    tag: bool = False
     quiet: bool = False
     #: "all", "resume" (skip what succeeded) or "retry-failed" (only what failed)
     mode: str = "all"
@@ -160,7 +162,7 @@ class Runner:
         self._wakeup: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self._order: dict[int, int] = {}
-        self._ready: dict[int, tuple[str | None, str | None]] = {}
+        self._ready: dict[int, tuple[str | None, str | None, bytes | None]] = {}
         self._next = 0
         #: Lines not tried yet, in input order.
         self._fresh: collections.deque[Job] = collections.deque()
@@ -467,11 +469,12 @@ class Runner:
             self.joblog.write(job.seq, job.text, info, received)
         if not info.succeeded:
             self.display.failed(job, info, will_retry=False)
+        tag = job.tag.encode("utf-8", "surrogateescape") + b"\t" if self.cfg.tag else None
         if self.cfg.keep_order:
-            self._ready[self._order[job.seq]] = (stdout_path, stderr_path)
+            self._ready[self._order[job.seq]] = (stdout_path, stderr_path, tag)
             self._flush_outputs()
         else:
-            self.display.output(stdout_path, stderr_path)
+            self.display.output(stdout_path, stderr_path, tag)
         self._check_halt()
 
     def _flush_outputs(self, final: bool = False) -> None:

@@ -153,7 +153,14 @@ class CommandTemplate:
         argv = split_line(text, shell=self.shell, where=f"{source}, input {line}")
         if argv is None:
             return None
-        return Job(seq=seq, line=line, text=text, argv=argv, digest=line_digest(text))
+        return Job(
+            seq=seq,
+            line=line,
+            text=text,
+            argv=argv,
+            digest=line_digest(text),
+            values=tuple(values) if self.words else (),
+        )
 
 
 def parse_command_line(args: Sequence[str]) -> tuple[list[str], list[tuple[str, list[str]]]] | None:
