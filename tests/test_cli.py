@@ -1063,9 +1063,11 @@ def test_same_lines_and_outputs_as_gnu_parallel(tmp_path: Path) -> None:
     if shutil.which("parallel") is None:
         pytest.skip("GNU parallel is not installed (apt-get install -y parallel): comparison not run")
     (tmp_path / "list").write_text("p/q.r\n\nlast one\n")
+    (tmp_path / "table").write_text("a b\tc.d\nx\ty/z\n")
     cases = [
         ["--tag", "printf", "'%s\\n\\n%s'", ":::", "a b", "c", ":::", "1"],
         ["-a", "list", "-a", "-", "echo", "{2}{1}"],
+        ["--colsep", "\\t", "echo", "{2/.}:{1}", "::::", "table"],
         ["echo", "{}", "{.}", "{/}", "{//}", "{/.}", "{#}", ":::", "a/b.c", "/x", "sp ace.d/f", "it's"],
         ["echo", ":::", "A", "B", "C", ":::+", "1", "2", ":::", "x", "y"],
         ["echo", "{2}-{1/}", "::::", "list", ":::", "1", "2"],

@@ -6,6 +6,7 @@ input; ``tests/test_cli.py`` compares the two programs directly where ``parallel
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -141,7 +142,7 @@ def test_a_value_with_nul_is_refused() -> None:
     [
         (("echo", "{%}"), 1, r"\{%\} \(GNU parallel's job slot\) is not supported"),
         (("echo", "{3}"), 2, r"\{3\} names input source 3, but there is 2 input sources"),
-        (("echo", "{0.}"), 1, r"\{0\.\} names input source 0, but there is 1 input source"),
+        (("echo", "{0.}"), 1, r"\{0\.\}: input sources and columns are numbered from 1"),
         (("echo", '"{}'), 1, "cannot be split by shell rules: No closing quotation"),
     ],
 )
@@ -192,3 +193,15 @@ def test_streamed_lines_number_jobs_like_their_lines() -> None:
         (3, 3, "wc -c ''"),
     ]
     assert shlex.split(jobs[1].text if jobs[1] else "") == ["wc", "-c", "my file"]
+
+
+def test_colsep_splits_values_into_columns_as_gnu_parallel() -> None:
+    comma = re.compile(",")
+    template = CommandTemplate(("echo", "{2}-{1}", "{3/}"), sources=1, colsep=comma)
+    jobs = [template.job((row,), n, n, "<input>") for n, row in enumerate(["a,b,x/y", "c"], start=1)]
+    assert [j.argv for j in jobs if j is not None] == [
+        ("echo", "b-a", "y"),
+        ("echo", "-c", ""),
+    ]  # missing: empty
+    both = CommandTemplate(("echo",), sources=2, colsep=comma).job(("a,b", "x,y"), 1, 1, "<input>")
+    assert both is not None and both.argv == ("echo", "a", "b", "x", "y") and both.tag == "a b x y"

@@ -17,6 +17,7 @@ Exit codes of ``async-executor run``:
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -232,6 +233,12 @@ def cli() -> None:
     help="Put each job's arguments (or its line) and a tab before each line of its output.",
 )
 @click.option(
+    "--colsep",
+    metavar="REGEXP",
+    default=None,
+    help="Split each argument into columns at REGEXP (Python syntax): {N} is then column N.",
+)
+@click.option(
     "-a",
     "--arg-file",
     "arg_files",
@@ -274,6 +281,7 @@ def run(
     results: str | None,
     keep_order: bool,
     tag: bool,
+    colsep: str | None,
     arg_files: tuple[str, ...],
     quiet: bool,
     resume: bool,
@@ -330,9 +338,11 @@ def run(
                 f"expected one JOBFILE, or a command in GNU parallel's form (COMMAND ... ::: ARG ...), "
                 f"got {len(args)} arguments and no ::: or :::: (options go before JOBFILE)"
             )
+        if colsep is not None:
+            raise click.UsageError("--colsep needs a command (COMMAND ... ::: ARG ..., or -a FILE)")
         plan = _jobfile_plan(args[0], shell, whole)
     else:
-        plan = _template_plan(*form, shell, whole)
+        plan = _template_plan(*form, shell, whole, _column_separator(colsep))
     if dry_run:
         for job in plan.jobs:  # tagged as GNU parallel tags them
             click.echo(f"{job.tag}\t{job.text}" if tag else job.text)
@@ -413,8 +423,23 @@ def _jobfile_plan(jobfile: str, shell: bool, whole: bool) -> _Plan:
     return _Plan(jobs, None, name, renames=jobfile == "-")
 
 
+def _column_separator(pattern: str | None) -> re.Pattern[str] | None:
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise click.BadParameter(
+            f"{pattern!r} is not a regular expression: {exc}", param_hint="--colsep"
+        ) from None
+
+
 def _template_plan(
-    command: list[str], groups: list[tuple[str, list[str]]], shell: bool, whole: bool
+    command: list[str],
+    groups: list[tuple[str, list[str]]],
+    shell: bool,
+    whole: bool,
+    colsep: re.Pattern[str] | None = None,
 ) -> _Plan:
     """GNU parallel's form (see ``template.py``)."""
     from .template import (
@@ -434,7 +459,7 @@ def _template_plan(
 
     try:
         sources = sources_from_groups(groups, read_file)
-        template = CommandTemplate(tuple(command), shell=shell, sources=len(sources))
+        template = CommandTemplate(tuple(command), shell=shell, sources=len(sources), colsep=colsep)
     except TemplateError as exc:
         raise click.UsageError(str(exc)) from None
     name = _command_run_name(command)

@@ -18,9 +18,10 @@ Input sources, as in GNU parallel:
 
 Replacement strings: ``{}`` (the values, blank-separated), ``{.}`` (without the extension),
 ``{/}`` (basename), ``{//}`` (directory, as ``dirname``), ``{/.}`` (basename without extension),
-``{N}`` and ``{N.}``, ``{N/}``, ``{N//}``, ``{N/.}`` (the value of source N), ``{#}`` (the job's
-number). A command with none of them gets the values appended. With no command at all, each
-value is itself a job line. ``{%}`` (GNU parallel's job slot) is refused: tasks here have no slot.
+``{N}`` and ``{N.}``, ``{N/}``, ``{N//}``, ``{N/.}`` (the value of source N, or with ``--colsep``
+column N), ``{#}`` (the job's number). A command with none of them gets the values appended.
+With no command at all, each value is itself a job line. ``{%}`` (GNU parallel's job slot) is
+refused: tasks here have no slot.
 """
 
 from __future__ import annotations
@@ -98,6 +99,9 @@ class CommandTemplate:
     shell: bool = False
     #: How many input sources there are (``{N}`` must name one of them).
     sources: int = 1
+    #: ``--colsep``: each value is split into columns at this pattern, and ``{N}`` is column N
+    #: (of all the sources' columns in a row; a column a row lacks is empty, as in GNU parallel).
+    colsep: re.Pattern[str] | None = None
 
     def __attrs_post_init__(self) -> None:
         template = " ".join(self.words)
@@ -105,7 +109,9 @@ class CommandTemplate:
             if match.group(0) == "{%}":
                 raise TemplateError("{%} (GNU parallel's job slot) is not supported: tasks here have no slot")
             number = match.group(1)
-            if number and not 1 <= int(number) <= self.sources:
+            if number and int(number) == 0:
+                raise TemplateError(f"{match.group(0)}: input sources and columns are numbered from 1")
+            if number and self.colsep is None and int(number) > self.sources:
                 have = f"{self.sources} input source" + ("s" if self.sources != 1 else "")
                 raise TemplateError(f"{match.group(0)} names input source {int(number)}, but there is {have}")
         if self.words:
@@ -134,7 +140,10 @@ class CommandTemplate:
                 return str(seq)
             transform = _TRANSFORMS[match.group(2) or ""]
             number = match.group(1)
-            chosen = values if not number else (values[int(number) - 1],)
+            if not number:
+                chosen: Sequence[str] = values
+            else:  # past the last column (--colsep): empty
+                chosen = (values[int(number) - 1] if int(number) <= len(values) else "",)
             return " ".join(shlex.quote(transform(value)) for value in chosen)
 
         return _REPLACEMENT.sub(replace, template)
@@ -145,6 +154,8 @@ class CommandTemplate:
         :class:`~.jobs.JobFileError` when a command-less value cannot be split, or a value
         holds a NUL byte (an argument cannot).
         """
+        if self.colsep is not None:
+            values = [column for value in values for column in self.colsep.split(value)]
         text = self.fill(values, seq)
         if not self.words:  # the value is a job line: blanks and comments are skipped, as in a file
             text = text.strip()
