@@ -1047,7 +1047,6 @@ def test_resume_a_command_line_run(tmp_path: Path) -> None:
 
 def test_bad_command_lines_exit_2_and_start_nothing(tmp_path: Path) -> None:
     for args, message in [
-        (("echo", "{%}", ":::", "a"), "{%} (GNU parallel's job slot) is not supported"),
         (("echo", "{2}", ":::", "a"), "{2} names input source 2, but there is 1 input source"),
         (("echo", ":::+", "a"), ":::+ links to the input source before it"),
         (("echo", "::::", "missing"), "cannot read input file missing"),
@@ -1124,3 +1123,14 @@ def test_tag_puts_the_arguments_before_each_output_line(tmp_path: Path) -> None:
     assert result.stdout == "a b\tone\na b\t\na b\tthreeerr a b\nc\tone\nc\t\nc\tthreeerr c\n"
     path = jobfile(tmp_path, ["echo x"])
     assert ae(tmp_path, "run", "--tag", str(path)).stdout == "echo x\tx\n"  # a job line tags with itself
+
+
+def test_running_jobs_hold_distinct_slots_from_1_to_j(tmp_path: Path) -> None:
+    """``{%}``: each job's slot is free while it runs (``mkdir`` fails on a slot in use), at most -j."""
+    script = "mkdir held-{%} && echo {%} >> seen && sleep 0.2 && rmdir held-{%} && test {%} -le 3"
+    result = ae(tmp_path, "run", "-j", "3", "--shell", script, ":::", *map(str, range(12)))
+    assert result.returncode == 0, result.stderr
+    seen = (tmp_path / "seen").read_text().split()
+    assert len(seen) == 12 and set(seen) == {"1", "2", "3"}
+    rows = status_rows(tmp_path, "mkdir")  # named after the first word's program
+    assert len(rows) == 12 and {r["state"] for r in rows.values()} == {"success"}

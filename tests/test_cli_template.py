@@ -15,7 +15,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given
 
-from async_executor._cli.jobs import JobFileError
+from async_executor._cli.jobs import SLOT_MARK, JobFileError
 from async_executor._cli.template import (
     CommandTemplate,
     InputSource,
@@ -140,7 +140,6 @@ def test_a_value_with_nul_is_refused() -> None:
 @pytest.mark.parametrize(
     ("words", "sources", "message"),
     [
-        (("echo", "{%}"), 1, r"\{%\} \(GNU parallel's job slot\) is not supported"),
         (("echo", "{3}"), 2, r"\{3\} names input source 3, but there is 2 input sources"),
         (("echo", "{0.}"), 1, r"\{0\.\}: input sources and columns are numbered from 1"),
         (("echo", '"{}'), 1, "cannot be split by shell rules: No closing quotation"),
@@ -205,3 +204,19 @@ def test_colsep_splits_values_into_columns_as_gnu_parallel() -> None:
     ]  # missing: empty
     both = CommandTemplate(("echo",), sources=2, colsep=comma).job(("a,b", "x,y"), 1, 1, "<input>")
     assert both is not None and both.argv == ("echo", "a", "b", "x", "y") and both.tag == "a b x y"
+
+
+@pytest.mark.parametrize("shell", [False, True])
+def test_the_slot_is_marked_where_the_command_has_it_only(shell: bool) -> None:
+    template = CommandTemplate(("env", "GPU={%}", "run", "{}"), shell=shell)
+    job = template.job(("{%} x",), 1, 1, "<input>")  # a value that looks like {%} stays itself
+    assert job is not None and job.slotted
+    assert job.text == "env GPU={%} run '{%} x'"
+    if shell:
+        assert job.argv == ("/bin/sh", "-c", f"env GPU={SLOT_MARK} run '{{%}} x'")
+    else:
+        assert job.argv == ("env", f"GPU={SLOT_MARK}", "run", "{%} x")
+    plain = CommandTemplate(("echo", "{}")).job(("{%}",), 1, 1, "<input>")
+    assert plain is not None and not plain.slotted and plain.argv == ("echo", "{%}")
+    only_slot = CommandTemplate(("echo", "{%}")).job(("a",), 1, 1, "<input>")
+    assert only_slot is not None and only_slot.argv == ("echo", SLOT_MARK)  # {%} alone: nothing appended

@@ -306,12 +306,12 @@ def run(
     file is edited. Output of each task is printed whole when it finishes.
 
     In GNU parallel's form each combination of the input sources (the first varying slowest;
-    :::+ and ::::+ pair a source's values with the one's before) fills the command's replacement strings,
-    each value as one word: {} {.} {/} {//} {/.}, {N} (source N) and {N.} {N/} {N//} {N/.},
-    {#} (the job's number). A command without them gets the values appended; with no command
-    each value is a line. The result is a job line, run as above (--dry-run prints them),
-    its LINE being the job's number; the run is named after the program. Options go before
-    COMMAND.
+    :::+ and ::::+ pair a source's values with the one's before) fills the command's replacement
+    strings, each value as one word: {} {.} {/} {//} {/.}, {N} (source N) and {N.} {N/} {N//}
+    {N/.}, {#} (the job's number), {%} (its slot, 1 to -j). A command without them gets the
+    values appended; with no command each value is a line. The result is a job line, run as
+    above (--dry-run prints them), its LINE being the job's number; the run is named after the
+    program. Options go before COMMAND.
 
     From a pipe or a terminal, each line starts as soon as it is read, like GNU parallel
     (`tail -f queue | async-executor run -` is a job queue), unless --resume, --retry-failed

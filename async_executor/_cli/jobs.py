@@ -12,6 +12,10 @@ import attrs
 #: Hex digits of the line hash in a job's key.
 HASH_CHARS = 8
 
+#: What GNU parallel's ``{%}`` (the job slot) is in a job's ``argv`` until the job starts: it
+#: holds NUL, which no argument (so no value or command word) can, so it cannot be mistaken.
+SLOT_MARK = "\x00slot\x00"
+
 #: Words of anything but quotes, backslashes, ``#`` and whitespace, separated by blanks: a line
 #: that :func:`shlex.split` would only cut at its blanks (checked, ~20x faster than shlex).
 _PLAIN = re.compile(r"[^'\"\\#\s]+(?:[ \t]+[^'\"\\#\s]+)*")
@@ -37,6 +41,8 @@ class Job:
     digest: str
     #: The input values it was made from (GNU parallel's form; empty for a job-file line).
     values: tuple[str, ...] = ()
+    #: ``argv`` holds :data:`SLOT_MARK` (``{%}``), to be replaced by the job's slot at its start.
+    slotted: bool = False
 
     @property
     def tag(self) -> str:

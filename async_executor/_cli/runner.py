@@ -7,6 +7,7 @@ import collections
 import contextlib
 import functools
 import gc
+import heapq
 import os
 import shutil
 import signal
@@ -25,7 +26,7 @@ from .._records import TaskInfo, TaskSpec, TaskState
 from .display import Counters, LiveDisplay, PlainDisplay, make_display
 from .halt import NEVER, HaltPolicy
 from .joblog import JobLog, exit_value
-from .jobs import Job, JobFileError, JobParser
+from .jobs import SLOT_MARK, Job, JobFileError, JobParser
 from .orphans import RESCAN_INTERVAL, Leftovers, task_env
 from .state import JournalRow, State
 from .stream import LineSplitter, StreamReader
@@ -155,6 +156,9 @@ class Runner:
         self._in_flight = 0
         #: Tries made of each line, by seq.
         self._attempts: dict[int, int] = {}
+        #: ``{%}``: the slots of running jobs, and the slots given back (lowest first).
+        self._slot_holders: set[int] = set()
+        self._free_slots: list[int] = []
         #: Lines waiting out their backoff before the next try (with their last failure), by seq.
         self._backoff: dict[int, tuple[Job, TaskInfo, asyncio.TimerHandle]] = {}
         #: Lines whose backoff is over, to try again as soon as there is room.
@@ -363,6 +367,11 @@ class Runner:
         if self.stop_starting and last == 0:
             return False
         argv: tuple[str, ...] = job.argv
+        slot = None
+        if job.slotted:  # GNU parallel's {%}: the lowest slot no running job holds
+            slot = heapq.heappop(self._free_slots) if self._free_slots else len(self._slot_holders) + 1
+            self._slot_holders.add(slot)
+            argv = tuple(arg.replace(SLOT_MARK, str(slot)) for arg in argv)
         if self.cfg.results:
             stderr_path = self._results_dir(job) / "stderr"
             argv = ("/bin/sh", "-c", _STDERR_WRAPPER, str(stderr_path), *argv)
@@ -376,6 +385,7 @@ class Runner:
                 env=task_env(self.state.marker_path, self.state.executor_id, key, try_number),
             )
         except ExecutorClosedError:
+            self._free_slot(slot)
             return False
         self.tries[key] = try_number
         self.state.accepted(
@@ -385,12 +395,18 @@ class Runner:
         if pid is not None:
             self.state.started(key, try_number, pid, None, time.time())
         self._in_flight += 1
-        handle.add_done_callback(functools.partial(self._outcome, job, key, pid is None))
+        handle.add_done_callback(functools.partial(self._outcome, job, key, pid is None, slot))
         return True
 
-    def _outcome(self, job: Job, key: str, unrecorded_start: bool, info: TaskInfo) -> None:
+    def _free_slot(self, slot: int | None) -> None:
+        if slot is not None:
+            self._slot_holders.discard(slot)
+            heapq.heappush(self._free_slots, slot)
+
+    def _outcome(self, job: Job, key: str, unrecorded_start: bool, slot: int | None, info: TaskInfo) -> None:
         """A try of ``job`` ended (a callback on the loop): record it, retry it or finish the line."""
         self._in_flight -= 1
+        self._free_slot(slot)
         try:
             if info.state is TaskState.SUCCESS and info.detail:  # e.g. its log's disk is full
                 self.display.note(f"line {job.line}: {info.detail}", always=True)

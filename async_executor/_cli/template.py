@@ -19,9 +19,9 @@ Input sources, as in GNU parallel:
 Replacement strings: ``{}`` (the values, blank-separated), ``{.}`` (without the extension),
 ``{/}`` (basename), ``{//}`` (directory, as ``dirname``), ``{/.}`` (basename without extension),
 ``{N}`` and ``{N.}``, ``{N/}``, ``{N//}``, ``{N/.}`` (the value of source N, or with ``--colsep``
-column N), ``{#}`` (the job's number). A command with none of them gets the values appended.
-With no command at all, each value is itself a job line. ``{%}`` (GNU parallel's job slot) is
-refused: tasks here have no slot.
+column N), ``{#}`` (the job's number), ``{%}`` (the job's slot: the lowest number from 1 to -j
+that no running job holds, given when the job starts). A command with none of them gets the
+values appended. With no command at all, each value is itself a job line.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import attrs
 
-from .jobs import Job, JobParser, line_digest, split_line
+from .jobs import SLOT_MARK, Job, JobParser, line_digest, split_line
 
 __all__ = [
     "SEPARATORS",
@@ -51,7 +51,7 @@ __all__ = [
 #: The words that start an input source; what follows (up to the next one) are its operands.
 SEPARATORS = (":::", ":::+", "::::", "::::+")
 
-#: ``{}``, ``{N}`` and their ``.``/``/``/``//``/``/.`` forms; ``{#}``; ``{%}`` (refused).
+#: ``{}``, ``{N}`` and their ``.``/``/``/``//``/``/.`` forms; ``{#}``; ``{%}``.
 _REPLACEMENT = re.compile(r"\{(\d*)(/\.|//|/|\.)?\}|\{#\}|\{%\}")
 _EXTENSION = re.compile(r"\.[^/.]*$")
 
@@ -106,8 +106,6 @@ class CommandTemplate:
     def __attrs_post_init__(self) -> None:
         template = " ".join(self.words)
         for match in _REPLACEMENT.finditer(template):
-            if match.group(0) == "{%}":
-                raise TemplateError("{%} (GNU parallel's job slot) is not supported: tasks here have no slot")
             number = match.group(1)
             if number and int(number) == 0:
                 raise TemplateError(f"{match.group(0)}: input sources and columns are numbered from 1")
@@ -127,8 +125,13 @@ class CommandTemplate:
         """Whether the values are appended (the command has no replacement string)."""
         return _REPLACEMENT.search(" ".join(self.words)) is None
 
-    def fill(self, values: Sequence[str], seq: int) -> str:
-        """The job line for one combination of values (job number ``seq``)."""
+    @property
+    def slotted(self) -> bool:
+        """Whether the command uses ``{%}``, the job slot (known only when the job starts)."""
+        return "{%}" in " ".join(self.words)
+
+    def fill(self, values: Sequence[str], seq: int, slot: str = "{%}") -> str:
+        """The job line for one combination of values (job number ``seq``; ``{%}`` becomes ``slot``)."""
         if not self.words:
             return " ".join(values)  # no command: the values are the line
         template = " ".join(self.words)
@@ -138,6 +141,8 @@ class CommandTemplate:
         def replace(match: re.Match[str]) -> str:
             if match.group(0) == "{#}":
                 return str(seq)
+            if match.group(0) == "{%}":
+                return slot
             transform = _TRANSFORMS[match.group(2) or ""]
             number = match.group(1)
             if not number:
@@ -164,6 +169,10 @@ class CommandTemplate:
         argv = split_line(text, shell=self.shell, where=f"{source}, input {line}")
         if argv is None:
             return None
+        slotted = self.slotted
+        if slotted:  # the same line with the slot's mark where the text shows {%}
+            marked = self.fill(values, seq, SLOT_MARK)
+            argv = ("/bin/sh", "-c", marked) if self.shell else tuple(shlex.split(marked, comments=True))
         return Job(
             seq=seq,
             line=line,
@@ -171,6 +180,7 @@ class CommandTemplate:
             argv=argv,
             digest=line_digest(text),
             values=tuple(values) if self.words else (),
+            slotted=slotted,
         )
 
 
