@@ -7,10 +7,17 @@ One job file of N ``/bin/true`` lines (default 2,000), run by:
 * ``async-executor run -j J FILE`` (each line split with shell rules, run without a shell), with
   its journal and state in a fresh temporary directory per run (``ASYNC_EXECUTOR_HOME``);
 * ``parallel --will-cite -j J -a FILE`` (GNU parallel, each line a command);
-* ``xargs -P J -I{} -a FILE /bin/true`` (one ``/bin/true`` per line of the same file).
+* ``xargs -P J -I{} -a FILE /bin/true`` (one ``/bin/true`` per line of the same file);
 
-Before timing, each batch runner gets an untimed 50-line job file of ``touch`` commands and must
-create all 50 files (so a runner that silently does nothing cannot win). A contender whose
+and, in GNU parallel's command-line form, ``/bin/true {}`` over a file of N arguments
+(``... run -j J /bin/true {} :::: ARGS`` and ``parallel -j J /bin/true {} :::: ARGS``), against
+``xargs -P J -I{} -a ARGS /bin/true {}``: the workload ``/bin/true N``. Its commands have an
+argument, and coreutils' ``true`` given one sets up the locale (to answer ``--help``): ~0.2 ms
+more per task here, so its rows compare with each other, not with the job file's.
+
+Before timing, each batch runner gets an untimed 50-line job file of ``touch`` commands (in the
+command-line form: ``touch {}`` over 50 paths) and must create all 50 files (so a runner that
+silently does nothing cannot win). A contender whose
 command is not on PATH, or that fails that check, is skipped with a note (GNU parallel on Debian:
 ``apt-get install -y parallel``). Targets (issue 4): ``async-executor`` >= 3x GNU parallel and
 >= 0.9x ``xargs -P 64``; printed as information, never asserted.
@@ -48,7 +55,9 @@ from _harness import (
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WORKLOAD = "true-lines"
-LABELS = {WORKLOAD: "/bin/true lines"}
+#: GNU parallel's command-line form: ``/bin/true {}`` over N arguments.
+FORM = "true-args"
+LABELS = {WORKLOAD: "/bin/true lines", FORM: "/bin/true N"}
 BASELINES = (("vs parallel", "gnu-parallel"), ("vs xargs", "xargs"))
 
 
@@ -78,14 +87,22 @@ def _ae_argv(ae_cmd: str, jobs: int) -> list[str] | None:
     return [*base, "run", "-j", str(jobs), *quiet]
 
 
-def _runs_every_line(argv_prefix: Sequence[str], work: Path, lines: int = 50) -> str | None:
-    """Untimed check that a batch runner really runs each line of a job file: ``None`` if so."""
+def _runs_every_line(
+    argv_prefix: Sequence[str], work: Path, lines: int = 50, form: bool = False
+) -> str | None:
+    """Untimed check that a batch runner really runs each line of a job file (``form``: ``touch
+    {}`` over a file of paths, GNU parallel's command-line form): ``None`` if so."""
     marks = work / "marks"
     marks.mkdir()
     job_file = work / "verify.txt"
-    job_file.write_text("".join(f"touch {marks}/{i}\n" for i in range(lines)))
+    if form:
+        job_file.write_text("".join(f"{marks}/{i}\n" for i in range(lines)))
+        argv = [*argv_prefix, "touch", "{}", "::::", str(job_file)]
+    else:
+        job_file.write_text("".join(f"touch {marks}/{i}\n" for i in range(lines)))
+        argv = [*argv_prefix, str(job_file)]
     proc = subprocess.run(
-        [*argv_prefix, str(job_file)],
+        argv,
         cwd=work,
         env=_private_env(work),
         stdin=subprocess.DEVNULL,
@@ -162,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-cli-jobs-") as jobs_dir:
         job_file = str(Path(jobs_dir) / "jobs.txt")
         Path(job_file).write_text(f"{true}\n" * tasks)
-        contenders: list[tuple[str, list[str]]] = []
+        #: (workload, contender, argv)
+        contenders: list[tuple[str, str, list[str]]] = []
         runners = {
             "async-executor": (_ae_argv(args.ae_cmd, args.jobs), f"{args.ae_cmd!r} is not on PATH"),
             **(
@@ -180,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "`parallel` is not on PATH (apt-get install -y parallel)",
             ),
         }
+        args_file = str(Path(jobs_dir) / "args.txt")
+        Path(args_file).write_text("".join(f"{i}\n" for i in range(tasks)))
         for name, (prefix, why_not) in runners.items():
             if prefix is None:
                 notes.append(f"skipped {name}: {why_not}")
@@ -189,17 +209,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             if problem:
                 notes.append(f"skipped {name}: it did not run a test job file properly ({problem})")
                 continue
-            contenders.append((name, [*prefix, job_file]))
-        contenders.append(("xargs", xargs_argv(args.jobs, [true], input_file=job_file)))
-        commands = dict(contenders)
+            contenders.append((WORKLOAD, name, [*prefix, job_file]))
+        # GNU parallel's command-line form, for the CLI (not its base build) and GNU parallel
+        for name, (prefix, _) in runners.items():
+            if name == "async-executor-base" or (WORKLOAD, name) not in {c[:2] for c in contenders}:
+                continue
+            assert prefix is not None
+            prefix = prefix[:-1] if prefix[-1] == "-a" else prefix
+            with tempfile.TemporaryDirectory(prefix="bench-cli-verify-") as work:
+                problem = _runs_every_line(prefix, Path(work), form=True)
+            if problem:
+                notes.append(
+                    f"skipped {name} (command-line form): it did not run a test properly ({problem})"
+                )
+                continue
+            contenders.append((FORM, name, [*prefix, true, "{}", "::::", args_file]))
+        contenders.append((WORKLOAD, "xargs", xargs_argv(args.jobs, [true], input_file=job_file)))
+        contenders.append((FORM, "xargs", xargs_argv(args.jobs, [true, "{}"], input_file=args_file)))
+        commands = {(workload, name): argv for workload, name, argv in contenders}
         timeout = 60.0 + tasks / 50.0
-        suite = Suite(lambda c: _measure(commands[c.contender], c.tasks, c.timeout), repeats)
+        suite = Suite(lambda c: _measure(commands[c.workload, c.contender], c.tasks, c.timeout), repeats)
         if args.eager_cleanup:
             notes.append("--eager-cleanup: each run's directory was deleted right after it")
         with Stopwatch() as total, deferred_cleanup(eager=args.eager_cleanup) as fs_notes:
             notes.extend(fs_notes)
             suite.run_group(
-                [Case(WORKLOAD, args.jobs, name, tasks, timeout=timeout) for name, _ in contenders]
+                [Case(workload, args.jobs, name, tasks, timeout=timeout) for workload, name, _ in contenders]
             )
 
     heading("CLI: whole-process wall time (median of repeats)")
@@ -208,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     found = [
         suite.ratio("/bin/true", WORKLOAD, args.jobs, "async-executor", "gnu-parallel", target=">= 3.0"),
         suite.ratio("/bin/true", WORKLOAD, args.jobs, "async-executor", "xargs", target=">= 0.9"),
+        suite.ratio("/bin/true N", FORM, args.jobs, "async-executor", "gnu-parallel"),
+        suite.ratio("/bin/true N", FORM, args.jobs, "async-executor", "xargs"),
         suite.ratio("/bin/true", WORKLOAD, args.jobs, "gnu-parallel", "xargs"),
         suite.ratio("/bin/true", WORKLOAD, args.jobs, "async-executor-base", "xargs"),
         suite.ratio("/bin/true", WORKLOAD, args.jobs, "async-executor", "async-executor-base"),
@@ -235,7 +272,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "quick": bool(args.quick),
             "env": env,
             "config": {"tasks": tasks, "jobs": args.jobs, "repeats": repeats},
-            "commands": {name: [a if a != job_file else "JOBS.txt" for a in cmd] for name, cmd in contenders},
+            "commands": {
+                (name if workload == WORKLOAD else f"{name} ({LABELS[workload]})"): [
+                    {job_file: "JOBS.txt", args_file: "ARGS.txt"}.get(a, a) for a in argv
+                ]
+                for workload, name, argv in contenders
+            },
             "results": [r.to_json() for r in suite.results],
             "ratios": [r.to_json() for r in ratios],
             "notes": notes,
