@@ -1134,3 +1134,30 @@ def test_running_jobs_hold_distinct_slots_from_1_to_j(tmp_path: Path) -> None:
     assert len(seen) == 12 and set(seen) == {"1", "2", "3"}
     rows = status_rows(tmp_path, "mkdir")  # named after the first word's program
     assert len(rows) == 12 and {r["state"] for r in rows.values()} == {"success"}
+
+
+def test_null_separated_names_from_find(tmp_path: Path) -> None:
+    """``find -print0 | run -0 CMD {} :::: -``: a name with a newline stays one argument."""
+    names = tmp_path / "in"
+    names.mkdir()
+    for name in ("plain", "with space", "new\nline"):
+        (names / name).write_text("x")
+    listing = subprocess.run(
+        ["find", "in", "-type", "f", "-print0"], cwd=tmp_path, capture_output=True, check=True
+    )
+    proc = subprocess.run(
+        [*CLI, "run", "-0", "--quiet", "mv", "{}", "{}.done", "::::", "-"],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        input=listing.stdout,
+        capture_output=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in names.iterdir()) == ["new\nline.done", "plain.done", "with space.done"]
+
+
+def test_a_program_given_as_job_file_gets_a_hint(tmp_path: Path) -> None:
+    result = ae(tmp_path, "run", "gzip", stdin="a\n")
+    assert result.returncode == 2
+    assert "async-executor run gzip :::: -" in result.stderr

@@ -220,3 +220,9 @@ def test_the_slot_is_marked_where_the_command_has_it_only(shell: bool) -> None:
     assert plain is not None and not plain.slotted and plain.argv == ("echo", "{%}")
     only_slot = CommandTemplate(("echo", "{%}")).job(("a",), 1, 1, "<input>")
     assert only_slot is not None and only_slot.argv == ("echo", SLOT_MARK)  # {%} alone: nothing appended
+
+
+def test_null_separated_items_may_hold_newlines() -> None:
+    assert read_source_lines(b"a b\x00c\nd\x00", null=True) == ("a b", "c\nd")
+    assert read_source_lines(b"a\x00b", null=True) == ("a", "b")  # the last NUL is optional
+    assert read_source_lines(b"", null=True) == ()

@@ -239,6 +239,13 @@ def cli() -> None:
     help="Split each argument into columns at REGEXP (Python syntax): {N} is then column N.",
 )
 @click.option(
+    "-0",
+    "--null",
+    is_flag=True,
+    help="Input items (:::: FILE, -a FILE) end with NUL, not a newline, as `find -print0` writes"
+    " them (stdin is then read whole before the run).",
+)
+@click.option(
     "-a",
     "--arg-file",
     "arg_files",
@@ -282,6 +289,7 @@ def run(
     keep_order: bool,
     tag: bool,
     colsep: str | None,
+    null: bool,
     arg_files: tuple[str, ...],
     quiet: bool,
     resume: bool,
@@ -338,11 +346,12 @@ def run(
                 f"expected one JOBFILE, or a command in GNU parallel's form (COMMAND ... ::: ARG ...), "
                 f"got {len(args)} arguments and no ::: or :::: (options go before JOBFILE)"
             )
-        if colsep is not None:
-            raise click.UsageError("--colsep needs a command (COMMAND ... ::: ARG ..., or -a FILE)")
+        for given, name in ((colsep is not None, "--colsep"), (null, "-0/--null")):
+            if given:
+                raise click.UsageError(f"{name} needs a command (COMMAND ... :::: FILE, or -a FILE)")
         plan = _jobfile_plan(args[0], shell, whole)
     else:
-        plan = _template_plan(*form, shell, whole, _column_separator(colsep))
+        plan = _template_plan(*form, shell, whole or null, _column_separator(colsep), null)
     if dry_run:
         for job in plan.jobs:  # tagged as GNU parallel tags them
             click.echo(f"{job.tag}\t{job.text}" if tag else job.text)
@@ -415,12 +424,24 @@ def _jobfile_plan(jobfile: str, shell: bool, whole: bool) -> _Plan:
     name = "stdin" if jobfile == "-" else Path(jobfile).stem or "jobs"
     if jobfile == "-" and not whole and _is_stream(0):
         return _Plan([], JobParser(shell=shell, source=source), name, renames=True)
+    if jobfile != "-" and not os.path.exists(jobfile) and "/" not in jobfile and _on_path(jobfile):
+        raise click.UsageError(
+            f"cannot read {jobfile}: no such job file; to run the program {jobfile} once per line of"
+            f" stdin, as `parallel {jobfile}` does: async-executor run {jobfile} :::: -"
+        )
     text = _read_input(jobfile).decode("utf-8", "surrogateescape")
     try:
         jobs = parse_jobs(text.splitlines(), shell=shell, source=source)
     except JobFileError as exc:
         raise click.UsageError(f"{exc}; nothing was started") from None
     return _Plan(jobs, None, name, renames=jobfile == "-")
+
+
+def _on_path(program: str) -> bool:
+    """Whether ``program`` is a command on PATH."""
+    import shutil
+
+    return shutil.which(program) is not None
 
 
 def _column_separator(pattern: str | None) -> re.Pattern[str] | None:
@@ -440,6 +461,7 @@ def _template_plan(
     shell: bool,
     whole: bool,
     colsep: re.Pattern[str] | None = None,
+    null: bool = False,
 ) -> _Plan:
     """GNU parallel's form (see ``template.py``)."""
     from .template import (
@@ -455,7 +477,7 @@ def _template_plan(
     streams = not whole and groups == [("::::", ["-"])] and _is_stream(0)
 
     def read_file(name: str) -> tuple[str, ...] | None:
-        return None if streams else read_source_lines(_read_input(name, "input file "))
+        return None if streams else read_source_lines(_read_input(name, "input file "), null=null)
 
     try:
         sources = sources_from_groups(groups, read_file)

@@ -199,10 +199,17 @@ def parse_command_line(args: Sequence[str]) -> tuple[list[str], list[tuple[str, 
     return (command, groups) if groups else None
 
 
-def read_source_lines(data: bytes) -> tuple[str, ...]:
+def read_source_lines(data: bytes, *, null: bool = False) -> tuple[str, ...]:
     """A file's lines as values (blank lines included), split as a job file's are
-    (:meth:`str.splitlines`, as the streamed reader does too)."""
-    return tuple(data.decode("utf-8", "surrogateescape").splitlines())
+    (:meth:`str.splitlines`, as the streamed reader does too); with ``null`` (``-0``), its
+    NUL-terminated items instead (``find -print0``: names may hold newlines)."""
+    text = data.decode("utf-8", "surrogateescape")
+    if not null:
+        return tuple(text.splitlines())
+    items = text.split("\x00")
+    if items and items[-1] == "":
+        items.pop()  # the NUL that ends the last item starts no new one
+    return tuple(items)
 
 
 def sources_from_groups(
