@@ -1161,3 +1161,47 @@ def test_a_program_given_as_job_file_gets_a_hint(tmp_path: Path) -> None:
     result = ae(tmp_path, "run", "gzip", stdin="a\n")
     assert result.returncode == 2
     assert "async-executor run gzip :::: -" in result.stderr
+
+
+@pytest.mark.parametrize("bar", [True, False])
+def test_bar_shows_progress_on_stderr_when_stdout_is_redirected(tmp_path: Path, bar: bool) -> None:
+    """GNU parallel's ``--bar``: ``run --bar ... > out`` keeps the output clean, the display on the terminal."""
+    import pty
+
+    leader, follower = pty.openpty()
+    with open(tmp_path / "out", "wb") as out:
+        proc = subprocess.Popen(
+            [
+                *CLI,
+                "run",
+                "-k",
+                "-j",
+                "4",
+                *(["--bar"] if bar else []),
+                "echo",
+                "task-{}",
+                ":::",
+                *map(str, range(20)),
+            ],
+            cwd=tmp_path,
+            env={**_env(tmp_path), "TERM": "xterm-256color"},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=follower,
+        )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: the CLI closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0
+    screen = ANSI.sub("", b"".join(chunks).decode("utf-8", "replace"))
+    assert (tmp_path / "out").read_text() == "".join(f"task-{i}\n" for i in range(20))  # only the output
+    assert ("done 20" in screen and "ETA" in screen) is bar, screen  # the live display, on stderr
+    assert "20 tasks in" in screen  # the summary, either way

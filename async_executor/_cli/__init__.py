@@ -257,6 +257,11 @@ def cli() -> None:
 @click.option(
     "-q", "--quiet", is_flag=True, help="No progress display, notes or summary: only the tasks' output."
 )
+@click.option(
+    "--bar",
+    is_flag=True,
+    help="Show the progress display on stderr when stdout is not a terminal (run --bar ... > out).",
+)
 @click.option("--resume", is_flag=True, help="Skip lines that already succeeded in this run's journal.")
 @click.option("--retry-failed", is_flag=True, help="Run only the lines that failed in this run's journal.")
 @click.option(
@@ -292,6 +297,7 @@ def run(
     null: bool,
     arg_files: tuple[str, ...],
     quiet: bool,
+    bar: bool,
     resume: bool,
     retry_failed: bool,
     run_name: str | None,
@@ -383,6 +389,7 @@ def run(
         keep_order=keep_order,
         tag=tag,
         quiet=quiet,
+        bar=bar,
         mode="resume" if resume else "retry-failed" if retry_failed else "all",
         state_path=state,
         log_dir=make_log_dir(state),

@@ -214,16 +214,22 @@ class _Progress:
 
 
 class LiveDisplay:
-    """A rich live display on the terminal; task output is printed above it."""
+    """A rich live display on the terminal; task output is printed above it.
+
+    ``on_stderr`` (``--bar`` with stdout not a terminal): the display, notes and summary go to
+    stderr, and the tasks' output to stdout as raw bytes, as with :class:`PlainDisplay`.
+    """
 
     live = True
 
-    def __init__(self, counters: Counters, *, run: str) -> None:
+    def __init__(self, counters: Counters, *, run: str, on_stderr: bool = False) -> None:
         from rich.console import Console
         from rich.live import Live
 
         self.counters = counters
-        self.console: Console = Console(highlight=False)
+        self.console: Console = Console(highlight=False, stderr=on_stderr)
+        #: The tasks' output, when it does not go through the display's console.
+        self._raw = PlainDisplay(counters, quiet=True) if on_stderr else None
         self._live: Live = Live(
             _Progress(counters, run),
             console=self.console,
@@ -243,11 +249,16 @@ class LiveDisplay:
             self._live.stop()
 
     def flush(self) -> None:
-        pass
+        if self._raw is not None:
+            self._raw.flush()
 
     def output(
         self, stdout_path: str | None, stderr_path: str | None = None, tag: bytes | None = None
     ) -> None:
+        if self._raw is not None:  # stdout: raw; a --results stderr: above the display
+            self._raw.output(stdout_path, None, tag)
+            self._raw.flush()
+            stdout_path = None
         for path in (stdout_path, stderr_path):
             data = b"".join(_tagged(_chunks(path), tag))
             if data:
@@ -298,9 +309,17 @@ class LiveDisplay:
             self.console.print(failed)
 
 
-def make_display(counters: Counters, *, quiet: bool, run: str) -> PlainDisplay | LiveDisplay:
-    if not quiet and sys.stdout.isatty() and os.environ.get("TERM") != "dumb":
+def make_display(
+    counters: Counters, *, quiet: bool, run: str, bar: bool = False
+) -> PlainDisplay | LiveDisplay:
+    """The live display when stdout is a terminal; with ``bar`` (``--bar``), on stderr when
+    stdout is not one (GNU parallel's ``--bar``: ``run --bar ... > out``); else plain lines."""
+    if quiet:
+        return PlainDisplay(counters, quiet=True)
+    if sys.stdout.isatty() and os.environ.get("TERM") != "dumb":
         return LiveDisplay(counters, run=run)
+    if bar:
+        return LiveDisplay(counters, run=run, on_stderr=True)
     return PlainDisplay(counters, quiet=quiet)
 
 

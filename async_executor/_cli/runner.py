@@ -62,6 +62,8 @@ class RunConfig:
     keep_order: bool = False
     #: Put each job's values (or line) and a tab before each line of its output.
     tag: bool = False
+    #: Show the live display on stderr when stdout is not a terminal (GNU parallel's ``--bar``).
+    bar: bool = False
     quiet: bool = False
     #: "all", "resume" (skip what succeeded) or "retry-failed" (only what failed)
     mode: str = "all"
@@ -589,7 +591,7 @@ async def run_batch(cfg: RunConfig) -> int:
             todo, skipped = select_jobs(cfg.jobs, latest, cfg.run, cfg.mode)
             last_tries = {key: row.try_number for key, row in latest.items()}
         counters = Counters(total=len(todo), skipped=skipped)
-        display = make_display(counters, quiet=cfg.quiet, run=cfg.run)
+        display = make_display(counters, quiet=cfg.quiet, run=cfg.run, bar=cfg.bar)
         runner = Runner(cfg, state, display, counters, leftovers if leftovers.running else None)
         with display:
             code = await runner.go(todo, last_tries)
