@@ -158,8 +158,8 @@ class Runner:
         self._in_flight = 0
         #: Tries made of each line, by seq.
         self._attempts: dict[int, int] = {}
-        #: ``{%}``: the slots of running jobs, and the slots given back (lowest first).
-        self._slot_holders: set[int] = set()
+        #: ``{%}``: how many slots were ever given, and those given back (a heap: lowest first).
+        self._slots_made = 0
         self._free_slots: list[int] = []
         #: Lines waiting out their backoff before the next try (with their last failure), by seq.
         self._backoff: dict[int, tuple[Job, TaskInfo, asyncio.TimerHandle]] = {}
@@ -371,8 +371,11 @@ class Runner:
         argv: tuple[str, ...] = job.argv
         slot = None
         if job.slotted:  # GNU parallel's {%}: the lowest slot no running job holds
-            slot = heapq.heappop(self._free_slots) if self._free_slots else len(self._slot_holders) + 1
-            self._slot_holders.add(slot)
+            if self._free_slots:
+                slot = heapq.heappop(self._free_slots)
+            else:
+                self._slots_made += 1
+                slot = self._slots_made
             argv = tuple(arg.replace(SLOT_MARK, str(slot)) for arg in argv)
         if self.cfg.results:
             stderr_path = self._results_dir(job) / "stderr"
@@ -402,7 +405,6 @@ class Runner:
 
     def _free_slot(self, slot: int | None) -> None:
         if slot is not None:
-            self._slot_holders.discard(slot)
             heapq.heappush(self._free_slots, slot)
 
     def _outcome(self, job: Job, key: str, unrecorded_start: bool, slot: int | None, info: TaskInfo) -> None:

@@ -102,9 +102,18 @@ class CommandTemplate:
     #: ``--colsep``: each value is split into columns at this pattern, and ``{N}`` is column N
     #: (of all the sources' columns in a row; a column a row lacks is empty, as in GNU parallel).
     colsep: re.Pattern[str] | None = None
+    #: The command's words joined (worked out once, in ``__attrs_post_init__``).
+    template: str = attrs.field(init=False, default="")
+    #: Whether the values are appended: the command has no replacement string.
+    appends: bool = attrs.field(init=False, default=False)
+    #: Whether the command uses ``{%}``, the job slot (known only when the job starts).
+    slotted: bool = attrs.field(init=False, default=False)
 
     def __attrs_post_init__(self) -> None:
         template = " ".join(self.words)
+        object.__setattr__(self, "template", template)  # frozen: set once, here
+        object.__setattr__(self, "appends", _REPLACEMENT.search(template) is None)
+        object.__setattr__(self, "slotted", "{%}" in template)
         for match in _REPLACEMENT.finditer(template):
             number = match.group(1)
             if number and int(number) == 0:
@@ -120,23 +129,12 @@ class CommandTemplate:
                 why = f"the command {template!r} cannot be split by shell rules: {exc}"
                 raise TemplateError(why) from None
 
-    @property
-    def appends(self) -> bool:
-        """Whether the values are appended (the command has no replacement string)."""
-        return _REPLACEMENT.search(" ".join(self.words)) is None
-
-    @property
-    def slotted(self) -> bool:
-        """Whether the command uses ``{%}``, the job slot (known only when the job starts)."""
-        return "{%}" in " ".join(self.words)
-
     def fill(self, values: Sequence[str], seq: int, slot: str = "{%}") -> str:
         """The job line for one combination of values (job number ``seq``; ``{%}`` becomes ``slot``)."""
         if not self.words:
             return " ".join(values)  # no command: the values are the line
-        template = " ".join(self.words)
         if self.appends:
-            return " ".join([template, *map(shlex.quote, values)])
+            return " ".join([self.template, *map(shlex.quote, values)])
 
         def replace(match: re.Match[str]) -> str:
             if match.group(0) == "{#}":
@@ -151,7 +149,7 @@ class CommandTemplate:
                 chosen = (values[int(number) - 1] if int(number) <= len(values) else "",)
             return " ".join(shlex.quote(transform(value)) for value in chosen)
 
-        return _REPLACEMENT.sub(replace, template)
+        return _REPLACEMENT.sub(replace, self.template)
 
     def job(self, values: Sequence[str], seq: int, line: int, source: str) -> Job | None:
         """The job for one combination; ``None`` when a command-less line is blank or a comment.
@@ -169,8 +167,7 @@ class CommandTemplate:
         argv = split_line(text, shell=self.shell, where=f"{source}, input {line}")
         if argv is None:
             return None
-        slotted = self.slotted
-        if slotted:  # the same line with the slot's mark where the text shows {%}
+        if self.slotted:  # the same line with the slot's mark where the text shows {%}
             marked = self.fill(values, seq, SLOT_MARK)
             argv = ("/bin/sh", "-c", marked) if self.shell else tuple(shlex.split(marked, comments=True))
         return Job(
@@ -180,7 +177,7 @@ class CommandTemplate:
             argv=argv,
             digest=line_digest(text),
             values=tuple(values) if self.words else (),
-            slotted=slotted,
+            slotted=self.slotted,
         )
 
 
