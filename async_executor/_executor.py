@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -61,7 +61,12 @@ _live: weakref.WeakSet[AsyncExecutor] = weakref.WeakSet()
 
 
 class TaskHandle:
-    """A task submitted through the async API."""
+    """A task submitted through the async API.
+
+    Awaitable: ``await handle`` is ``await handle.wait()``, so handles go straight into
+    ``asyncio.gather``, ``asyncio.wait_for`` or ``asyncio.as_completed``. For many handles,
+    :meth:`AsyncExecutor.as_completed` costs no task per handle.
+    """
 
     __slots__ = ("_executor", "_future", "key")
 
@@ -73,6 +78,9 @@ class TaskHandle:
     async def wait(self) -> TaskInfo:
         """Wait for the task's outcome (cancelling the wait does not cancel the task)."""
         return await asyncio.shield(self._future)
+
+    def __await__(self) -> Generator[Any, None, TaskInfo]:
+        return self.wait().__await__()
 
     def done(self) -> bool:
         return self._future.done()
@@ -647,6 +655,30 @@ class AsyncExecutor:
         handle = await self.submit(key, command, priority=priority, try_number=try_number, **options)
         return await handle.wait()
 
+    def as_completed(
+        self, handles: Iterable[TaskHandle], *, timeout: float | None = None
+    ) -> AsyncIterator[TaskInfo]:
+        """Yield each handle's outcome as its task ends (ended ones first, in the given order).
+
+        ``async for info in ex.as_completed(handles)``: one callback per handle and no task or
+        coroutine per handle, so it suits thousands. A handle given twice is yielded once.
+        ``timeout``: seconds for the whole iteration, counted from this call; when they pass
+        with outcomes still missing, ``TimeoutError`` is raised (the tasks go on). Leaving the
+        loop early leaves the tasks running too. Bad arguments raise here, not when iterating.
+        """
+        self._require_in_loop()
+        limit = check_timeout(timeout)
+        futures: dict[int, asyncio.Future[TaskInfo]] = {}
+        for handle in handles:
+            if not isinstance(handle, TaskHandle):
+                raise TypeError(f"as_completed() takes TaskHandle objects, not {type(handle).__name__}")
+            if handle._executor is not self:
+                raise ValueError(f"{handle!r} belongs to another executor")
+            futures.setdefault(id(handle._future), handle._future)
+        loop = asyncio.get_running_loop()
+        deadline = None if limit is None else loop.time() + limit
+        return _outcomes(list(futures.values()), loop, deadline, timeout)
+
     async def aend(self, timeout: float | None = None) -> None:
         """Async ``end()``: run what was accepted, terminate what is left after ``timeout``."""
         if self._state != _STARTED:
@@ -869,6 +901,43 @@ class AsyncExecutor:
     def _require_other_thread(self, async_name: str) -> None:
         if threading.get_ident() == self._loop_thread_id:
             raise RuntimeError(f"inside the event loop, use await executor.{async_name}()")
+
+
+async def _outcomes(
+    futures: list[asyncio.Future[TaskInfo]],
+    loop: asyncio.AbstractEventLoop,
+    deadline: float | None,
+    timeout: float | None,
+) -> AsyncIterator[TaskInfo]:
+    """:meth:`AsyncExecutor.as_completed`'s iteration: outcomes in the order they arrive."""
+    ended: asyncio.Queue[TaskInfo] = asyncio.Queue()
+
+    def on_done(future: asyncio.Future[TaskInfo]) -> None:
+        ended.put_nowait(future.result())
+
+    waiting = []
+    for future in futures:
+        if future.done():
+            ended.put_nowait(future.result())
+        else:
+            future.add_done_callback(on_done)
+            waiting.append(future)
+    try:
+        for _ in range(len(futures)):
+            if deadline is None or not ended.empty():
+                yield await ended.get()
+                continue
+            try:
+                info = await asyncio.wait_for(ended.get(), max(deadline - loop.time(), 0.0))
+            except asyncio.TimeoutError:
+                missing = sum(1 for future in waiting if not future.done())
+                raise TimeoutError(
+                    f"as_completed(): {missing} task(s) still running after {timeout} s"
+                ) from None
+            yield info
+    finally:
+        for future in waiting:
+            future.remove_done_callback(on_done)
 
 
 def _lazy_logs_available(log_dir: str | None) -> bool:

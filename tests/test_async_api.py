@@ -61,6 +61,68 @@ async def test_done_callbacks_get_each_outcome(log_dir: Path) -> None:
     assert seen[-1] == ("late", 0)
 
 
+async def test_handles_are_awaitable(log_dir: Path) -> None:
+    async with AsyncExecutor(parallelism=4, log_dir=log_dir, state_path=None) as ex:
+        handles = [await ex.submit(i, ["sh", "-c", f"exit {i}"]) for i in range(5)]
+        infos = await asyncio.gather(*handles)
+        assert [(i.key, i.returncode) for i in infos] == [(i, i) for i in range(5)]
+        assert (await handles[2]).returncode == 2  # again: the outcome stays
+        assert (await asyncio.wait_for(await ex.submit("w", ["true"]), 30)).succeeded
+        ordered = [(await step).key for step in asyncio.as_completed(handles)]
+        assert sorted(ordered) == list(range(5))
+
+
+async def test_as_completed_yields_each_outcome_as_its_task_ends(log_dir: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    async with AsyncExecutor(parallelism=4, log_dir=log_dir, state_path=None) as ex:
+        early = await ex.submit("early", ["true"])
+        await early.wait()
+        late = await ex.submit("late", ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.01; done; exit 3"])
+        quick = await ex.submit("quick", ["sh", "-c", "exit 1"])
+        seen = []
+        async for info in ex.as_completed([late, quick, early, quick]):
+            seen.append((info.key, info.returncode))
+            if info.key == "quick":
+                assert not late.done()  # yielded while "late" still runs: streamed, not collected
+                gate.touch()
+    assert seen == [("early", 0), ("quick", 1), ("late", 3)]  # ended first; a repeat once
+
+
+async def test_as_completed_timeout_leaves_the_tasks_running(log_dir: Path) -> None:
+    async with AsyncExecutor(parallelism=2, log_dir=log_dir, state_path=None, kill_grace=0.5) as ex:
+        done = await ex.submit("done", ["true"])
+        slow = await ex.submit("slow", ["sleep", "30"])
+        await done.wait()
+        seen = []
+        with pytest.raises(TimeoutError, match="1 task"):
+            async for info in ex.as_completed([done, slow], timeout=0.3):
+                seen.append(info.key)
+        assert seen == ["done"]
+        assert not slow.done() and slow.pid is not None and pid_alive(slow.pid)
+        async for info in ex.as_completed([slow, done]):
+            assert info.key == "done"
+            break  # leaving early: the task goes on
+        assert not slow.done()
+        assert slow.cancel()
+        assert (await slow).reason is FailureReason.TERMINATED
+        assert [info.key async for info in ex.as_completed([])] == []
+
+
+async def test_as_completed_refuses_bad_arguments_at_the_call(log_dir: Path) -> None:
+    async with AsyncExecutor(parallelism=2, log_dir=log_dir, state_path=None) as other:
+        foreign = await other.submit("f", ["true"])
+        async with AsyncExecutor(parallelism=2, log_dir=log_dir, state_path=None) as ex:
+            mine = await ex.submit("m", ["true"])
+            with pytest.raises(TypeError, match="TaskHandle"):
+                ex.as_completed([mine, "m"])  # type: ignore[list-item]
+            with pytest.raises(ValueError, match="another executor"):
+                ex.as_completed([mine, foreign])
+            for bad in (0, -1, "1", True):
+                with pytest.raises(InvalidTaskError, match="timeout"):
+                    ex.as_completed([mine], timeout=bad)  # type: ignore[arg-type]
+            assert [info.key async for info in ex.as_completed([mine], timeout=float("inf"))] == ["m"]
+
+
 async def test_duplicate_submit_is_refused(log_dir: Path) -> None:
     async with AsyncExecutor(parallelism=2, log_dir=log_dir) as ex:
         handle = await ex.submit("same", ["sleep", "0.2"])
@@ -197,6 +259,8 @@ async def test_submit_needs_async_mode(log_dir: Path) -> None:
     try:
         with pytest.raises(RuntimeError, match="submit"):
             await ex.submit("x", ["true"])
+        with pytest.raises(RuntimeError, match="async with"):
+            ex.as_completed([])
     finally:
         ex.end()
 
