@@ -24,6 +24,7 @@ import errno
 import fcntl
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -431,7 +432,12 @@ POLL_INTERVAL = 0.02
 
 
 class LocalBackend:
-    """Task processes as children of this process, each watched through a pidfd."""
+    """Task processes as children of this process, each watched through a pidfd.
+
+    The pidfds sit in one epoll set of this backend's own, which the event loop watches as a
+    single reader: registering a pidfd there is one C call, where ``loop.add_reader`` per child
+    costs ~10 µs of Python selector bookkeeping per task (asyncio's loop; measured here).
+    """
 
     name = "local"
     records_exits = False
@@ -458,6 +464,9 @@ class LocalBackend:
         self._devnull_w = -1
         #: A fork server forked from this process before the loop started: (pid, socket).
         self._forked: tuple[int, socket.socket] | None = None
+        #: The children's pidfds (level-triggered), and whose each one is.
+        self._pidfds: select.epoll | None = None
+        self._by_pidfd: dict[int, Any] = {}
 
     def prefork(self) -> None:
         """With ``fork_from_caller``, fork the fork server now, from the calling thread.
@@ -507,6 +516,9 @@ class LocalBackend:
             forked[1].close()
             reap_in_background(forked[0])
         self._devnull_w = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        if HAVE_PIDFD and hasattr(select, "epoll"):
+            self._pidfds = select.epoll()
+            loop.add_reader(self._pidfds.fileno(), self._pidfds_ready)
 
     async def wait_ready(self) -> None:
         """Ready as soon as it is open: it spawns in this process."""
@@ -514,6 +526,11 @@ class LocalBackend:
     def close(self) -> None:
         if self._poll_handle is not None:
             self._poll_handle.cancel()
+        if self._pidfds is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._pidfds.fileno())
+            self._pidfds.close()
+            self._pidfds = None
         for task in self._warm_tasks:
             task.cancel()
         if self.forkserver is not None:
@@ -651,8 +668,9 @@ class LocalBackend:
 
     def _watch(self, token: Any, child: Child) -> None:
         assert self._loop is not None
-        if child.pidfd is not None:
-            self._loop.add_reader(child.pidfd, self._exited, token)
+        if child.pidfd is not None and self._pidfds is not None:
+            self._pidfds.register(child.pidfd, select.EPOLLIN)
+            self._by_pidfd[child.pidfd] = token
         else:
             self._polled.append(token)
             if self._poll_handle is None:
@@ -674,25 +692,39 @@ class LocalBackend:
         self._stopping.discard(token)
         if self._memlogs is not None:
             self._memlogs.discard(token)
-        if child is not None and child.pidfd is not None and self._loop is not None:
-            self._loop.remove_reader(child.pidfd)
+        if child is not None and child.pidfd is not None:
+            self._unwatch(child.pidfd)
             _close_pidfd(child)
+
+    def _unwatch(self, pidfd: int) -> None:
+        if self._by_pidfd.pop(pidfd, None) is not None and self._pidfds is not None:
+            self._pidfds.unregister(pidfd)
+
+    def _pidfds_ready(self) -> None:
+        """Some children have exited: handle each (a batch per wake-up; the rest come next)."""
+        if self._pidfds is None:
+            return
+        by_pidfd = self._by_pidfd
+        for pidfd, _ in self._pidfds.poll(0):
+            token = by_pidfd.get(pidfd)
+            if token is not None:
+                self._exited(token)
 
     def _exited(self, token: Any) -> None:
         """The task's main process has exited (a zombie until reaped here)."""
         child = self._children.get(token)
         if child is None:
             return
-        if child.pidfd is not None and self._loop is not None:
-            self._loop.remove_reader(child.pidfd)
         if token in self._stopping:
             # Being stopped: kill what is left of the group while the zombie leader still
             # pins the process-group id (so it cannot have been reused).
             signal_group(child.pgid, signal.SIGKILL)
+        if child.pidfd is not None:
+            self._unwatch(child.pidfd)  # before reap() closes it
         status = reap(child)
-        if status is None:  # spurious wake-up; keep watching
-            if child.pidfd is not None and self._loop is not None:
-                self._loop.add_reader(child.pidfd, self._exited, token)
+        if status is None:  # spurious wake-up; keep watching (a polled child: _poll does)
+            if child.pidfd is not None:
+                self._watch(token, child)
             return
         del self._children[token]
         self._stopping.discard(token)

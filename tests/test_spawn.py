@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -263,3 +264,64 @@ def test_the_launcher_knows_a_child_start_time_to_the_tick(tmp_path: Path) -> No
     finally:
         os.close(out)
     assert known >= 190  # a spawn takes far less than a tick (10 ms) here: all but rare ones
+
+
+def test_more_children_end_at_once_than_one_wake_up_returns() -> None:
+    """The backend watches every pidfd through one epoll set: 1,200 children killed in one go
+    are more than one ``epoll.poll`` returns (1,023), and each still reports exactly once."""
+    import asyncio
+
+    from async_executor._limits import raise_nofile_limit
+    from async_executor._spawn import HAVE_PIDFD, LocalBackend
+
+    if not HAVE_PIDFD:  # pragma: no cover - Linux >= 5.3 has pidfds
+        pytest.skip("no pidfd here")
+    count = 1200
+    if raise_nofile_limit() < count + 200:
+        pytest.skip("descriptor limit too low")
+    exits: dict[int, list[tuple[int | None, int | None]]] = {}
+
+    class Events:
+        def __init__(self, done: asyncio.Future[None]) -> None:
+            self.done, self.pids = done, {}
+
+        def spawned(self, token: int, pid: int, proc_start: int | None = None, warm: bool = False) -> None:
+            self.pids[token] = pid
+
+        def spawn_failed(self, token: int, exc: OSError, detail: str) -> None:
+            raise AssertionError(detail)
+
+        def exited(self, token: int, rc: int | None, sig: int | None, *_: object) -> None:
+            exits.setdefault(token, []).append((rc, sig))
+            if len(exits) == count and not self.done.done():
+                self.done.set_result(None)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        events = Events(loop.create_future())
+        backend = LocalBackend()
+        backend.open(loop, events)
+        try:
+            for token in range(count):
+                backend.spawn(token, ("sleep", "600"), None, None, None)
+            assert len(events.pids) == count
+            for token in range(count):
+                backend.kill(token)
+            # no await until every one has ended: the loop then finds them all ready at once
+            from async_executor._spawn import _exited_unreaped
+
+            unended = list(events.pids.values())
+            for _ in range(6000):
+                unended = [pid for pid in unended if not _exited_unreaped(pid)]
+                if not unended:
+                    break
+                time.sleep(0.01)
+            assert not unended
+            await asyncio.wait_for(events.done, 60)
+            await asyncio.sleep(0.05)  # a second report would come in here
+        finally:
+            backend.close()
+
+    asyncio.run(main())
+    assert sorted(exits) == list(range(count))
+    assert all(reports == [(None, signal.SIGKILL)] for reports in exits.values())
