@@ -9,7 +9,8 @@ group, the process's start time from ``/proc`` and its log path) -> ``success`` 
 append to an in-memory list and return. A background task on the caller's event loop commits what
 is pending in one transaction (``executemany``) every ``commit_interval`` seconds, or as soon as
 ``commit_rows`` transitions are pending (group commit). Transitions of one row that land in the
-same batch are merged into one write (a fast task is usually one ``INSERT``). Nothing pending is
+same batch are merged into one write (a fast task is usually one ``INSERT``), its confirmation
+(``reported()``) included when it lands in the batch of its finish. Nothing pending is
 on disk until it is committed: ``flush()`` commits now, ``close()`` flushes, and every read
 flushes first. A commit that fails (disk full, database locked for too long) keeps its rows
 pending and is retried with back-off; ``flush()`` reports the failure as ``JournalError``.
@@ -342,6 +343,8 @@ _N_COLUMNS = 20
 # indices into an insert row (same order as _COLUMNS)
 _I_EXECUTOR, _I_STATE, _I_PID, _I_PGID, _I_PROC_START, _I_LOG = 0, 7, 8, 9, 10, 11
 _I_STARTED, _I_ENDED, _I_RC, _I_SIGNAL, _I_REASON, _I_DETAIL, _I_REPORTED = 13, 14, 15, 16, 17, 18, 19
+#: index of ``reported`` in the parameters of ``_UPDATE_FINISHED``
+_F_REPORTED = 10
 
 _UPSERT = (
     f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * _N_COLUMNS)}) "  # noqa: S608
@@ -371,13 +374,15 @@ class _Segment:
     """Pending transitions merged per row. A row's transitions merge while they come in order
     (accepted < started < finished); one that does not starts the next segment."""
 
-    __slots__ = ("finished", "inserts", "reported", "stage", "started")
+    __slots__ = ("finished", "inserts", "merged_reports", "reported", "stage", "started")
 
     def __init__(self) -> None:
         self.inserts: dict[tuple[str, int], list[Any]] = {}
         self.started: dict[tuple[str, int], tuple[Any, ...]] = {}
-        self.finished: dict[tuple[str, int], tuple[Any, ...]] = {}
+        self.finished: dict[tuple[str, int], list[Any]] = {}
         self.reported: list[tuple[str, int]] = []
+        #: Rows whose report rides on their ``finished`` update in this segment (``reported = 1``).
+        self.merged_reports: list[tuple[str, int]] = []
         self.stage: dict[tuple[str, int], int] = {}
 
 
@@ -908,12 +913,13 @@ class Journal:
                         self.path,
                         len(rows) - changed,
                     )
+            reported = segment.reported
             for sql, updates in (
                 (_UPDATE_STARTED, segment.started),
                 (_UPDATE_FINISHED, segment.finished),
             ):
                 if updates:
-                    params = list(updates.values())
+                    params: list[Any] = list(updates.values())
                     async with db.executemany(sql, params) as cursor:
                         changed = cursor.rowcount
                     written += len(params)
@@ -924,9 +930,13 @@ class Journal:
                             self.path,
                             len(params) - changed,
                         )
-            if segment.reported:
-                await db.executemany(_UPDATE_REPORTED, segment.reported)
-                written += len(segment.reported)
+                        if updates is segment.finished and segment.merged_reports:
+                            # A finish that found its row finished already did not carry its
+                            # report: report them as if unmerged (a no-op for rows it did).
+                            reported = [*reported, *segment.merged_reports]
+            if reported:
+                await db.executemany(_UPDATE_REPORTED, reported)
+                written += len(reported)
         return written
 
     def _build(self, batch: list[tuple[Any, ...]]) -> tuple[list[_Segment], int]:
@@ -942,11 +952,21 @@ class Journal:
                 if kind == _OP_REPORTED:
                     for key, try_number in op[1]:
                         row_id = (key_json(key), try_number)
-                        if segment.stage.get(row_id, 0) >= kind:
+                        stage = segment.stage.get(row_id, 0)
+                        if stage >= kind:
                             segment = _Segment()
                             segments.append(segment)
+                            stage = 0
                         segment.stage[row_id] = kind
-                        segment.reported.append(row_id)
+                        # Its finish is written in this segment: the report rides on that write.
+                        row = segment.inserts.get(row_id) if stage == _OP_FINISHED else None
+                        if row is not None:
+                            row[_I_REPORTED] = 1
+                        elif stage == _OP_FINISHED and row_id in segment.finished:
+                            segment.finished[row_id][_F_REPORTED] = 1
+                            segment.merged_reports.append(row_id)
+                        else:
+                            segment.reported.append(row_id)
                     continue
                 if kind == _OP_ACCEPTED:
                     _, executor_id, spec, run, accepted_at, argv, env = op
@@ -1021,7 +1041,7 @@ class Journal:
                         row[_I_DETAIL] = info.detail
                         row[_I_REPORTED] = reported
                     else:
-                        segment.finished[row_id] = (
+                        segment.finished[row_id] = [
                             executor_id,
                             state,
                             info.pid,
@@ -1034,7 +1054,7 @@ class Journal:
                             info.detail,
                             reported,
                             *row_id,
-                        )
+                        ]
             except Exception:
                 self._stats["dropped"] += 1
                 logger.exception(

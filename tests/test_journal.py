@@ -990,6 +990,52 @@ async def test_outcomes_stay_unreported_until_confirmed(db: Path) -> None:
         assert [r.executor_id for r in await j.unreported()] == ["ex2"]
 
 
+async def test_a_report_in_the_batch_of_its_finish_rides_on_that_write(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A confirmation that lands with its finish is written by the finish itself (one statement
+    less per task), with the same result as a separate update."""
+    statements: list[str] = []
+    async with opened(db, commit_interval=60) as j:
+        original = j._db.executemany  # type: ignore[union-attr]
+
+        def counting(sql: str, params: Any) -> Any:
+            statements.append(sql.split()[0] + (" reported" if "SET reported = 1" in sql else ""))
+            return original(sql, params)
+
+        monkeypatch.setattr(j._db, "executemany", counting)
+        for key in ("upd", "upd2"):
+            j.accepted("ex", spec(key), accepted_at=time.time())
+            start(j, "ex", key)
+        await j.flush()
+        statements.clear()
+        j.finished("ex", info("upd"))  # an update of the running row ...
+        j.finished("ex", info("upd2", TaskState.FAILED, returncode=5))
+        j.accepted("ex", spec("ins"), accepted_at=time.time())  # ... and a whole new row
+        j.finished("ex", info("ins"))
+        j.reported([("upd", 1), ("ins", 1)])  # "upd2" is not confirmed yet
+        await j.flush()
+        assert "UPDATE reported" not in statements and len(statements) == 2  # one INSERT, one UPDATE
+        assert [(r.key, r.returncode) for r in await j.unreported()] == [("upd2", 5)]
+        assert (await j.row("upd")).reported and (await j.row("ins")).reported  # type: ignore[union-attr]
+
+
+async def test_a_merged_report_of_a_finish_that_found_its_row_finished_still_lands(db: Path) -> None:
+    """If the finish misses (another executor finished the row first, unreported), its merged
+    report is written on its own, as it was before reports rode on finishes."""
+    async with opened(db, commit_interval=60) as j:
+        j.accepted("ex1", spec("k"), accepted_at=time.time())
+        start(j, "ex1", "k")
+        j.finished("ex2", info("k", TaskState.FAILED, returncode=7))  # e.g. a recovery, first
+        await j.flush()
+        j.finished("ex1", info("k"))  # misses: the first terminal status wins
+        j.reported([("k", 1)])
+        await j.flush()
+        row = await j.row("k")
+        assert row is not None and row.returncode == 7 and row.reported
+        assert j.statistics()["missed_updates"] == 1
+
+
 async def test_a_report_lands_after_its_finish_in_one_batch(db: Path) -> None:
     # finished, reported, accepted again and finished again, all in one commit: the report
     # applies to the first outcome only, so the second one is still owed to its caller
