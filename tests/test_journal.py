@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, closing, contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -322,7 +322,7 @@ async def test_commit_interval_bounds_latency(db: Path) -> None:
         stats = j.statistics()
         assert (stats["pending"], stats["commits"]) == (0, 1)
         # readable by another connection: really committed, not just flushed to the thread
-        with sqlite3.connect(db) as other:
+        with closing(sqlite3.connect(db)) as other, other:
             assert other.execute("SELECT count(*) FROM tasks").fetchone()[0] == 10
 
 
@@ -449,7 +449,7 @@ INSERT INTO tasks VALUES ('["old",2]', 1, 'ex-v1', '["false"]', '{}', 1, 'failed
 
 async def test_migrates_a_version_1_database(db: Path) -> None:
     db.parent.mkdir(parents=True)
-    with sqlite3.connect(db) as con:
+    with closing(sqlite3.connect(db)) as con, con:
         con.executescript(V1_SCHEMA)
         con.execute("PRAGMA user_version = 1")
         con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
@@ -470,7 +470,7 @@ async def test_migrates_a_version_1_database(db: Path) -> None:
         await j.register_executor("ex-v2", pid=1, proc_start=None, supervisor_socket=None)
         assert (await j.row("new")).run == "r2"  # type: ignore[union-attr]
         assert [r.run for r in await j.runs()] == ["r2"]
-    with sqlite3.connect(db) as con:
+    with closing(sqlite3.connect(db)) as con, con:
         assert con.execute("PRAGMA user_version").fetchone()[0] == Journal.SCHEMA_VERSION == 5
         names = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
         assert {"tasks", "executors", "tasks_run", "tasks_unreported", "tasks_prunable", "meta"} <= names
@@ -489,7 +489,7 @@ async def test_version_4_marks_the_clis_old_unreported_rows_reported(db: Path) -
             j.finished(executor_id, info(key))
         j.finished("cli-123-abcd", info("jobs:2:bb"), reported=True)
         await j.flush()
-    with sqlite3.connect(db) as con:
+    with closing(sqlite3.connect(db)) as con, con:
         con.execute("UPDATE tasks SET reported = 0")
         con.execute("PRAGMA user_version = 3")
     con.close()
