@@ -1,21 +1,27 @@
-"""Sessions: tests, lint, bench (performance), airflow (real Airflow end to end)."""
+"""Sessions: tests, compat (other Pythons), lint, bench (performance), airflow (end to end)."""
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import nox
 from nox.command import CommandFailed
 
-nox.options.sessions = ["tests", "lint"]
+nox.options.sessions = ["tests", "compat", "lint"]
 
 #: Airflow releases the integration is checked against, each in its own virtualenv.
 AIRFLOW_VERSIONS = ["3.3.2", "2.11.2"]
 nox.options.default_venv_backend = "venv"
 
 TEST_DEPS = ["pytest>=8", "pytest-timeout", "hypothesis>=6.100", "anyio>=4.4"]
+HERE = os.path.dirname(os.path.abspath(__file__))
+#: The Python versions the package supports (pyproject.toml's classifiers).
+SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 
 
 def ensure_gnu_parallel(session: nox.Session) -> None:
@@ -48,6 +54,84 @@ def tests(session: nox.Session) -> None:
     ensure_gnu_parallel(session)
     session.install("-e", ".", *TEST_DEPS)
     session.run("pytest", "--timeout=300", "-p", "no:cacheprovider", *session.posargs)
+
+
+def _runs(python: str, version: str) -> bool:
+    """Whether ``python`` starts and is ``version`` (a pyenv shim of a version not selected fails)."""
+    try:
+        out = subprocess.run(
+            [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and out.stdout.strip() == version
+
+
+def other_pythons() -> dict[str, str]:
+    """``version -> interpreter`` for each supported version but nox's own that this machine has,
+    on PATH (``python3.X``) or installed by pyenv."""
+    own = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    pyenv_root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    found = {}
+    for version in SUPPORTED_PYTHONS:
+        if version == own:
+            continue
+        candidates = [shutil.which(f"python{version}")]
+        candidates += sorted(
+            glob.glob(os.path.join(pyenv_root, "versions", f"{version}.*", "bin", f"python{version}"))
+        )
+        for candidate in candidates:
+            if candidate and _runs(candidate, version):
+                found[version] = candidate
+                break
+    return found
+
+
+@nox.session(venv_backend="none")
+def compat(session: nox.Session) -> None:
+    """The test suite on every other supported Python this machine has (``tests`` runs nox's own).
+
+    Each gets a virtualenv of its own under ``.nox/compat-X.Y``. With none found it says so and
+    passes: a fresh machine with one Python is still fully tested by ``tests``.
+    """
+    pythons = other_pythons()
+    if not pythons:
+        session.log(f"no other supported Python ({', '.join(SUPPORTED_PYTHONS)}) found on PATH or in pyenv")
+        return
+    ensure_gnu_parallel(session)
+    for version, python in pythons.items():
+        venv = os.path.join(HERE, ".nox", f"compat-{version}")
+        bin_dir = os.path.join(venv, "bin")
+        if not os.path.exists(os.path.join(bin_dir, "python")):
+            session.run(python, "-m", "venv", venv, external=True)
+        session.log(f"Python {version}: {python}")
+        env = {"PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "VIRTUAL_ENV": venv}
+        session.run(
+            os.path.join(bin_dir, "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "-e",
+            ".",
+            *TEST_DEPS,
+            external=True,
+            env=env,
+        )
+        session.run(
+            os.path.join(bin_dir, "python"),
+            "-m",
+            "pytest",
+            "--timeout=300",
+            "-p",
+            "no:cacheprovider",
+            *session.posargs,
+            external=True,
+            env=env,
+        )
 
 
 @nox.session
