@@ -668,16 +668,16 @@ class AsyncExecutor:
         """
         self._require_in_loop()
         limit = check_timeout(timeout)
-        futures: dict[int, asyncio.Future[TaskInfo]] = {}
+        futures: dict[asyncio.Future[TaskInfo], None] = {}  # insertion-ordered, each once
         for handle in handles:
             if not isinstance(handle, TaskHandle):
                 raise TypeError(f"as_completed() takes TaskHandle objects, not {type(handle).__name__}")
             if handle._executor is not self:
                 raise ValueError(f"{handle!r} belongs to another executor")
-            futures.setdefault(id(handle._future), handle._future)
+            futures[handle._future] = None
         loop = asyncio.get_running_loop()
         deadline = None if limit is None else loop.time() + limit
-        return _outcomes(list(futures.values()), loop, deadline, timeout)
+        return _outcomes(list(futures), loop, deadline, timeout)
 
     async def aend(self, timeout: float | None = None) -> None:
         """Async ``end()``: run what was accepted, terminate what is left after ``timeout``."""

@@ -698,8 +698,10 @@ class LocalBackend:
             _close_pidfd(child)
 
     def _unwatch(self, pidfd: int) -> None:
-        if self._by_pidfd.pop(pidfd, None) is not None and self._pidfds is not None:
-            self._pidfds.unregister(pidfd)
+        if pidfd in self._by_pidfd:  # (a token may be any value, None included)
+            del self._by_pidfd[pidfd]
+            if self._pidfds is not None:
+                self._pidfds.unregister(pidfd)
 
     def _pidfds_ready(self) -> None:
         """Some children have exited: handle each (a batch per wake-up; the rest come next)."""
@@ -707,9 +709,8 @@ class LocalBackend:
             return
         by_pidfd = self._by_pidfd
         for pidfd, _ in self._pidfds.poll(0):
-            token = by_pidfd.get(pidfd)
-            if token is not None:
-                self._exited(token)
+            if pidfd in by_pidfd:  # else: unwatched by an exit handled just before
+                self._exited(by_pidfd[pidfd])
 
     def _exited(self, token: Any) -> None:
         """The task's main process has exited (a zombie until reaped here)."""
