@@ -959,9 +959,8 @@ class Journal:
                             stage = 0
                         segment.stage[row_id] = kind
                         # Its finish is written in this segment: the report rides on that write.
-                        row = segment.inserts.get(row_id) if stage == _OP_FINISHED else None
-                        if row is not None:
-                            row[_I_REPORTED] = 1
+                        if stage == _OP_FINISHED and row_id in segment.inserts:
+                            segment.inserts[row_id][_I_REPORTED] = 1
                         elif stage == _OP_FINISHED and row_id in segment.finished:
                             segment.finished[row_id][_F_REPORTED] = 1
                             segment.merged_reports.append(row_id)
