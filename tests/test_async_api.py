@@ -14,6 +14,7 @@ from async_executor import (
     ExecutorClosedError,
     FailureReason,
     InvalidTaskError,
+    TaskHandle,
     TaskState,
 )
 from async_executor._aio import shielded
@@ -168,13 +169,21 @@ async def test_exception_in_body_terminates_tasks(log_dir: Path) -> None:
         ex.queue_command("late", ["true"])
 
 
+async def _running(handle: TaskHandle) -> int:
+    """The pid once the task's process runs (polled: startup on a loaded machine is slow)."""
+    with anyio.fail_after(30):
+        while handle.pid is None:
+            await anyio.sleep(0.01)
+    return handle.pid
+
+
 async def test_cancellation_terminates_and_is_reraised(log_dir: Path) -> None:
     pids: list[int] = []
-    with anyio.move_on_after(0.5) as scope:
+    with anyio.CancelScope() as scope:  # the deadline is set once the task runs
         async with AsyncExecutor(parallelism=2, log_dir=log_dir, kill_grace=0.5) as ex:
             handle = await ex.submit("a", ["sleep", "30"])
-            await anyio.sleep(0.1)
-            pids.append(handle.pid or 0)
+            pids.append(await _running(handle))
+            scope.deadline = anyio.current_time() + 0.1
             await handle.wait()
     assert scope.cancelled_caught
     assert handle.info is not None and handle.info.reason is FailureReason.TERMINATED
@@ -218,9 +227,11 @@ async def test_shielded_work_finishes_before_the_cancellation_goes_on() -> None:
 
 async def test_aterminate_under_cancellation_still_closes_the_executor(log_dir: Path) -> None:
     ex = AsyncExecutor(parallelism=2, log_dir=log_dir, kill_grace=0.2)
-    with anyio.move_on_after(0.3) as scope:
+    with anyio.CancelScope() as scope:
         async with ex:
             handle = await ex.submit("a", ["sh", "-c", "trap '' TERM; sleep 30"])
+            await _running(handle)
+            scope.deadline = anyio.current_time() + 0.1
             await anyio.sleep(30)
     assert scope.cancelled_caught
     info = handle.info
