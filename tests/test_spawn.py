@@ -48,6 +48,72 @@ def test_signals_python_ignores_are_default_again_in_the_task(
         assert not ignored & (1 << (signum - 1)), f"{signum!r} still ignored: {lines[1]}"
 
 
+_DISPOSITIONS = """
+import os, signal, sys, tempfile
+from async_executor import AsyncExecutor
+signal.signal(signal.SIGHUP, signal.SIG_IGN)        # as under nohup: tasks inherit it
+signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+signal.signal(signal.SIGUSR1, lambda *a: None)      # caught here: default in the task
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGINT, signal.default_int_handler)  # ignored once, caught now: not ignored
+home = sys.argv[1]
+state = None if sys.argv[2] == "local" else os.path.join(home, "journal.sqlite")
+ex = AsyncExecutor(parallelism=2, log_dir=os.path.join(home, "logs"), state_path=state)
+ex.start()
+ex.queue_command("t", ["sh", "-c", "grep -E '^Sig(Ign|Cgt)' /proc/self/status"])
+ex.queue_command("c", ["sh", "-c", "grep -E '^Sig(Ign|Cgt)' /proc/self/status"], cwd="/")
+done = {}
+while len(done) < 2:
+    ex.heartbeat()
+    done.update(ex.get_event_buffer())
+ex.end()
+for key in ("t", "c"):
+    print(key, "".join(ex.get_task_log(key)[1]).replace(chr(10), " "))
+"""
+
+
+@pytest.mark.parametrize("where", ["local", "supervisor"])
+def test_a_task_inherits_ignored_signals_and_no_handlers(tmp_path: Path, where: str) -> None:
+    # posix_spawn is told to reset every signal that is not ignored (fewer system calls in the
+    # child than leaving it to ask); the dispositions a task sees must stay those of exec.
+    import subprocess
+
+    out = subprocess.run(
+        [PY, "-c", _DISPOSITIONS, str(tmp_path), where], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    assert set(lines) == {"t", "c"}, out.stdout  # posix_spawn and (with a cwd) Popen
+    for key, text in lines.items():
+        fields = text.split()
+        ignored = int(fields[fields.index("SigIgn:") + 1], 16)
+        caught = int(fields[fields.index("SigCgt:") + 1], 16)
+        bit = {sig: 1 << (sig - 1) for sig in signal.Signals}
+        assert ignored & bit[signal.SIGHUP] and ignored & bit[signal.SIGUSR2], (key, text)
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGUSR1, signal.SIGTERM):
+            assert not ignored & bit[sig], (key, sig, text)
+        assert not caught & bit[signal.SIGUSR1], (key, text)  # exec dropped the handler
+
+
+def test_ignored_signals_without_proc(monkeypatch: pytest.MonkeyPatch) -> None:
+    from async_executor import _spawn
+
+    def no_proc(*args: object, **kwargs: object) -> None:
+        raise OSError("no /proc here")
+
+    before = signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    try:
+        with_proc = _spawn._ignored_signals()
+        monkeypatch.setattr(_spawn, "open", no_proc, raising=False)
+        assert _spawn._ignored_signals() == with_proc  # Python's view agrees with the kernel's
+        assert {signal.SIGUSR2, signal.SIGPIPE} <= with_proc  # Python itself ignores SIGPIPE
+        sigdef = _spawn.default_signals()
+    finally:
+        signal.signal(signal.SIGUSR2, before)
+    assert signal.SIGUSR2 not in sigdef and signal.SIGPIPE in sigdef and signal.SIGTERM in sigdef
+    assert signal.SIGKILL not in sigdef and signal.SIGSTOP not in sigdef
+
+
 def test_stdout_and_stderr_go_to_one_log_file(executor: AsyncExecutor) -> None:
     executor.queue_command("both", ["sh", "-c", "echo out; echo err >&2; echo out2"])
     info = drain(executor)["both"][0][1]
