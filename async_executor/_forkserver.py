@@ -43,7 +43,7 @@ from typing import Any
 import attrs
 import orjson
 
-from ._spawn import reap_in_background, spawn_helper
+from ._spawn import RESTORED_SIGNALS, ignored_signals, reap_in_background, spawn_helper
 
 logger = logging.getLogger("async_executor.forkserver")
 
@@ -637,14 +637,20 @@ def _detach_descriptors(keep: int, stderr_fd: int | None) -> frozenset[int]:  # 
 
 
 def _reset_signals() -> None:  # pragma: no cover - in the forked server
-    """Signal handlers as a fresh interpreter has them (the owner may have installed its own)."""
+    """Signal handlers as a fresh interpreter has them (the owner may have installed its own).
+
+    A signal the owner ignores stays ignored, as it would through the exec of a task (a
+    ``nohup``'s SIGHUP, a background shell job's SIGINT), except the three the exec
+    launcher restores (Python then ignores SIGPIPE and SIGXFSZ itself).
+    """
     fresh: dict[int, Any] = {
         signal.SIGINT: signal.default_int_handler,
         signal.SIGPIPE: signal.SIG_IGN,
         signal.SIGXFSZ: signal.SIG_IGN,
     }
+    inherited = ignored_signals() - set(RESTORED_SIGNALS)
     for sig in signal.valid_signals():
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
+        if sig in (signal.SIGKILL, signal.SIGSTOP) or sig in inherited:
             continue
         try:
             signal.signal(sig, fresh.get(sig, signal.SIG_DFL))

@@ -57,7 +57,7 @@ RESTORED_SIGNALS: tuple[int, ...] = tuple(
 )
 
 
-def _ignored_signals() -> frozenset[int]:
+def ignored_signals() -> frozenset[int]:
     """The signals this process ignores now (``SIG_IGN``).
 
     From the kernel's ``/proc/self/status``, which also sees dispositions set from C;
@@ -102,7 +102,7 @@ def default_signals() -> tuple[int, ...]:
     is not inherited by tasks; nothing of ours ignores one after start.
     """
     catchable = set(map(int, signal.valid_signals())) - {int(signal.SIGKILL), int(signal.SIGSTOP)}
-    return tuple(sorted((catchable - _ignored_signals()) | set(RESTORED_SIGNALS)))
+    return tuple(sorted((catchable - ignored_signals()) | set(RESTORED_SIGNALS)))
 
 
 @attrs.define(slots=True, eq=False)

@@ -49,50 +49,65 @@ def test_signals_python_ignores_are_default_again_in_the_task(
 
 
 _DISPOSITIONS = """
-import os, signal, sys, tempfile
-from async_executor import AsyncExecutor
+import os, signal, sys
+from async_executor import AsyncExecutor, WarmStart
 signal.signal(signal.SIGHUP, signal.SIG_IGN)        # as under nohup: tasks inherit it
 signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 signal.signal(signal.SIGUSR1, lambda *a: None)      # caught here: default in the task
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 signal.signal(signal.SIGINT, signal.default_int_handler)  # ignored once, caught now: not ignored
-home = sys.argv[1]
-state = None if sys.argv[2] == "local" else os.path.join(home, "journal.sqlite")
-ex = AsyncExecutor(parallelism=2, log_dir=os.path.join(home, "logs"), state_path=state)
+home, where, launcher = sys.argv[1:4]
+state = None if where == "local" else os.path.join(home, "journal.sqlite")
+warm = None
+if launcher != "exec":
+    warm = WarmStart(inline_code=True, preload=("json",), fork_from_caller=launcher == "forked")
+ex = AsyncExecutor(parallelism=2, log_dir=os.path.join(home, "logs"), state_path=state, warm_start=warm)
 ex.start()
-ex.queue_command("t", ["sh", "-c", "grep -E '^Sig(Ign|Cgt)' /proc/self/status"])
-ex.queue_command("c", ["sh", "-c", "grep -E '^Sig(Ign|Cgt)' /proc/self/status"], cwd="/")
+show = "grep -E '^Sig(Ign|Cgt)' /proc/self/status"
+if warm is None:
+    ex.queue_command("t", ["sh", "-c", show])
+    ex.queue_command("c", ["sh", "-c", show], cwd="/")
+else:  # a Python task, forked by the fork server
+    code = "import sys; sys.stdout.write(''.join(l for l in open('/proc/self/status') if l.startswith('Sig')))"
+    ex.queue_command("t", [sys.executable, "-c", code])
+    ex.queue_command("c", [sys.executable, "-c", code], cwd="/")
 done = {}
 while len(done) < 2:
     ex.heartbeat()
     done.update(ex.get_event_buffer())
+warm_launched = ex.statistics().warm_launched
 ex.end()
+assert warm_launched == (0 if warm is None else 2), warm_launched
 for key in ("t", "c"):
     print(key, "".join(ex.get_task_log(key)[1]).replace(chr(10), " "))
 """
 
 
+@pytest.mark.parametrize("launcher", ["exec", "warm", "forked"])
 @pytest.mark.parametrize("where", ["local", "supervisor"])
-def test_a_task_inherits_ignored_signals_and_no_handlers(tmp_path: Path, where: str) -> None:
+def test_a_task_inherits_ignored_signals_and_no_handlers(tmp_path: Path, where: str, launcher: str) -> None:
     # posix_spawn is told to reset every signal that is not ignored (fewer system calls in the
-    # child than leaving it to ask); the dispositions a task sees must stay those of exec.
+    # child than leaving it to ask), and a fork server forked from the caller resets the caller's
+    # handlers; the dispositions a task sees must stay those an exec gives, with every launcher.
     import subprocess
 
     out = subprocess.run(
-        [PY, "-c", _DISPOSITIONS, str(tmp_path), where], capture_output=True, text=True, timeout=120
+        [PY, "-c", _DISPOSITIONS, str(tmp_path), where, launcher], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
     lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
-    assert set(lines) == {"t", "c"}, out.stdout  # posix_spawn and (with a cwd) Popen
+    assert set(lines) == {"t", "c"}, out.stdout  # without and with a cwd (Popen for exec)
     for key, text in lines.items():
         fields = text.split()
         ignored = int(fields[fields.index("SigIgn:") + 1], 16)
         caught = int(fields[fields.index("SigCgt:") + 1], 16)
         bit = {sig: 1 << (sig - 1) for sig in signal.Signals}
         assert ignored & bit[signal.SIGHUP] and ignored & bit[signal.SIGUSR2], (key, text)
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGUSR1, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGUSR1, signal.SIGTERM):
             assert not ignored & bit[sig], (key, sig, text)
-        assert not caught & bit[signal.SIGUSR1], (key, text)  # exec dropped the handler
+        if launcher == "exec":  # the shell itself sets neither
+            assert not ignored & (bit[signal.SIGPIPE] | bit[signal.SIGXFSZ]), (key, text)
+        assert not caught & bit[signal.SIGUSR1], (key, text)  # the caller's handler is gone
 
 
 def test_ignored_signals_without_proc(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,9 +118,9 @@ def test_ignored_signals_without_proc(monkeypatch: pytest.MonkeyPatch) -> None:
 
     before = signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     try:
-        with_proc = _spawn._ignored_signals()
+        with_proc = _spawn.ignored_signals()
         monkeypatch.setattr(_spawn, "open", no_proc, raising=False)
-        assert _spawn._ignored_signals() == with_proc  # Python's view agrees with the kernel's
+        assert _spawn.ignored_signals() == with_proc  # Python's view agrees with the kernel's
         assert {signal.SIGUSR2, signal.SIGPIPE} <= with_proc  # Python itself ignores SIGPIPE
         sigdef = _spawn.default_signals()
     finally:
