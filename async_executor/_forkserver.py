@@ -43,7 +43,7 @@ from typing import Any
 import attrs
 import orjson
 
-from ._spawn import RESTORED_SIGNALS, ignored_signals, reap_in_background, spawn_helper
+from ._spawn import inherited_ignores, reap_in_background, spawn_helper
 
 logger = logging.getLogger("async_executor.forkserver")
 
@@ -648,7 +648,7 @@ def _reset_signals() -> None:  # pragma: no cover - in the forked server
         signal.SIGPIPE: signal.SIG_IGN,
         signal.SIGXFSZ: signal.SIG_IGN,
     }
-    inherited = ignored_signals() - set(RESTORED_SIGNALS)
+    inherited = inherited_ignores()
     for sig in signal.valid_signals():
         if sig in (signal.SIGKILL, signal.SIGSTOP) or sig in inherited:
             continue

@@ -89,9 +89,14 @@ def _proc_ignored_mask() -> int | None:
     return None
 
 
+def inherited_ignores() -> frozenset[int]:
+    """The ignored signals a task inherits, as through an exec: all this process ignores now
+    but :data:`RESTORED_SIGNALS`."""
+    return ignored_signals() - frozenset(RESTORED_SIGNALS)
+
+
 def default_signals() -> tuple[int, ...]:
-    """``posix_spawn``'s ``setsigdef`` for a task: every signal not ignored now, plus
-    :data:`RESTORED_SIGNALS`.
+    """``posix_spawn``'s ``setsigdef`` for a task: every signal but :func:`inherited_ignores`.
 
     The result is what the child would get anyway: exec resets caught signals to their
     defaults, and ignored ones (other than the restored three) stay ignored because they are
@@ -102,7 +107,7 @@ def default_signals() -> tuple[int, ...]:
     is not inherited by tasks; nothing of ours ignores one after start.
     """
     catchable = set(map(int, signal.valid_signals())) - {int(signal.SIGKILL), int(signal.SIGSTOP)}
-    return tuple(sorted((catchable - ignored_signals()) | set(RESTORED_SIGNALS)))
+    return tuple(sorted(catchable - inherited_ignores()))
 
 
 @attrs.define(slots=True, eq=False)
