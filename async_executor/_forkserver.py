@@ -43,6 +43,7 @@ from typing import Any
 import attrs
 import orjson
 
+from ._limits import TaskNofile, task_nofile_args
 from ._spawn import inherited_ignores, reap_in_background, spawn_helper
 
 logger = logging.getLogger("async_executor.forkserver")
@@ -256,6 +257,9 @@ class _Server:
             for sig in signal.valid_signals()
             if sig not in (signal.SIGKILL, signal.SIGSTOP)
         }
+        #: The soft open-file limit of tasks: the executor's from before it raised its own.
+        self.nofile = TaskNofile()
+        self.nofile.limits  # noqa: B018 - resolved once here, not in every child
 
     def serve(self) -> None:
         import runpy  # noqa: F401 - every "-m" launch needs it: import it once, not per child
@@ -369,6 +373,7 @@ class _Server:
         if go != b"1":  # the owner never registered this pid: do not run unwatched
             os._exit(126)
         _close_fds(self.placeholders)
+        self.nofile.apply()  # after closing: that goes up to the (raised) limit in force
         _set_title(request["argv"])
         for sig, handler in self.signals.items():
             try:
@@ -525,7 +530,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="async_executor._forkserver")
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--imports", default="")
+    parser.add_argument("--task-nofile", type=int, default=None)
     args = parser.parse_args(argv)
+    if args.task_nofile is not None:
+        from ._limits import set_task_nofile
+
+        set_task_nofile(args.task_nofile)
     sock = socket.socket(fileno=args.control_fd)
     imports = tuple(name for name in args.imports.split(",") if name)
     _Server(sock, imports).serve()
@@ -785,7 +795,7 @@ class ForkServer:
             self.pid = spawn_helper(
                 self.config.python,
                 "_forkserver",
-                ["--imports", ",".join(self.config.imports)],
+                ["--imports", ",".join(self.config.imports), *task_nofile_args()],
                 self.base_env,
                 theirs.fileno(),
                 None,

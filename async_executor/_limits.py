@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 logger = logging.getLogger("async_executor.limits")
 
@@ -13,13 +14,25 @@ RESERVED_FDS = 64
 FDS_PER_TASK = 1
 
 
+#: The soft RLIMIT_NOFILE that tasks get: the one this process had before
+#: :func:`raise_nofile_limit` first raised it, or (in a helper process) the executor's.
+_task_soft: int | None = None
+
+
 def raise_nofile_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; return the soft limit now in force."""
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return the soft limit now in force.
+
+    The executor holds a descriptor per task in flight, so it needs the higher limit; its
+    tasks do not, and get the limit from before (see :class:`TaskNofile`).
+    """
+    global _task_soft
     try:
         import resource
     except ImportError:  # pragma: no cover - non-POSIX
         return 1 << 16
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if _task_soft is None:
+        _task_soft = soft
     target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
     if soft != resource.RLIM_INFINITY and soft < target:
         try:
@@ -28,6 +41,106 @@ def raise_nofile_limit() -> int:
         except (ValueError, OSError) as exc:
             logger.debug("could not raise RLIMIT_NOFILE to %s: %s", target, exc)
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def set_task_nofile(soft: int) -> None:
+    """In a helper process (supervisor, fork server): the soft limit its tasks get,
+    as the executor that started it had it before raising it. Call before raising."""
+    global _task_soft
+    _task_soft = soft
+
+
+def task_nofile_soft() -> int | None:
+    """The soft limit tasks get (``None`` where there are no resource limits)."""
+    if _task_soft is not None:
+        return _task_soft
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - non-POSIX
+        return None
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # nothing raised it (yet)
+
+
+def task_nofile_args() -> list[str]:
+    """Command-line arguments that hand the tasks' soft limit to a helper process."""
+    soft = task_nofile_soft()
+    return [] if soft is None else [f"--task-nofile={soft}"]
+
+
+class TaskNofile:
+    """Gives each task the soft open-file limit its executor's process started with.
+
+    Like Go's ``os/exec`` since 1.19: the executor raises its own limit (it holds a pidfd
+    per task in flight), but a task that inherited it could find a soft limit of a million,
+    where programs that ``select()`` or close every descriptor up to the limit suffer, and
+    where xargs or GNU parallel would have given it the shell's ``ulimit -Sn``.
+    ``posix_spawn`` has no resource-limit action, so :meth:`lower` puts the task's limit in
+    force in the spawning process for the length of one spawn. Only where this thread is the
+    only one: another thread opening a descriptor meanwhile could otherwise fail with
+    ``EMFILE``. That is always so in the supervisor process, which spawns the default
+    façade's tasks; in a multi-threaded process (the in-process backend behind the sync
+    façade) tasks keep the raised limit. A forked child calls :meth:`apply` instead.
+    """
+
+    __slots__ = ("_limits", "_resolved")
+
+    def __init__(self) -> None:
+        self._limits: tuple[int, int] | None = None
+        self._resolved = False
+
+    @property
+    def limits(self) -> tuple[int, int] | None:
+        """``(soft, hard)`` for tasks where the soft limit differs from this process's, else
+        ``None``. Read at the first spawn, when the executor has raised its own limit."""
+        if not self._resolved:
+            self._resolved = True
+            want = task_nofile_soft()
+            if want is not None:
+                import resource
+
+                soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+                infinity = resource.RLIM_INFINITY
+                if want != infinity and (soft == infinity or want < soft):
+                    self._limits = (want, hard)
+        return self._limits
+
+    @property
+    def soft(self) -> int:
+        """The tasks' soft limit while :meth:`lower` is in force (-1 when it never is)."""
+        limits = self.limits
+        return limits[0] if limits is not None else -1
+
+    def lower(self) -> tuple[int, int] | None:
+        """Put the tasks' limit in force here if no other thread can notice; the limits to
+        :meth:`restore` after the spawn, or ``None`` when nothing was changed."""
+        limits = self.limits
+        if limits is None or threading.active_count() != 1:
+            return None
+        import resource
+
+        try:
+            return resource.prlimit(0, resource.RLIMIT_NOFILE, limits)
+        except (OSError, ValueError):  # e.g. the hard limit was lowered since
+            return None
+
+    @staticmethod
+    def restore(previous: tuple[int, int]) -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, previous)
+
+    def apply(self) -> None:  # pragma: no cover - in a forked child
+        """In a forked task: the tasks' soft limit, for good."""
+        limits = self.limits
+        if limits is None:
+            return
+        import resource
+
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limits[0], hard))
+        except (OSError, ValueError):
+            return
 
 
 def open_fd_count() -> int:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 
 from ._handoff import CHILD_ATTRS, CpuHandoff
+from ._limits import TaskNofile
 from ._logs import open_log
 
 if TYPE_CHECKING:
@@ -148,12 +149,21 @@ class ExecLauncher:
         self._base_env: dict[str, str] = dict(os.environ)
         self._base_path = self._base_env.get("PATH", os.defpath)
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        #: A low descriptor that stands in for a task's log while the tasks' lower open-file
+        #: limit is in force: glibc refuses a dup2 action from a descriptor above the limit.
+        self._low_slot = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        #: Two low descriptors given up for the length of a ``Popen`` under that limit, so
+        #: that its error pipe finds room below it.
+        self._pipe_room = [os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) for _ in range(2)]
         self._sigdef = default_signals()
+        self._nofile = TaskNofile()
 
     def close(self) -> None:
-        if self._devnull >= 0:
-            os.close(self._devnull)
-            self._devnull = -1
+        for fd in (self._devnull, self._low_slot, *self._pipe_room):
+            if fd >= 0:
+                os.close(fd)
+        self._devnull = self._low_slot = -1
+        self._pipe_room = []
 
     def environment(self, overrides: Mapping[str, str] | None) -> dict[str, str]:
         """The child's environment: ``overrides`` merged over the executor's own."""
@@ -187,6 +197,7 @@ class ExecLauncher:
             if resolved is None:
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
             program, spawn = resolved, os.posix_spawn
+        raised = self._lower_nofile(actions, out_fd)
         pin = self._handoff.enter()  # see _handoff.py: the child starts on this CPU
         pid = None
         try:
@@ -205,19 +216,59 @@ class ExecLauncher:
         finally:
             if pin is not None:
                 self._handoff.leave(pin, pid)
+            if raised is not None:
+                self._restore_nofile(raised, actions)
         return Child(pid, None, start_ticks=ticks_between(before, after))
 
-    def _launch_popen(self, argv: tuple[str, ...], environ: dict[str, str], cwd: str, out_fd: int) -> Child:
-        popen = subprocess.Popen(  # argv list, never a shell
-            argv,
-            stdin=self._devnull,
-            stdout=out_fd,
-            stderr=out_fd,
-            cwd=cwd,
-            env=environ,
-            start_new_session=True,
-            close_fds=True,
-        )
+    def _lower_nofile(self, actions: list[tuple[int, int, int]], out_fd: int) -> tuple[int, int] | None:
+        """The tasks' open-file limit in force for one spawn (see ``TaskNofile``); the
+        limits to restore, or ``None``. Points ``actions`` at a low stand-in for a log
+        descriptor at or above that limit."""
+        raised = self._nofile.lower()
+        if raised is not None and out_fd >= self._nofile.soft:
+            if max(self._devnull, self._low_slot) >= self._nofile.soft:
+                self._nofile.restore(raised)  # no stand-in below it: keep the raised limit
+                return None
+            os.dup2(out_fd, self._low_slot, inheritable=False)
+            actions[1:] = [(os.POSIX_SPAWN_DUP2, self._low_slot, 1), (os.POSIX_SPAWN_DUP2, self._low_slot, 2)]
+        return raised
+
+    def _restore_nofile(self, raised: tuple[int, int], actions: list[tuple[int, int, int]]) -> None:
+        self._nofile.restore(raised)
+        if actions[1][1] == self._low_slot:  # let go of the task's log
+            os.dup2(self._devnull, self._low_slot, inheritable=False)
+
+    def _launch_popen(
+        self, argv: tuple[str, ...], environ: dict[str, str], cwd: str, out_fd: int, lower: bool = True
+    ) -> Child:
+        raised = self._nofile.lower() if lower else None
+        room = self._pipe_room if raised is not None else []
+        for fd in room:
+            os.close(fd)
+        try:
+            popen = subprocess.Popen(  # argv list, never a shell
+                argv,
+                stdin=self._devnull,
+                stdout=out_fd,
+                stderr=out_fd,
+                cwd=cwd,
+                env=environ,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            if raised is None or exc.errno != errno.EMFILE:
+                raise
+            # Popen's own pipe found no descriptor below the tasks' limit: this one task
+            # keeps the raised limit rather than wait for descriptors that may never free up.
+            self._nofile.restore(raised)
+            raised = None
+            return self._launch_popen(argv, environ, cwd, out_fd, lower=False)
+        finally:
+            if raised is not None:
+                self._nofile.restore(raised)
+            if room:  # the lowest free numbers again: those just given up, in one thread
+                self._pipe_room = [os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) for _ in room]
         return Child(popen.pid, None, popen)
 
 

@@ -33,7 +33,7 @@ import attrs
 import orjson
 
 from ._forkserver import WarmStart
-from ._limits import raise_nofile_limit
+from ._limits import raise_nofile_limit, set_task_nofile, task_nofile_args
 from ._logs import precreate_log
 from ._spawn import (
     LocalBackend,
@@ -471,12 +471,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--forkserver-pid", type=int, default=None, help="... and its pid (our child)")
     parser.add_argument("--lazy-logs", action="store_true", help="a log file only for tasks that write")
     parser.add_argument("--log-max-bytes", type=int, default=None, help="cap of a lazy log")
+    parser.add_argument("--task-nofile", type=int, default=None, help="the soft open-file limit of tasks")
     args = parser.parse_args(argv)
     lazy_logs = LazyLogs(args.log_max_bytes) if args.lazy_logs else None
     forked = None
     if args.forkserver_fd is not None and args.forkserver_pid is not None:
         forked = (args.forkserver_pid, args.forkserver_fd)
     warm = WarmStart.from_json(orjson.loads(args.warm)) if args.warm else None
+    if args.task_nofile is not None:
+        set_task_nofile(args.task_nofile)
     raise_nofile_limit()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor[%(process)d] %(message)s")
     try:
@@ -568,6 +571,7 @@ class SupervisorBackend(_SupervisorLink):
 
     def _args(self) -> list[str]:
         args = ["--exits", self.exits_path, "--listen", socket_name(self.executor_id)[1:]]
+        args += task_nofile_args()
         if self.warm is not None:
             args += ["--warm", orjson.dumps(self.warm.to_json()).decode()]
         if self.lazy_logs is not None:

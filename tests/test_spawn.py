@@ -110,6 +110,98 @@ def test_a_task_inherits_ignored_signals_and_no_handlers(tmp_path: Path, where: 
         assert not caught & bit[signal.SIGUSR1], (key, text)  # the caller's handler is gone
 
 
+_NOFILE = """
+import asyncio, os, resource, sys, threading
+from async_executor import AsyncExecutor, WarmStart
+home, where, launcher, soft, extra = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))   # as a shell's `ulimit -Sn`
+state = os.path.join(home, "journal.sqlite") if where == "supervisor" else None
+warm = None
+if launcher != "exec":
+    warm = WarmStart(inline_code=True, preload=("json",), fork_from_caller=launcher == "forked")
+if warm is None:
+    show = ["sh", "-c", "ulimit -Sn; sleep ${AE_SLEEP:-0}"]
+else:  # a Python task, forked by the fork server
+    show = [sys.executable, "-c", "import resource, os, time; print(resource.getrlimit(resource.RLIMIT_NOFILE)[0]); "
+            "time.sleep(float(os.environ.get('AE_SLEEP') or 0))"]
+# "extra" tasks run at once beside the two checked ones: with a descriptor each in the
+# process that spawns, later logs are opened above the tasks' limit
+sleepy = {"AE_SLEEP": "1.5"} if extra else None
+kw = dict(parallelism=2 + extra, log_dir=os.path.join(home, "logs"), state_path=state, warm_start=warm)
+keys = [f"x{i}" for i in range(extra)] + ["t", "c"]
+if where == "async":
+    async def main():
+        async with AsyncExecutor(**kw) as ex:
+            handles = [await ex.submit(f"x{i}", show, env=sleepy) for i in range(extra)]
+            if extra:
+                await asyncio.sleep(0.5)
+            handles += [await ex.submit("t", show), await ex.submit("c", show, cwd="/")]
+            for handle in handles:
+                await handle.wait()
+            print("threads", threading.active_count(), ex.statistics().warm_launched)
+        return ex
+    ex = asyncio.run(main())
+else:
+    ex = AsyncExecutor(**kw)
+    ex.start()
+    for i in range(extra):
+        ex.queue_command(f"x{i}", show, env=sleepy)
+    ex.heartbeat()
+    if extra:
+        import time; time.sleep(0.5)
+    ex.queue_command("t", show)
+    ex.queue_command("c", show, cwd="/")
+    done = {}
+    while len(done) < len(keys):
+        ex.heartbeat()
+        done.update(ex.get_event_buffer())
+    print("threads", threading.active_count(), ex.statistics().warm_launched)
+    ex.end()
+print("executor", resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard)
+for key in keys:
+    print(key, "".join(ex.get_task_log(key)[1]).strip())
+"""
+
+
+@pytest.mark.parametrize("launcher", ["exec", "warm", "forked"])
+@pytest.mark.parametrize("where", ["local", "async", "supervisor"])
+@pytest.mark.parametrize("extra", [0, 70], ids=["few", "many"])
+def test_a_task_gets_the_open_file_limit_from_before_the_executor_raised_it(
+    tmp_path: Path, where: str, launcher: str, extra: int
+) -> None:
+    # The executor raises its own soft RLIMIT_NOFILE (a pidfd per task in flight); a task gets
+    # the one its caller had, as under xargs or GNU parallel (and Go's os/exec), not a million.
+    # With "many", the spawning process holds more descriptors than that limit, so the log of
+    # a checked task is opened above it (glibc refuses such a dup2 action while it is lowered).
+    import resource
+    import subprocess
+
+    soft = 64
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 4 * soft + 2 * extra:
+        pytest.skip("the hard open-file limit is too low to tell the two apart")
+    out = subprocess.run(
+        [PY, "-c", _NOFILE, str(tmp_path), where, launcher, str(soft), str(extra)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    raised, hard = lines.pop("executor").split()
+    assert int(raised) == int(hard) > soft  # the executor's own stays raised
+    threads, warm_launched = lines.pop("threads").split()
+    assert int(warm_launched) == (0 if launcher == "exec" else 2 + extra), out.stdout
+    assert len(lines) == 2 + extra
+    # Only where one thread spawns can the limit be lowered for an exec (see TaskNofile); the
+    # in-process backend behind the sync façade has the loop thread beside the caller's.
+    expected = hard if where == "local" and launcher == "exec" else str(soft)
+    if where == "async":
+        assert threads == "1", out.stdout
+    for key, text in lines.items():
+        assert text == expected, (key, out.stdout)
+
+
 def test_ignored_signals_without_proc(monkeypatch: pytest.MonkeyPatch) -> None:
     from async_executor import _spawn
 
