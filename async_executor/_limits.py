@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 logger = logging.getLogger("async_executor.limits")
 
@@ -12,6 +13,8 @@ logger = logging.getLogger("async_executor.limits")
 RESERVED_FDS = 64
 #: Descriptors one in-flight task holds in the parent (its pidfd).
 FDS_PER_TASK = 1
+#: How old a count of this process's open descriptors may be (see ``TaskNofile``).
+RECOUNT_SECONDS = 1.0
 
 
 #: The soft RLIMIT_NOFILE that tasks get: the one this process had before
@@ -75,18 +78,24 @@ class TaskNofile:
     where programs that ``select()`` or close every descriptor up to the limit suffer, and
     where xargs or GNU parallel would have given it the shell's ``ulimit -Sn``.
     ``posix_spawn`` has no resource-limit action, so :meth:`lower` puts the task's limit in
-    force in the spawning process for the length of one spawn. Only where this thread is the
-    only one: another thread opening a descriptor meanwhile could otherwise fail with
-    ``EMFILE``. That is always so in the supervisor process, which spawns the default
-    façade's tasks; in a multi-threaded process (the in-process backend behind the sync
-    façade) tasks keep the raised limit. A forked child calls :meth:`apply` instead.
+    force in the spawning process for the length of one spawn. Where another thread runs
+    (the CLI's journal thread, the caller's thread beside the sync façade's loop), that
+    thread would get ``EMFILE`` if it opened a descriptor while every number below the lower
+    limit is taken; so there the limit is lowered only while the process's open descriptors
+    (counted at most every second, plus two for each spawn since) leave a quarter of it free.
+    A single-threaded spawner (the supervisor process) lowers it always. A forked child
+    calls :meth:`apply` instead.
     """
 
-    __slots__ = ("_limits", "_resolved")
+    __slots__ = ("_counted", "_counted_at", "_limits", "_resolved", "_spawns")
 
     def __init__(self) -> None:
         self._limits: tuple[int, int] | None = None
         self._resolved = False
+        #: Descriptors open at the last count, when that was, and spawns since.
+        self._counted = 0
+        self._counted_at = -RECOUNT_SECONDS
+        self._spawns = 0
 
     @property
     def limits(self) -> tuple[int, int] | None:
@@ -114,7 +123,7 @@ class TaskNofile:
         """Put the tasks' limit in force here if no other thread can notice; the limits to
         :meth:`restore` after the spawn, or ``None`` when nothing was changed."""
         limits = self.limits
-        if limits is None or threading.active_count() != 1:
+        if limits is None or (threading.active_count() != 1 and not self._room_below(limits[0])):
             return None
         import resource
 
@@ -122,6 +131,25 @@ class TaskNofile:
             return resource.prlimit(0, resource.RLIMIT_NOFILE, limits)
         except (OSError, ValueError):  # e.g. the hard limit was lowered since
             return None
+
+    def _room_below(self, soft: int) -> bool:
+        """Whether the descriptors open here leave a quarter of ``soft`` free, at the most
+        they can be now: the last count (at most a second old, or just made) plus two for
+        each spawn since (its log, its pidfd)."""
+        headroom = max(16, soft // 4)
+        now = time.monotonic()
+        bound = self._counted + 2 * self._spawns
+        if now - self._counted_at >= RECOUNT_SECONDS or (
+            bound + headroom >= soft and now - self._counted_at >= RECOUNT_SECONDS / 10
+        ):
+            try:
+                self._counted = len(os.listdir("/proc/self/fd"))
+            except OSError:  # no count: assume no room
+                self._counted = soft
+            self._counted_at, self._spawns = now, 0
+            bound = self._counted
+        self._spawns += 1
+        return bound + headroom < soft
 
     @staticmethod
     def restore(previous: tuple[int, int]) -> None:

@@ -321,6 +321,29 @@ def test_results_dir_keeps_stdout_and_stderr(tmp_path: Path) -> None:
     assert "to-err" in result.stderr and "to-out" in result.stdout
 
 
+def test_jobs_get_the_shells_open_file_limit(tmp_path: Path) -> None:
+    # As under xargs or GNU parallel: the CLI raises its own soft limit (a descriptor per
+    # running job), its jobs see the ulimit -Sn of the shell that started it.
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 1024:
+        pytest.skip("the hard open-file limit is too low to tell the two apart")
+    path = jobfile(tmp_path, ["sh -c 'ulimit -Sn'"] * 4 + ["sh -c 'ulimit -Hn'"])
+
+    result = subprocess.run(
+        ["sh", "-c", 'ulimit -Sn 256 && exec "$@"', "sh", *CLI, "run", "-j4", "--results=res", str(path)],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    outputs = [(tmp_path / "res" / str(n) / "stdout").read_text().strip() for n in range(1, 6)]
+    assert outputs == ["256"] * 4 + [str(hard) if hard != resource.RLIM_INFINITY else "unlimited"], outputs
+
+
 # --------------------------------------------------------------------------- timeouts, retries
 
 

@@ -193,13 +193,16 @@ def test_a_task_gets_the_open_file_limit_from_before_the_executor_raised_it(
     threads, warm_launched = lines.pop("threads").split()
     assert int(warm_launched) == (0 if launcher == "exec" else 2 + extra), out.stdout
     assert len(lines) == 2 + extra
-    # Only where one thread spawns can the limit be lowered for an exec (see TaskNofile); the
-    # in-process backend behind the sync façade has the loop thread beside the caller's.
-    expected = hard if where == "local" and launcher == "exec" else str(soft)
+    # Where another thread runs (the sync façade's loop thread beside the caller's), an exec'd
+    # task gets the lower limit only while descriptors leave room below it (see TaskNofile).
+    expected = hard if where == "local" and launcher == "exec" and extra else str(soft)
     if where == "async":
         assert threads == "1", out.stdout
     for key, text in lines.items():
-        assert text == expected, (key, out.stdout)
+        if key.startswith("x") and expected == hard:  # lowered until descriptors ran short
+            assert text in (hard, str(soft)), (key, out.stdout)
+        else:
+            assert text == expected, (key, out.stdout)
 
 
 def test_ignored_signals_without_proc(monkeypatch: pytest.MonkeyPatch) -> None:
