@@ -44,7 +44,7 @@ import attrs
 import orjson
 
 from ._limits import TaskNofile, task_nofile_args
-from ._spawn import inherited_ignores, reap_in_background, spawn_helper
+from ._spawn import close_fds_except, inherited_ignores, reap_in_background, spawn_helper, start_helper
 
 logger = logging.getLogger("async_executor.forkserver")
 
@@ -372,7 +372,7 @@ class _Server:
             go = b""
         if go != b"1":  # the owner never registered this pid: do not run unwatched
             os._exit(126)
-        _close_fds(self.placeholders)
+        close_fds_except(self.placeholders)
         self.nofile.apply()  # after closing: that goes up to the (raised) limit in force
         _set_title(request["argv"])
         for sig, handler in self.signals.items():
@@ -423,22 +423,6 @@ def _thread_count() -> int:
         import threading
 
         return threading.active_count()
-
-
-def _fd_limit() -> int:
-    import resource
-
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return soft if 0 < soft < 1 << 20 else 1 << 16
-
-
-def _close_fds(keep: frozenset[int]) -> None:  # pragma: no cover - in the child
-    """Close every descriptor from 3 up, except those in ``keep``."""
-    low = 3
-    for fd in sorted(fd for fd in keep if fd >= low):
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, _fd_limit())
 
 
 def _run_main(argv: list[str], base_path: list[str]) -> int:  # pragma: no cover - in the child
@@ -532,6 +516,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--imports", default="")
     parser.add_argument("--task-nofile", type=int, default=None)
     args = parser.parse_args(argv)
+    start_helper(args.control_fd)
     if args.task_nofile is not None:
         from ._limits import set_task_nofile
 

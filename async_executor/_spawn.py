@@ -157,6 +157,15 @@ class ExecLauncher:
         self._pipe_room = [os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) for _ in range(2)]
         self._sigdef = default_signals()
         self._nofile = TaskNofile()
+        #: What Popen's ``close_fds=True`` does: a task gets no descriptor beyond 0-2 that this
+        #: process leaves inheritable. With ``POSIX_SPAWN_CLOSEFROM`` (Python 3.13, glibc 2.34)
+        #: all of them; otherwise those inheritable when the launcher was made.
+        closefrom = getattr(os, "POSIX_SPAWN_CLOSEFROM", None)
+        self._close_actions: list[tuple[int, int]] = (
+            [(closefrom, 3)]
+            if closefrom is not None
+            else [(os.POSIX_SPAWN_CLOSE, fd) for fd in inheritable_fds()]
+        )
 
     def close(self) -> None:
         for fd in (self._devnull, self._low_slot, *self._pipe_room):
@@ -181,10 +190,11 @@ class ExecLauncher:
             return self._launch_popen(argv, environ, cwd, out_fd)
         program = argv[0]
         path = environ.get("PATH", os.defpath)
-        actions = [
+        actions: list[tuple[int, ...]] = [
             (os.POSIX_SPAWN_DUP2, self._devnull, 0),
             (os.POSIX_SPAWN_DUP2, out_fd, 1),
             (os.POSIX_SPAWN_DUP2, out_fd, 2),
+            *self._close_actions,
         ]
         if "/" in program or path == self._base_path:
             spawn = os.posix_spawn if "/" in program else os.posix_spawnp
@@ -220,7 +230,7 @@ class ExecLauncher:
                 self._restore_nofile(raised, actions)
         return Child(pid, None, start_ticks=ticks_between(before, after))
 
-    def _lower_nofile(self, actions: list[tuple[int, int, int]], out_fd: int) -> tuple[int, int] | None:
+    def _lower_nofile(self, actions: list[tuple[int, ...]], out_fd: int) -> tuple[int, int] | None:
         """The tasks' open-file limit in force for one spawn (see ``TaskNofile``); the
         limits to restore, or ``None``. Points ``actions`` at a low stand-in for a log
         descriptor at or above that limit."""
@@ -230,10 +240,11 @@ class ExecLauncher:
                 self._nofile.restore(raised)  # no stand-in below it: keep the raised limit
                 return None
             os.dup2(out_fd, self._low_slot, inheritable=False)
-            actions[1:] = [(os.POSIX_SPAWN_DUP2, self._low_slot, 1), (os.POSIX_SPAWN_DUP2, self._low_slot, 2)]
+            actions[1] = (os.POSIX_SPAWN_DUP2, self._low_slot, 1)
+            actions[2] = (os.POSIX_SPAWN_DUP2, self._low_slot, 2)
         return raised
 
-    def _restore_nofile(self, raised: tuple[int, int], actions: list[tuple[int, int, int]]) -> None:
+    def _restore_nofile(self, raised: tuple[int, int], actions: list[tuple[int, ...]]) -> None:
         self._nofile.restore(raised)
         if actions[1][1] == self._low_slot:  # let go of the task's log
             os.dup2(self._devnull, self._low_slot, inheritable=False)
@@ -348,6 +359,48 @@ def _max_fd() -> int:
 
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return soft if 0 < soft < 1 << 20 else 1 << 16
+
+
+def close_fds_except(keep: frozenset[int]) -> None:
+    """Close every descriptor from 3 up, except those in ``keep``."""
+    low = 3
+    for fd in sorted(fd for fd in keep if fd >= low):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, _max_fd())
+
+
+def start_helper(*control_fds: int | None) -> None:
+    """First thing in a helper process (supervisor, fork server): keep only its own descriptors.
+
+    ``posix_spawn`` passes on whatever the executor's process has that is inheritable (a
+    pipe of the program that started it, descriptors its own parent left it): held by a
+    helper that outlives the executor, a pipe would never reach EOF for its reader, and
+    every task would inherit it again. The control descriptors stay, no longer inheritable.
+    """
+    keep = frozenset(fd for fd in control_fds if fd is not None)
+    close_fds_except(keep)
+    for fd in keep:
+        os.set_inheritable(fd, False)
+
+
+def inheritable_fds() -> tuple[int, ...]:
+    """This process's descriptors from 3 up that an exec would pass on (no ``FD_CLOEXEC``)."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return ()
+    found = []
+    for name in names:
+        fd = int(name)
+        if fd <= 2:
+            continue
+        try:
+            if os.get_inheritable(fd):
+                found.append(fd)
+        except OSError:  # the listing's own descriptor, closed by now
+            continue
+    return tuple(sorted(found))
 
 
 def reap_in_background(pid: int) -> None:

@@ -43,6 +43,7 @@ from ._spawn import (
     reap_in_background,
     signal_group,
     spawn_helper,
+    start_helper,
 )
 
 logger = logging.getLogger("async_executor.supervisor")
@@ -473,6 +474,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-max-bytes", type=int, default=None, help="cap of a lazy log")
     parser.add_argument("--task-nofile", type=int, default=None, help="the soft open-file limit of tasks")
     args = parser.parse_args(argv)
+    start_helper(args.control_fd, args.forkserver_fd)
     lazy_logs = LazyLogs(args.log_max_bytes) if args.lazy_logs else None
     forked = None
     if args.forkserver_fd is not None and args.forkserver_pid is not None:

@@ -205,6 +205,101 @@ def test_a_task_gets_the_open_file_limit_from_before_the_executor_raised_it(
             assert text == expected, (key, out.stdout)
 
 
+_FDS = """
+import asyncio, os, sys, time
+from async_executor import AsyncExecutor, WarmStart
+home, where, launcher = sys.argv[1:4]
+r, w = os.pipe()
+os.set_inheritable(w, True)             # as a descriptor left inheritable by whoever started us
+needle = f"pipe:[{os.fstat(w).st_ino}]"
+state = os.path.join(home, "journal.sqlite") if where == "supervisor" else None
+warm = None
+if launcher != "exec":
+    warm = WarmStart(inline_code=True, preload=("json",), fork_from_caller=launcher == "forked")
+# a Python task: exec'd without warm start, else forked by the fork server
+show = [sys.executable, "-c", "import os, time; d = '/proc/%d/fd' % os.getpid(); "
+        "print(*(f + ' ' + os.readlink(d + '/' + f) for f in os.listdir(d) if os.path.exists(d + '/' + f)))"
+        "; time.sleep(float(os.environ.get('AE_SLEEP') or 0))"]
+
+def holders():
+    # every process but this one that holds the write end: helpers and tasks alike
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if int(pid) == os.getpid():
+            continue
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        if needle in links:
+            found.append(int(pid))
+    return found
+
+kw = dict(parallelism=4, log_dir=os.path.join(home, "logs"), state_path=state, warm_start=warm)
+slow = {"AE_SLEEP": "30"}
+if where == "async":
+    async def main():
+        async with AsyncExecutor(**kw) as ex:
+            handles = [await ex.submit("t", show), await ex.submit("c", show, cwd="/")]
+            for handle in handles:
+                await handle.wait()
+            sleeper = await ex.submit("s", show, env=slow)
+            while sleeper.pid is None:
+                await asyncio.sleep(0.05)
+            print("holders", holders())
+            sleeper.cancel()
+        return ex
+    ex = asyncio.run(main())
+else:
+    ex = AsyncExecutor(**kw)
+    ex.start()
+    ex.queue_command("t", show)
+    ex.queue_command("c", show, cwd="/")
+    done = {}
+    while len(done) < 2:
+        ex.heartbeat()
+        done.update(ex.get_event_buffer())
+    ex.queue_command("s", show, env=slow)
+    while not ex.running or ex.statistics().running < 1:
+        ex.heartbeat()
+        time.sleep(0.05)
+    time.sleep(0.2)
+    print("holders", holders())
+    ex.terminate()
+print("needle", needle)
+for key in ("t", "c"):
+    print(key, "".join(ex.get_task_log(key)[1]).replace(chr(10), " "))
+"""
+
+
+@pytest.mark.parametrize("launcher", ["exec", "warm", "forked"])
+@pytest.mark.parametrize("where", ["local", "async", "supervisor"])
+def test_a_task_and_the_helpers_get_no_inherited_descriptor(
+    tmp_path: Path, where: str, launcher: str
+) -> None:
+    # Popen(close_fds=True) semantics for every launcher: a descriptor the executor's process
+    # leaves inheritable reaches no task, and no helper process (supervisor, fork server)
+    # holds it: a pipe's reader would otherwise wait for EOF as long as they live.
+    import subprocess
+
+    out = subprocess.run(
+        [PY, "-c", _FDS, str(tmp_path), where, launcher], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    assert lines["holders"] == "[]", out.stdout
+    assert lines["needle"].startswith("pipe:["), out.stdout
+    for key in ("t", "c"):
+        fds = lines[key].split()
+        targets = dict(zip(fds[::2], fds[1::2], strict=True))
+        assert set(targets) >= {"0", "1", "2"} and lines["needle"] not in fds, (key, out.stdout)
+        extra = {fd: target for fd, target in targets.items() if int(fd) > 2}
+        # the listing's own directory; a fork server forked from the caller keeps the caller's
+        # descriptor numbers taken, on /dev/null (see serve_forked)
+        allowed = ("/proc/", "/dev/null") if launcher == "forked" else ("/proc/",)
+        assert all(target.startswith(allowed) for target in extra.values()), (key, out.stdout)
+
+
 def test_ignored_signals_without_proc(monkeypatch: pytest.MonkeyPatch) -> None:
     from async_executor import _spawn
 
