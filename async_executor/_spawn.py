@@ -166,6 +166,8 @@ class ExecLauncher:
             if closefrom is not None
             else [(os.POSIX_SPAWN_CLOSE, fd) for fd in inheritable_fds()]
         )
+        closed = [fd for op, fd in self._close_actions if op == os.POSIX_SPAWN_CLOSE]
+        self._highest_close = max(closed, default=-1)
 
     def close(self) -> None:
         for fd in (self._devnull, self._low_slot, *self._pipe_room):
@@ -234,11 +236,11 @@ class ExecLauncher:
         """The tasks' open-file limit in force for one spawn (see ``TaskNofile``); the
         limits to restore, or ``None``. Points ``actions`` at a low stand-in for a log
         descriptor at or above that limit."""
+        soft = self._nofile.soft
+        if soft < 0 or max(self._devnull, self._low_slot, self._highest_close) >= soft:
+            return None  # glibc would refuse an action on a descriptor above it: keep the raised one
         raised = self._nofile.lower()
-        if raised is not None and out_fd >= self._nofile.soft:
-            if max(self._devnull, self._low_slot) >= self._nofile.soft:
-                self._nofile.restore(raised)  # no stand-in below it: keep the raised limit
-                return None
+        if raised is not None and out_fd >= soft:
             os.dup2(out_fd, self._low_slot, inheritable=False)
             actions[1] = (os.POSIX_SPAWN_DUP2, self._low_slot, 1)
             actions[2] = (os.POSIX_SPAWN_DUP2, self._low_slot, 2)

@@ -205,6 +205,41 @@ def test_a_task_gets_the_open_file_limit_from_before_the_executor_raised_it(
             assert text == expected, (key, out.stdout)
 
 
+_STRAY_HIGH = """
+import asyncio, os, resource, sys
+from async_executor import AsyncExecutor
+home = sys.argv[1]
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+r, w = os.pipe()
+os.dup2(w, 100, inheritable=True)       # inherited above the tasks' limit
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+print("hard", hard)
+show = ["sh", "-c", "ulimit -Sn; [ -e /proc/$$/fd/100 ] && echo leaked; true"]
+async def main():
+    async with AsyncExecutor(parallelism=2, log_dir=os.path.join(home, "logs"), state_path=None) as ex:
+        for key, cwd in (("t", None), ("c", "/")):
+            info = await ex.run(key, show, cwd=cwd)
+            print(key, info.state.value, "".join(ex.get_task_log(key)[1]).replace(chr(10), " ").strip())
+asyncio.run(main())
+"""
+
+
+def test_a_stray_descriptor_above_the_tasks_limit_neither_fails_nor_reaches_a_task(tmp_path: Path) -> None:
+    # Without POSIX_SPAWN_CLOSEFROM the exec launcher closes inherited descriptors one by one,
+    # and glibc refuses such an action for a descriptor above the limit in force: the limit
+    # must then stay raised for that spawn rather than the task fail to start.
+    import subprocess
+
+    out = subprocess.run([PY, "-c", _STRAY_HIGH, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    expected = {"t": "64" if hasattr(os, "POSIX_SPAWN_CLOSEFROM") else lines["hard"], "c": "64"}
+    for key in ("t", "c"):
+        state, limit = lines[key].split()  # no "leaked"
+        assert state == "success", out.stdout
+        assert limit == expected[key], out.stdout
+
+
 _FDS = """
 import asyncio, os, sys, time
 from async_executor import AsyncExecutor, WarmStart
