@@ -43,7 +43,7 @@ from typing import Any
 import attrs
 import orjson
 
-from ._limits import TaskNofile, task_nofile_args
+from ._limits import TaskNofile, raise_nofile_limit, set_task_nofile, task_nofile_args
 from ._spawn import close_fds_except, inherited_ignores, reap_in_background, spawn_helper, start_helper
 
 logger = logging.getLogger("async_executor.forkserver")
@@ -518,9 +518,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     start_helper(args.control_fd)
     if args.task_nofile is not None:
-        from ._limits import set_task_nofile
-
         set_task_nofile(args.task_nofile)
+    raise_nofile_limit()  # as a forked server has it (see serve_forked)
     sock = socket.socket(fileno=args.control_fd)
     imports = tuple(name for name in args.imports.split(",") if name)
     _Server(sock, imports).serve()
@@ -591,8 +590,6 @@ def serve_forked(
 
         atexit._clear()
         atexit.register(logging.shutdown)
-        from ._limits import raise_nofile_limit
-
         raise_nofile_limit()  # as the supervisor (which spawns cold tasks) has it
         _set_server_title(sock.fileno())
         _Server(sock, imports, placeholders).serve()

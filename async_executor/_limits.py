@@ -46,11 +46,17 @@ def raise_nofile_limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
+#: Whether this is one of our helper processes (supervisor, fork server), where nothing but
+#: our own code opens descriptors (see ``TaskNofile.lower``).
+_helper = False
+
+
 def set_task_nofile(soft: int) -> None:
     """In a helper process (supervisor, fork server): the soft limit its tasks get,
     as the executor that started it had it before raising it. Call before raising."""
-    global _task_soft
+    global _task_soft, _helper
     _task_soft = soft
+    _helper = True
 
 
 def task_nofile_soft() -> int | None:
@@ -83,11 +89,13 @@ class TaskNofile:
     thread would get ``EMFILE`` if it opened a descriptor while every number below the lower
     limit is taken; so there the limit is lowered only while the process's open descriptors
     (counted at most every second, plus two for each spawn since) leave a quarter of it free.
-    A single-threaded spawner (the supervisor process) lowers it always. A forked child
-    calls :meth:`apply` instead.
+    A single-threaded spawner (the supervisor process) lowers it always; the supervisor,
+    where only our code opens descriptors, keeps it lowered between spawns while that room
+    is there, so that a spawn costs no system call for it. A forked child calls
+    :meth:`apply` instead.
     """
 
-    __slots__ = ("_counted", "_counted_at", "_limits", "_resolved", "_spawns")
+    __slots__ = ("_counted", "_counted_at", "_held", "_limits", "_resolved", "_spawns")
 
     def __init__(self) -> None:
         self._limits: tuple[int, int] | None = None
@@ -96,6 +104,8 @@ class TaskNofile:
         self._counted = 0
         self._counted_at = -RECOUNT_SECONDS
         self._spawns = 0
+        #: The raised limits while the lower one is kept in force between spawns.
+        self._held: tuple[int, int] | None = None
 
     @property
     def limits(self) -> tuple[int, int] | None:
@@ -119,18 +129,37 @@ class TaskNofile:
         limits = self.limits
         return limits[0] if limits is not None else -1
 
-    def lower(self) -> tuple[int, int] | None:
-        """Put the tasks' limit in force here if no other thread can notice; the limits to
-        :meth:`restore` after the spawn, or ``None`` when nothing was changed."""
-        limits = self.limits
-        if limits is None or (threading.active_count() != 1 and not self._room_below(limits[0])):
-            return None
-        import resource
+    def lower(self) -> tuple[bool, tuple[int, int] | None]:
+        """Put the tasks' limit in force for a spawn where nobody else can be hurt by it.
 
-        try:
-            return resource.prlimit(0, resource.RLIMIT_NOFILE, limits)
-        except (OSError, ValueError):  # e.g. the hard limit was lowered since
-            return None
+        Returns whether it is in force, and the limits to :meth:`restore` after the spawn
+        (``None``: nothing to restore, because nothing changed or the lower limit is held).
+        """
+        limits = self.limits
+        if limits is None:
+            return False, None
+        if threading.active_count() == 1:
+            room = self._room_below(limits[0])
+            if room and _helper:
+                if self._held is None:
+                    previous = _set_nofile(limits)
+                    if previous is None:
+                        return False, None
+                    self._held = previous
+                return True, None
+            self.release()
+        else:
+            self.release()
+            if not self._room_below(limits[0]):
+                return False, None
+        previous = _set_nofile(limits)
+        return previous is not None, previous
+
+    def release(self) -> None:
+        """The raised limit again, if the lower one is held."""
+        if self._held is not None:
+            held, self._held = self._held, None
+            self.restore(held)
 
     def _room_below(self, soft: int) -> bool:
         """Whether the descriptors open here leave a quarter of ``soft`` free, at the most
@@ -169,6 +198,16 @@ class TaskNofile:
             resource.setrlimit(resource.RLIMIT_NOFILE, (limits[0], hard))
         except (OSError, ValueError):
             return
+
+
+def _set_nofile(limits: tuple[int, int]) -> tuple[int, int] | None:
+    """Set RLIMIT_NOFILE; the limits before, or ``None`` if it could not be set."""
+    import resource
+
+    try:
+        return resource.prlimit(0, resource.RLIMIT_NOFILE, limits)
+    except (OSError, ValueError):  # e.g. the hard limit was lowered since
+        return None
 
 
 def open_fd_count() -> int:

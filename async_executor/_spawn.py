@@ -170,6 +170,7 @@ class ExecLauncher:
         self._highest_close = max(closed, default=-1)
 
     def close(self) -> None:
+        self._nofile.release()
         for fd in (self._devnull, self._low_slot, *self._pipe_room):
             if fd >= 0:
                 os.close(fd)
@@ -209,7 +210,7 @@ class ExecLauncher:
             if resolved is None:
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
             program, spawn = resolved, os.posix_spawn
-        raised = self._lower_nofile(actions, out_fd)
+        raised = self._lower_nofile(actions, out_fd)  # limits to restore after the spawn
         pin = self._handoff.enter()  # see _handoff.py: the child starts on this CPU
         pid = None
         try:
@@ -229,32 +230,32 @@ class ExecLauncher:
             if pin is not None:
                 self._handoff.leave(pin, pid)
             if raised is not None:
-                self._restore_nofile(raised, actions)
+                self._nofile.restore(raised)
+            if actions[1][1] == self._low_slot:  # let go of the task's log
+                os.dup2(self._devnull, self._low_slot, inheritable=False)
         return Child(pid, None, start_ticks=ticks_between(before, after))
 
     def _lower_nofile(self, actions: list[tuple[int, ...]], out_fd: int) -> tuple[int, int] | None:
         """The tasks' open-file limit in force for one spawn (see ``TaskNofile``); the
-        limits to restore, or ``None``. Points ``actions`` at a low stand-in for a log
-        descriptor at or above that limit."""
+        limits to restore after it, or ``None``. Points ``actions`` at a low stand-in for a
+        log descriptor at or above that limit."""
         soft = self._nofile.soft
-        if soft < 0 or max(self._devnull, self._low_slot, self._highest_close) >= soft:
-            return None  # glibc would refuse an action on a descriptor above it: keep the raised one
-        raised = self._nofile.lower()
-        if raised is not None and out_fd >= soft:
+        if soft < 0:
+            return None
+        if max(self._devnull, self._low_slot, self._highest_close) >= soft:
+            self._nofile.release()  # glibc would refuse an action on such a descriptor
+            return None
+        in_force, raised = self._nofile.lower()
+        if in_force and out_fd >= soft:
             os.dup2(out_fd, self._low_slot, inheritable=False)
             actions[1] = (os.POSIX_SPAWN_DUP2, self._low_slot, 1)
             actions[2] = (os.POSIX_SPAWN_DUP2, self._low_slot, 2)
         return raised
 
-    def _restore_nofile(self, raised: tuple[int, int], actions: list[tuple[int, ...]]) -> None:
-        self._nofile.restore(raised)
-        if actions[1][1] == self._low_slot:  # let go of the task's log
-            os.dup2(self._devnull, self._low_slot, inheritable=False)
-
     def _launch_popen(
         self, argv: tuple[str, ...], environ: dict[str, str], cwd: str, out_fd: int, lower: bool = True
     ) -> Child:
-        raised = self._nofile.lower() if lower else None
+        in_force, raised = self._nofile.lower() if lower else (False, None)
         room = self._pipe_room if raised is not None else []
         for fd in room:
             os.close(fd)
@@ -270,12 +271,14 @@ class ExecLauncher:
                 close_fds=True,
             )
         except OSError as exc:
-            if raised is None or exc.errno != errno.EMFILE:
+            if not in_force or exc.errno != errno.EMFILE:
                 raise
             # Popen's own pipe found no descriptor below the tasks' limit: this one task
             # keeps the raised limit rather than wait for descriptors that may never free up.
-            self._nofile.restore(raised)
-            raised = None
+            if raised is not None:
+                self._nofile.restore(raised)
+                raised = None
+            self._nofile.release()
             return self._launch_popen(argv, environ, cwd, out_fd, lower=False)
         finally:
             if raised is not None:
