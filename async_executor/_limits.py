@@ -193,11 +193,7 @@ class TaskNofile:
             return
         import resource
 
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (limits[0], hard))
-        except (OSError, ValueError):
-            return
+        _set_nofile((limits[0], resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
 
 def _set_nofile(limits: tuple[int, int]) -> tuple[int, int] | None:

@@ -166,8 +166,10 @@ class ExecLauncher:
             if closefrom is not None
             else [(os.POSIX_SPAWN_CLOSE, fd) for fd in inheritable_fds()]
         )
+        #: The highest descriptor a file action of every spawn names: at or above the tasks'
+        #: open-file limit, glibc would refuse the action while that limit is in force.
         closed = [fd for op, fd in self._close_actions if op == os.POSIX_SPAWN_CLOSE]
-        self._highest_close = max(closed, default=-1)
+        self._top_action_fd = max(self._devnull, self._low_slot, *closed)
 
     def close(self) -> None:
         self._nofile.release()
@@ -242,7 +244,7 @@ class ExecLauncher:
         soft = self._nofile.soft
         if soft < 0:
             return None
-        if max(self._devnull, self._low_slot, self._highest_close) >= soft:
+        if self._top_action_fd >= soft:
             self._nofile.release()  # glibc would refuse an action on such a descriptor
             return None
         in_force, raised = self._nofile.lower()
