@@ -49,6 +49,7 @@ except ImportError:  # Airflow 2.x
 AIRFLOW_V3 = _workloads is not None
 _ExecuteTask: Any = getattr(_workloads, "ExecuteTask", None)
 _ExecuteCallback: Any = getattr(_workloads, "ExecuteCallback", None)
+_TestConnection: Any = getattr(_workloads, "TestConnection", None)
 
 WORKLOAD_MODULE = "airflow.sdk.execution_time.execute_workload"
 #: What the fork server imports for Airflow 3 workloads: everything a task needs before
@@ -77,6 +78,8 @@ PRELOAD_OPTIONAL = (
     "airflow.providers.standard.operators.bash",
     "airflow.providers.standard.operators.python",
     "airflow.sdk.definitions.connection",
+    # Airflow 3.3+: what a TestConnection workload (a connection test from the UI) runs
+    "airflow.sdk.execution_time.connection_test_supervisor",
 )
 #: ... and for Airflow 2 ``python -m airflow tasks run``.
 PRELOAD_V2 = (
@@ -212,7 +215,7 @@ class AsyncLocalExecutor(BaseExecutor):  # type: ignore[misc,unused-ignore]  # A
     change_sensor_mode_to_reschedule: bool = False
     supports_ad_hoc_ti_run: bool = False
     supports_callbacks: bool = _ExecuteCallback is not None
-    supports_connection_test: bool = False  # not verified end to end yet
+    supports_connection_test: bool = _TestConnection is not None
     supports_multi_team: bool = False  # team-specific config is not honoured (yet)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -290,13 +290,20 @@ class Stack:
 
     # -- REST API
 
-    def api(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (200, 201)) -> Any:
+    def api(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        ok: tuple[int, ...] = (200, 201),
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(
             f"{self.base_url}/api/v2{path}",
             data=data,
             method=method,
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
+            headers={"Content-Type": "application/json", "Accept": "application/json", **(headers or {})},
         )
         # GETs only observe, so they are retried: 16 cold Airflow interpreters on 2 cores can
         # starve the api-server past one request's timeout, and its SQLite metadata database
@@ -442,6 +449,8 @@ def base_env(home: Path) -> dict[str, str]:
             "AIRFLOW__DATABASE__SQL_ALCHEMY_MAX_OVERFLOW": "100",
             # a 500 from the api-server then says which database error it was, not just an ID
             "AIRFLOW__API__EXPOSE_STACKTRACE": "True",
+            # Airflow 3.3+ runs a connection test from the UI as a workload on the executor
+            "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
         }
     )
     return env
@@ -993,6 +1002,69 @@ def scenario_callback(stack: Stack, res: Results) -> None:
     stack.wait_run("e2e_callback", run_id, timeout=180)
 
 
+def supports_connection_tests() -> bool:
+    """Whether this Airflow dispatches connection tests to executors (3.3+)."""
+    try:
+        from airflow.executors import workloads
+    except ImportError:
+        return False
+    return hasattr(workloads, "TestConnection")
+
+
+def scenario_connection_test(stack: Stack, res: Results) -> None:
+    """Two ``fs`` connection tests from the REST API, as the UI's Test button sends them.
+
+    The scheduler hands each to the executor as a ``TestConnection`` workload; the test runs
+    in a task process there and reports its verdict to the API server itself. One path
+    exists on this machine and one does not: the verdicts show the test ran where the
+    executor runs it (the path is checked there), and that a failing test is told apart.
+    """
+    present = stack.home / "dags"
+    missing = stack.home / f"no-such-dir-{secrets.token_hex(3)}"
+    offset = len(stack.scheduler_log())
+    tokens = {}
+    for name, path in (("present", present), ("missing", missing)):
+        body = {
+            "connection_id": f"e2e_fs_{name}",
+            "conn_type": "fs",
+            "extra": json.dumps({"path": str(path)}),
+        }
+        queued = stack.api("POST", "/connections/enqueue-test", body, ok=(202,))
+        tokens[name] = queued["token"]
+    results: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + 180
+    while len(results) < len(tokens) and time.monotonic() < deadline:
+        stack.assert_running("scheduler")
+        for name, token in tokens.items():
+            if name in results:
+                continue
+            got = stack.api(
+                "GET", "/connections/enqueue-test", headers={"Airflow-Connection-Test-Token": token}
+            )
+            if got["state"] in ("success", "failed"):
+                results[name] = got
+        time.sleep(0.5)
+    ok_result, bad_result = results.get("present", {}), results.get("missing", {})
+    res.check(
+        f"[{stack.name}] connection test of an existing path succeeded (TestConnection workload)",
+        ok_result.get("state") == "success" and str(present) in (ok_result.get("result_message") or ""),
+        repr(ok_result) if ok_result else "no verdict after 180s",
+    )
+    res.check(
+        f"[{stack.name}] connection test of a missing path failed with the hook's reason",
+        bad_result.get("state") == "failed" and "does not exist" in (bad_result.get("result_message") or ""),
+        repr(bad_result) if bad_result else "no verdict after 180s",
+    )
+    refused = "does not support connection testing" in stack.scheduler_log()[offset:]
+    res.check(f"[{stack.name}] the scheduler handed the tests to this executor", not refused)
+    logs = sorted((stack.async_dir / "logs").rglob("*ConnectionTestKey*"))
+    res.check(
+        f"[{stack.name}] each connection test ran as a task of this executor (its log file)",
+        len(logs) >= 2,
+        f"{len(logs)} log files: {[p.name for p in logs[:4]]}",
+    )
+
+
 def scenario_jwt(stack: Stack, res: Results, watch: JwtWatch) -> None:
     res.check(
         "JWT regex self-test",
@@ -1034,7 +1106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pss-parallelism", default="16,128", help="comma list; idle scheduler PSS at each")
     ap.add_argument("--no-compare-local", action="store_true", help="skip the LocalExecutor side-by-side run")
     ap.add_argument("--no-compare-cold", action="store_true", help="skip the fan-out with warm start off")
-    ap.add_argument("--scenarios", default="fanout,failures,callback,adopt,jwt,pss")
+    ap.add_argument("--scenarios", default="fanout,failures,callback,connection_test,adopt,jwt,pss")
     ap.add_argument("--fanout-runs", type=int, default=2)
     ap.add_argument("--require-adoption", action="store_true", help="treat pending adoption as a failure")
     ap.add_argument("--workdir", type=Path, default=None)
@@ -1107,6 +1179,8 @@ def main(argv: list[str] | None = None) -> int:
                     scenario_failures(stack, res)
                 if is_ours and "callback" in scenarios:
                     scenario_callback(stack, res)
+                if is_ours and "connection_test" in scenarios and supports_connection_tests():
+                    scenario_connection_test(stack, res)
                 if is_ours and "adopt" in scenarios:
                     drain = float(stack.env["AIRFLOW__ASYNC_EXECUTOR__DRAIN_TIMEOUT"])
                     grace = float(stack.env["AIRFLOW__ASYNC_EXECUTOR__KILL_GRACE"])

@@ -8,6 +8,7 @@ path (workloads through ``execute_workload``) is covered by ``run_e2e.py``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -32,8 +33,10 @@ from async_executor._airflow._executor import _engine_key  # noqa: E402
 from async_executor.airflow import AsyncLocalExecutor  # noqa: E402
 
 
-@pytest.fixture
-def executor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AsyncLocalExecutor]:
+@contextlib.contextmanager
+def _started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AsyncLocalExecutor]:
+    """An executor (parallelism 4) with its files under ``tmp_path``, started in the environment
+    as it is now; terminated at the end."""
     monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__LOG_DIR", str(tmp_path / "logs"))
     monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__WORKLOAD_DIR", str(tmp_path / "workloads"))
     monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__STATE_PATH", str(tmp_path / "state.db"))
@@ -41,8 +44,16 @@ def executor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AsyncL
     monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__DRAIN_TIMEOUT", "1")
     ex = AsyncLocalExecutor(parallelism=4)
     ex.start()
-    yield ex
-    ex.terminate()
+    try:
+        yield ex
+    finally:
+        ex.terminate()
+
+
+@pytest.fixture
+def executor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AsyncLocalExecutor]:
+    with _started(tmp_path, monkeypatch) as ex:
+        yield ex
 
 
 def key(task: str, try_number: int = 1) -> TaskInstanceKey:
@@ -450,3 +461,52 @@ def test_priority_weight_orders_the_tasks_held_ahead() -> None:
     assert _priority_weight(SimpleNamespace(ti=SimpleNamespace(priority_weight=7))) == 7
     assert _priority_weight(SimpleNamespace(ti=None)) == 1  # callbacks carry no task instance
     assert _priority_weight(SimpleNamespace(ti=SimpleNamespace(priority_weight="7"))) == 1
+
+
+def test_a_connection_test_workload_runs_as_a_task_and_reports_its_states(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Airflow 3.3+ hands the UI's connection tests to executors that support them.
+
+    No API server here (``run_e2e.py`` has the real round trip): the test's process cannot
+    reach one, so it fails, and what is checked is the executor's part: the workload is
+    accepted, runs as a task of this executor under the connection test's key, and its
+    states are the connection test's own.
+    """
+    import uuid
+
+    from airflow.executors import workloads
+
+    if not hasattr(workloads, "TestConnection"):
+        pytest.skip("this Airflow has no TestConnection workload (3.3+)")
+    from airflow.models.connection_test import ConnectionTestState
+
+    assert AsyncLocalExecutor.supports_connection_test
+    # nothing listens there: the connection test's API calls fail at once
+    monkeypatch.setenv(
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://127.0.0.1:{_closed_port()}/execution/"
+    )
+    workload = workloads.TestConnection.make(
+        connection_test_id=uuid.uuid4(), connection_id="live_fs", timeout=10
+    )
+    with _started(tmp_path, monkeypatch) as executor:
+        executor.queue_workload(workload, session=None)
+        assert workload.key in executor.queued_connection_tests
+        executor.heartbeat()  # hands it to the engine, as the scheduler's loop does
+        assert not executor.queued_connection_tests
+        assert workload.key in executor.running
+        got = wait_events(executor, {workload.key}, timeout=120)
+        states = [state for state, _ in got[workload.key]]
+        assert states[-1] == ConnectionTestState.FAILED, got
+        assert set(states) <= {ConnectionTestState.RUNNING, ConnectionTestState.FAILED}, got
+        assert workload.key not in executor.running
+        _, lines = executor.get_task_log(SimpleNamespace(key=workload.key), 1)
+        assert "".join(lines), "its captured output is there to read"
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
