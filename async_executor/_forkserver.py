@@ -79,6 +79,13 @@ def _prefixes(value: Any) -> tuple[str, ...]:
     return prefixes
 
 
+def _variables(value: Any) -> frozenset[str]:
+    names = frozenset((value,) if isinstance(value, str) else value)
+    if not all(isinstance(name, str) and name and "=" not in name for name in names):
+        raise ValueError(f"runtime_env takes environment variable names, not {value!r}")
+    return names
+
+
 def _preload(value: Any) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -97,7 +104,8 @@ class WarmStart:
     ``modules`` (``"pkg.*"`` allows a package's submodules), or ``-c`` when ``inline_code``
     is true; and when the task's environment overrides leave every variable that starts
     with one of ``match_env`` as the fork server has it (those shape the interpreter or the
-    pre-imported modules at import time, so a task that changes them is exec'd cold).
+    pre-imported modules at import time, so a task that changes them is exec'd cold), except
+    the variables named in ``runtime_env``.
     """
 
     #: Modules whose ``python -m MOD ...`` commands may start warm.
@@ -110,6 +118,9 @@ class WarmStart:
     python: str = attrs.field(factory=lambda: sys.executable)
     #: Environment variable prefixes a warm task must not change.
     match_env: tuple[str, ...] = attrs.field(default=("PYTHON",), converter=_prefixes)
+    #: Variables a warm task may change although ``match_env`` covers them: read only when
+    #: used, after the fork (the fork server sets a task's environment in ``os.environ``).
+    runtime_env: frozenset[str] = attrs.field(default=frozenset(), converter=_variables)
     #: Seconds the fork server may take to import ``preload`` (then tasks are exec'd cold).
     start_timeout: float = DEFAULT_START_TIMEOUT
     #: Start the fork server by forking the process that calls ``AsyncExecutor.start()``
@@ -148,7 +159,11 @@ class WarmStart:
             return False
         if env:
             for name, value in env.items():
-                if name.startswith(self.match_env) and base_env.get(name) != value:
+                if (
+                    name.startswith(self.match_env)
+                    and base_env.get(name) != value
+                    and name not in self.runtime_env
+                ):
                     return False
         return True
 
@@ -159,6 +174,7 @@ class WarmStart:
             "inline_code": self.inline_code,
             "python": self.python,
             "match_env": list(self.match_env),
+            "runtime_env": sorted(self.runtime_env),
             "start_timeout": self.start_timeout,
             "fork_from_caller": self.fork_from_caller,
         }

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from async_executor import AsyncExecutor, FailureReason, TaskState, WarmStart
@@ -142,6 +143,15 @@ def test_the_rule_decides_what_goes_warm() -> None:
     assert not rule.accepts((PY, "-m", "pkg.mod"), {"PYTHONPATH": "/y"}, env)
     assert not rule.accepts((PY, "-m", "pkg.mod"), {"AIRFLOW__CORE__X": "2"}, env)
     assert rule.accepts((PY, "-m", "pkg.mod"), {"PYTHONPATH": "/x", "OTHER": "z"}, env)
+    # ... except the variables named as read at run time
+    runtime = attrs.evolve(rule, runtime_env=("AIRFLOW__CORE__X",))
+    assert runtime.accepts((PY, "-m", "pkg.mod"), {"AIRFLOW__CORE__X": "2"}, env)
+    assert not runtime.accepts((PY, "-m", "pkg.mod"), {"AIRFLOW__CORE__X": "2", "AIRFLOW__CORE__Y": "1"}, env)
+    assert WarmStart.from_json(runtime.to_json()) == runtime
+    assert WarmStart(runtime_env="ONE").runtime_env == {"ONE"}  # a name, not its letters
+    for bad_names in (("",), ("A=B",), (3,)):
+        with pytest.raises(ValueError, match="variable names"):
+            WarmStart(runtime_env=bad_names)
     assert WarmStart(modules=("m",)).imports == ("m",)
     assert WarmStart(modules=("a.*", "b")).imports == ("b",)
     assert WarmStart(modules=("a.*",), preload=("a.core",)).imports == ("a.core",)

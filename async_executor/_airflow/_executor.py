@@ -50,6 +50,12 @@ AIRFLOW_V3 = _workloads is not None
 _ExecuteTask: Any = getattr(_workloads, "ExecuteTask", None)
 _ExecuteCallback: Any = getattr(_workloads, "ExecuteCallback", None)
 _TestConnection: Any = getattr(_workloads, "TestConnection", None)
+_base_executor: Any = importlib.import_module("airflow.executors.base_executor")
+#: Team executors (``[core] multi_team``): config per team, and the team's Execution API URL.
+MULTI_TEAM = all(hasattr(_base_executor, name) for name in ("ExecutorConf", "get_execution_api_server_url"))
+#: Where a task's supervisor sends its Execution API calls. Read when the task runs (not at
+#: import), so a team executor's tasks set it and still start warm.
+API_URL_VARIABLE = "AIRFLOW__CORE__EXECUTION_API_SERVER_URL"
 
 WORKLOAD_MODULE = "airflow.sdk.execution_time.execute_workload"
 #: What the fork server imports for Airflow 3 workloads: everything a task needs before
@@ -139,9 +145,12 @@ class Settings:
     queue_ahead: int | None = None  # None: as many as [core] parallelism
 
     @classmethod
-    def from_conf(cls, conf: Any) -> Settings:
+    def from_conf(cls, conf: Any, team_name: str | None = None) -> Settings:
+        """Read from ``conf``; a team executor's default directories are its team's own."""
         home = os.environ.get("AIRFLOW_HOME") or str(Path("~/airflow").expanduser())
         base = os.path.join(home, "async_executor")
+        if team_name:
+            base = os.path.join(base, "teams", team_name)
 
         def get(key: str, default: str) -> str:
             value = conf.get(SECTION, key, fallback=None)
@@ -216,7 +225,7 @@ class AsyncLocalExecutor(BaseExecutor):  # type: ignore[misc,unused-ignore]  # A
     supports_ad_hoc_ti_run: bool = False
     supports_callbacks: bool = _ExecuteCallback is not None
     supports_connection_test: bool = _TestConnection is not None
-    supports_multi_team: bool = False  # team-specific config is not honoured (yet)
+    supports_multi_team: bool = MULTI_TEAM
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -227,6 +236,7 @@ class AsyncLocalExecutor(BaseExecutor):  # type: ignore[misc,unused-ignore]  # A
         self._tracked: dict[Any, _Tracked] = {}  # engine key -> what we know
         self._quiet: set[Any] = set()  # revoked: their engine events are swallowed
         self._start_failures: list[tuple[Any, str]] = []  # Airflow 2: reported at the next sync()
+        self._team_env: dict[str, str] = {}  # a team executor's: its tasks' Execution API URL
 
     # ------------------------------------------------------------------ slots
 
@@ -270,7 +280,7 @@ class AsyncLocalExecutor(BaseExecutor):  # type: ignore[misc,unused-ignore]  # A
     @property
     def settings(self) -> Settings:
         if self._settings is None:
-            self._settings = Settings.from_conf(self._conf())
+            self._settings = Settings.from_conf(self._conf(), getattr(self, "team_name", None))
         return self._settings
 
     def _conf(self) -> Any:
@@ -302,11 +312,15 @@ class AsyncLocalExecutor(BaseExecutor):  # type: ignore[misc,unused-ignore]  # A
         if AIRFLOW_V3:
             self._files = WorkloadFiles(settings.workload_dir)
             self._files.open()
+        if MULTI_TEAM and getattr(self, "team_name", None):
+            # as LocalExecutor's team workers do: the team's own URL, from the team's config
+            self._team_env = {API_URL_VARIABLE: _base_executor.get_execution_api_server_url(self._conf())}
         inner.start()
         self._inner = inner
         self.log.info(
-            "async_executor started: parallelism=%s warm start=%s log_dir=%s journal=%s "
+            "async_executor started%s: parallelism=%s warm start=%s log_dir=%s journal=%s "
             "workload files=%s (inotify %s)",
+            f" for team {self.team_name!r}" if self._team_env else "",
             parallelism,
             "on" if settings.warm_start else "off",
             settings.log_dir,
@@ -331,6 +345,7 @@ class AsyncLocalExecutor(BaseExecutor):  # type: ignore[misc,unused-ignore]  # A
             modules=modules,
             preload=preload,
             match_env=("PYTHON", "AIRFLOW"),
+            runtime_env=(API_URL_VARIABLE,),
             # forked from the scheduler at start(), as LocalExecutor's workers are: it shares
             # the Airflow the scheduler imported instead of importing its own (~100 MB)
             fork_from_caller=settings.warm_fork_scheduler,
@@ -357,6 +372,9 @@ class AsyncLocalExecutor(BaseExecutor):  # type: ignore[misc,unused-ignore]  # A
             path: str | None = None
             try:
                 options = _task_options(getattr(getattr(workload, "ti", None), "executor_config", None))
+                if self._team_env:  # a task's own env (executor_config) has the last word
+                    own = options.get("env", {})
+                    options["env"] = {**self._team_env, **own} if isinstance(own, Mapping) else own
                 path = files.write(workload.model_dump_json())
                 inner.execute_async(
                     engine_key,
@@ -519,6 +537,20 @@ class AsyncLocalExecutor(BaseExecutor):  # type: ignore[misc,unused-ignore]  # A
         self.sync()
         if self._files is not None:
             self._files.close()
+        inner = self._inner
+        if inner is not None:
+            stats = inner.statistics()
+            self.log.info(
+                "async_executor%s: ended; launched %d task(s) (%d warm): %d succeeded, %d failed "
+                "(%d timed out, %d terminated)",
+                f" for team {self.team_name!r}" if self._team_env else "",
+                stats.launched,
+                stats.warm_launched,
+                stats.succeeded,
+                stats.failed,
+                stats.timed_out,
+                stats.terminated,
+            )
 
     # ------------------------------------------------------------------ revoke / stuck / adopt
 

@@ -32,26 +32,29 @@ def get_provider_info() -> dict[str, Any]:
                 "options": {
                     "state_path": {
                         "description": "SQLite journal of task state, used to adopt running tasks "
-                        "after a scheduler restart (when the installed async_executor has a journal).",
+                        "after a scheduler restart. Empty: {AIRFLOW_HOME}/async_executor/state.db "
+                        "({AIRFLOW_HOME}/async_executor/teams/TEAM/state.db for a team's executor).",
                         "version_added": "0.1.0",
                         "type": "string",
                         "example": None,
-                        "default": "{AIRFLOW_HOME}/async_executor/state.db",
+                        "default": "",
                     },
                     "log_dir": {
-                        "description": "Directory of each task process's captured stdout/stderr.",
+                        "description": "Directory of each task process's captured stdout/stderr. Empty: "
+                        "{AIRFLOW_HOME}/async_executor/logs (under teams/TEAM/ for a team's executor).",
                         "version_added": "0.1.0",
                         "type": "string",
                         "example": None,
-                        "default": "{AIRFLOW_HOME}/async_executor/logs",
+                        "default": "",
                     },
                     "workload_dir": {
                         "description": "0700 directory of one-shot workload files (they hold a JWT "
-                        "and are removed as soon as the task process has read them).",
+                        "and are removed as soon as the task process has read them). Empty: "
+                        "{AIRFLOW_HOME}/async_executor/workloads (under teams/TEAM/ for a team's executor).",
                         "version_added": "0.1.0",
                         "type": "string",
                         "example": None,
-                        "default": "{AIRFLOW_HOME}/async_executor/workloads",
+                        "default": "",
                     },
                     "kill_grace": {
                         "description": "Seconds between SIGTERM and SIGKILL when a task is stopped.",

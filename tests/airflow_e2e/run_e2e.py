@@ -690,6 +690,12 @@ def compile_our_package() -> None:
     log(f"bytecode written for {pkg}")
 
 
+def stop_and_check(stack: Stack, res: Results) -> None:
+    stack.stop_all()
+    left = [p for p in pids_with_home(stack.home) if alive(p)]
+    res.check(f"[{stack.name}] every process of this stack is gone after shutdown", not left, str(left))
+
+
 def start_stack(stack: Stack, dag_ids: list[str]) -> None:
     stack.start(
         "api-server", "api-server", "--host", "127.0.0.1", "--port", str(stack.api_port), "--workers", "1"
@@ -1065,6 +1071,102 @@ def scenario_connection_test(stack: Stack, res: Results) -> None:
     )
 
 
+TEAM = "team_e2e"
+#: One task that returns (as its XCom) the Execution API URL its supervisor was given.
+API_URL_DAG = """
+import datetime
+
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import DAG
+
+with DAG(dag_id={dag_id!r}, schedule=None, start_date=datetime.datetime(2024, 1, 1), catchup=False):
+    BashOperator(task_id="api_url", bash_command='echo "$AIRFLOW__CORE__EXECUTION_API_SERVER_URL"')
+"""
+
+
+def supports_teams() -> bool:
+    """Whether this Airflow has team executors ([core] multi_team) and our adapter takes part."""
+    from async_executor._airflow._executor import MULTI_TEAM
+
+    return MULTI_TEAM
+
+
+def teams_stack(root: Path, executor: str, template_db: Path, parallelism: int) -> Stack:
+    """A multi-team Airflow: our executor for everyone, and another one of it for TEAM.
+
+    TEAM's DAGs live in a bundle of their own; its Execution API URL is a second spelling of
+    the same api-server (``localhost`` for ``127.0.0.1``), set only in TEAM's config.
+    """
+    stack = Stack("teams", root, executor, template_db, parallelism)
+    team_dags = stack.home / "team_dags"
+    team_dags.mkdir()
+    (stack.home / "dags" / "e2e_api_url.py").write_text(API_URL_DAG.format(dag_id="e2e_api_url"))
+    (team_dags / "e2e_team_api_url.py").write_text(API_URL_DAG.format(dag_id="e2e_team_api_url"))
+    local_bundle = "airflow.dag_processing.bundles.local.LocalDagBundle"
+    bundles = [
+        {"name": "dags-folder", "classpath": local_bundle, "kwargs": {}},
+        {
+            "name": "team-dags",
+            "classpath": local_bundle,
+            "kwargs": {"path": str(team_dags)},
+            "team_name": TEAM,
+        },
+    ]
+    stack.env.update(
+        {
+            "AIRFLOW__CORE__MULTI_TEAM": "True",
+            "AIRFLOW__CORE__EXECUTOR": f"{executor};{TEAM}={executor}",
+            "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles),
+            f"AIRFLOW__{TEAM.upper()}___CORE__EXECUTION_API_SERVER_URL": (
+                f"http://localhost:{stack.api_port}/execution/"
+            ),
+        }
+    )
+    subprocess.run(
+        [*airflow_argv(), "teams", "create", TEAM],
+        env=stack.env,
+        cwd=stack.home,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=300,
+    )
+    return stack
+
+
+def scenario_teams(stack: Stack, res: Results) -> None:
+    """One task of a global DAG and one of TEAM's: each runs on its own executor, with its URL."""
+    run_id = f"teams_{secrets.token_hex(3)}"
+    expected = {
+        "e2e_api_url": (stack.env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"], stack.async_dir / "logs"),
+        "e2e_team_api_url": (
+            stack.env[f"AIRFLOW__{TEAM.upper()}___CORE__EXECUTION_API_SERVER_URL"],
+            stack.async_dir / "teams" / TEAM / "logs",
+        ),
+    }
+    for dag_id in expected:
+        stack.trigger(dag_id, run_id)
+    for dag_id, (url, log_dir) in expected.items():
+        state = stack.wait_run(dag_id, run_id, timeout=300)
+        res.check(f"[{stack.name}] {dag_id} succeeded", state["state"] == "success", state["state"])
+        xcom = stack.api(
+            "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/api_url/xcomEntries/return_value"
+        )
+        got = str(xcom.get("value")).strip().strip('"')
+        res.check(
+            f"[{stack.name}] {dag_id}: its task's supervisor was given {url}", got == url, f"got {got!r}"
+        )
+        logs = sorted(p.name for p in log_dir.glob(f"{dag_id}__*")) if log_dir.exists() else []
+        res.check(
+            f"[{stack.name}] {dag_id} ran on the executor whose logs are {log_dir}", bool(logs), str(logs)
+        )
+    started = re.findall(r"async_executor started( for team '\w+')?:", stack.scheduler_log())
+    res.check(
+        f"[{stack.name}] the scheduler started two of our executors, one of them {TEAM}'s",
+        sorted(started) == ["", f" for team '{TEAM}'"],
+        str(started),
+    )
+
+
 def scenario_jwt(stack: Stack, res: Results, watch: JwtWatch) -> None:
     res.check(
         "JWT regex self-test",
@@ -1106,7 +1208,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pss-parallelism", default="16,128", help="comma list; idle scheduler PSS at each")
     ap.add_argument("--no-compare-local", action="store_true", help="skip the LocalExecutor side-by-side run")
     ap.add_argument("--no-compare-cold", action="store_true", help="skip the fan-out with warm start off")
-    ap.add_argument("--scenarios", default="fanout,failures,callback,connection_test,adopt,jwt,pss")
+    ap.add_argument("--scenarios", default="fanout,failures,callback,connection_test,adopt,jwt,pss,teams")
     ap.add_argument("--fanout-runs", type=int, default=2)
     ap.add_argument("--require-adoption", action="store_true", help="treat pending adoption as a failure")
     ap.add_argument("--workdir", type=Path, default=None)
@@ -1200,9 +1302,22 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(stack, "pss_after", None):
                 pss[f"{name}+"] = stack.pss_after  # type: ignore[attr-defined]
             probes.update(getattr(stack, "probe", {}))
-            stack.stop_all()
-            left = [p for p in pids_with_home(stack.home) if alive(p)]
-            res.check(f"[{name}] every process of this stack is gone after shutdown", not left, str(left))
+            stop_and_check(stack, res)
+        if "teams" in scenarios and args.executor != LOCAL_EXECUTOR and supports_teams():
+            log(f"=== stack teams: {args.executor} for all, and another for {TEAM} ===")
+            stack = teams_stack(root, args.executor, template_db, args.parallelism)
+            stacks.append(stack)
+            start_stack(stack, ["e2e_api_url", "e2e_team_api_url"])
+            scenario_teams(stack, res)
+            stop_and_check(stack, res)
+            ended = re.search(
+                rf"for team '{TEAM}': ended; launched (\d+) task\(s\) \((\d+) warm\)", stack.scheduler_log()
+            )
+            res.check(
+                f"[teams] {TEAM}'s task started warm (its Execution API URL does not make it cold)",
+                ended is not None and ended.group(1) == ended.group(2) != "0",
+                ended.group(0) if ended else "no end line for the team's executor in the scheduler log",
+            )
     except Exception as e:
         import traceback
 

@@ -510,3 +510,38 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_a_team_executor_has_its_own_directories_and_its_teams_api_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``[core] multi_team``: one of ours per team, each with the team's config only (as
+    Airflow reads team-scoped options: the team's own values, else the defaults)."""
+    from async_executor._airflow._executor import API_URL_VARIABLE, MULTI_TEAM
+
+    if not MULTI_TEAM:
+        pytest.skip("this Airflow has no team executors")
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW__CORE__MULTI_TEAM", "True")
+    monkeypatch.setenv("AIRFLOW__ASYNC_EXECUTOR__STATE_PATH", str(tmp_path / "global.db"))  # not the team's
+    monkeypatch.setenv("AIRFLOW__TEAM_X___ASYNC_EXECUTOR__KILL_GRACE", "7")
+    monkeypatch.setenv("AIRFLOW__TEAM_X___CORE__EXECUTION_API_SERVER_URL", "http://team-x.invalid/execution/")
+    assert AsyncLocalExecutor.supports_multi_team
+    team = AsyncLocalExecutor(parallelism=2, team_name="team_x")
+    own = tmp_path / "async_executor" / "teams" / "team_x"
+    assert team.settings.state_path == str(own / "state.db")
+    assert team.settings.log_dir == str(own / "logs")
+    assert team.settings.workload_dir == str(own / "workloads")
+    assert team.settings.kill_grace == 7
+    assert AsyncLocalExecutor(parallelism=2).settings.state_path == str(tmp_path / "global.db")
+    team.start()
+    try:
+        assert team._team_env == {API_URL_VARIABLE: "http://team-x.invalid/execution/"}
+        rule = team._warm_start(team.settings)
+        assert rule is not None
+        argv = (sys.executable, "-m", "airflow.sdk.execution_time.execute_workload", "--json-path", "f")
+        # the team's URL in a task's environment does not make it cold
+        assert rule.accepts(argv, team._team_env, dict(os.environ))
+        assert not rule.accepts(argv, {"AIRFLOW__CORE__DAGS_FOLDER": "/elsewhere"}, dict(os.environ))
+    finally:
+        team.terminate()
