@@ -571,12 +571,27 @@ class AsyncLocalExecutor(BaseExecutor):  # type: ignore[misc,unused-ignore]  # A
                 f"{key} waits for a slot here, it is not stuck: it starts when one frees"
             )
         self.queued_tasks.pop(key, None)
+        self._stop_quietly(key)
+
+    def fail_connection_test(self, key: Any) -> None:
+        """Airflow 3.3's reaper failed a connection test (past its timeout and grace).
+
+        Airflow only forgets it (LocalExecutor's worker runs it on); here its process, if it
+        still runs, is stopped as a revoked task's is, and reports nothing more.
+        """
+        super().fail_connection_test(key)
+        self._stop_quietly(key)
+
+    def _stop_quietly(self, key: Any) -> None:
+        """Stop ``key``'s process if it is ours and forget it: no event, not ``running``."""
+        engine_key = _engine_key(key)
+        inner = self._inner
         if inner is not None and inner.has_task(engine_key):
             self._quiet.add(engine_key)
             try:
                 inner.cancel_task(engine_key)
             except Exception:
-                self.log.exception("could not revoke %s", key)
+                self.log.exception("could not stop %s", key)
         self.running.discard(key)
         self.event_buffer.pop(key, None)
 

@@ -545,3 +545,49 @@ def test_a_team_executor_has_its_own_directories_and_its_teams_api_url(
         assert not rule.accepts(argv, {"AIRFLOW__CORE__DAGS_FOLDER": "/elsewhere"}, dict(os.environ))
     finally:
         team.terminate()
+
+
+def test_a_connection_test_the_reaper_fails_is_stopped_and_reports_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``fail_connection_test`` (Airflow 3.3's reaper): the test's process is stopped, not left."""
+    import socket
+    import uuid
+
+    from airflow.executors import workloads
+
+    if not hasattr(workloads, "TestConnection"):
+        pytest.skip("this Airflow has no TestConnection workload (3.3+)")
+    with socket.socket() as silent:  # accepts connections, never answers: the test hangs
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        monkeypatch.setenv("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://127.0.0.1:{port}/execution/")
+        workload = workloads.TestConnection.make(
+            connection_test_id=uuid.uuid4(), connection_id="hangs", timeout=60
+        )
+        with _started(tmp_path, monkeypatch) as executor:
+            executor.queue_workload(workload, session=None)
+            executor.heartbeat()
+            engine_key = _engine_key(workload.key)
+            inner = executor._require_inner()
+            deadline = time.monotonic() + 60
+            pid = None
+            while pid is None and time.monotonic() < deadline:
+                executor.sync()
+                pid = inner._engine.pid_of(engine_key)  # read across threads: a test's peek
+                time.sleep(0.05)
+            assert pid is not None, "the connection test never started"
+            time.sleep(1)  # it is now waiting for an answer that does not come
+            assert pid_alive(pid)
+            executor.fail_connection_test(workload.key)
+            assert workload.key not in executor.running
+            deadline = time.monotonic() + 20
+            while pid_alive(pid) and time.monotonic() < deadline:
+                executor.sync()
+                time.sleep(0.05)
+            assert not pid_alive(pid), "its process was left running"
+            for _ in range(20):
+                executor.sync()
+                time.sleep(0.05)
+            assert workload.key not in executor.get_event_buffer()
