@@ -1074,6 +1074,12 @@ def test_bad_command_lines_exit_2_and_start_nothing(tmp_path: Path) -> None:
         (("echo", ":::+", "a"), ":::+ links to the input source before it"),
         (("echo", "::::", "missing"), "cannot read input file missing"),
         (("echo", "a", "b"), "expected one JOBFILE"),
+        (("-n", "2", "echo", ":::", "a", ":::", "b"), "-n/-N takes one input source, not 2"),
+        (("-n", "2", "--colsep", ",", "echo", ":::", "a"), "-n/-N and --colsep cannot be used together"),
+        (("-n", "2", "jobs.txt"), "-n/-N needs a command"),
+        (("-n", "2", "-N", "3", "echo", ":::", "a"), "-n 2 and -N 3 disagree"),
+        (("-n", "-1", "echo", ":::", "a"), "-1 is not in the range x>=0"),
+        (("-n", "2", "echo", "{3}", ":::", "a"), "{3} names input source 3, but there is"),
     ]:
         result = ae(tmp_path, "run", *args)
         assert result.returncode == 2, (args, result.stderr)
@@ -1090,11 +1096,17 @@ def test_same_lines_and_outputs_as_gnu_parallel(tmp_path: Path) -> None:
         ["--tag", "printf", "'%s\\n\\n%s'", ":::", "a b", "c", ":::", "1"],
         ["-a", "list", "-a", "-", "echo", "{2}{1}"],
         ["--colsep", "\\t", "echo", "{2/.}:{1}", "::::", "table"],
+        ["--colsep", "\\t", "echo", "{3}x", "{2}", "::::", "table"],  # no third column: nothing
         ["echo", "{}", "{.}", "{/}", "{//}", "{/.}", "{#}", ":::", "a/b.c", "/x", "sp ace.d/f", "it's"],
         ["echo", ":::", "A", "B", "C", ":::+", "1", "2", ":::", "x", "y"],
         ["echo", "{2}-{1/}", "::::", "list", ":::", "1", "2"],
         ["printf", "'<%s>\\n'", ":::", "$(id)", "a;b", "#c", "*"],
         [":::", "echo one", "sh -c 'exit 3'", "echo 'two  words'"],
+        ["-n", "2", "echo", ":::", "a", "b c", "d"],
+        ["-N", "2", "--tag", "echo", "{2}-{1}", "{#}", "::::", "list"],
+        ["-n", "3", "echo", "{/.}", "{3}", ":::", "a/b.c", "d.e", "f", "g/h"],
+        ["-N0", "echo", "hi", "{#}", ":::", "a", "b"],
+        ["-n", "2", "-a", "-", "echo"],
     ]
     for case in cases:
         stdin = "s1\ns2\n"

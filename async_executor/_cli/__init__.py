@@ -239,6 +239,25 @@ def cli() -> None:
     help="Split each argument into columns at REGEXP (Python syntax): {N} is then column N.",
 )
 @click.option(
+    "-n",
+    "--max-args",
+    "max_args",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Up to N arguments per job (one input source): {} is all of them, {K} the K-th;"
+    " 0: a job per argument, without it.",
+)
+@click.option(
+    "-N",
+    "--max-replace-args",
+    "max_replace_args",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="The same as -n (as in GNU parallel for one input source).",
+)
+@click.option(
     "-0",
     "--null",
     is_flag=True,
@@ -294,6 +313,8 @@ def run(
     keep_order: bool,
     tag: bool,
     colsep: str | None,
+    max_args: int | None,
+    max_replace_args: int | None,
     null: bool,
     arg_files: tuple[str, ...],
     quiet: bool,
@@ -325,7 +346,8 @@ def run(
     {N/.}, {#} (the job's number), {%} (its slot, 1 to -j). A command without them gets the
     values appended; with no command each value is a line. The result is a job line, run as
     above (--dry-run prints them), its LINE being the job's number; the run is named after the
-    program. Options go before COMMAND.
+    program. Options go before COMMAND. With -n N (one input source) each job takes up to N
+    arguments; its LINE is still the job's number.
 
     From a pipe or a terminal, each line starts as soon as it is read, like GNU parallel
     (`tail -f queue | async-executor run -` is a job queue), unless --resume, --retry-failed
@@ -352,12 +374,22 @@ def run(
                 f"expected one JOBFILE, or a command in GNU parallel's form (COMMAND ... ::: ARG ...), "
                 f"got {len(args)} arguments and no ::: or :::: (options go before JOBFILE)"
             )
-        for given, name in ((colsep is not None, "--colsep"), (null, "-0/--null")):
+        for given, name in (
+            (colsep is not None, "--colsep"),
+            (null, "-0/--null"),
+            (max_args is not None or max_replace_args is not None, "-n/-N"),
+        ):
             if given:
                 raise click.UsageError(f"{name} needs a command (COMMAND ... :::: FILE, or -a FILE)")
         plan = _jobfile_plan(args[0], shell, whole)
     else:
-        plan = _template_plan(*form, shell, whole or null, _column_separator(colsep), null)
+        if max_args is not None and max_replace_args is not None and max_args != max_replace_args:
+            raise click.UsageError(f"-n {max_args} and -N {max_replace_args} disagree: give one")
+        per_job = max_args if max_args is not None else max_replace_args
+        # -n groups values: standard input is then read whole (a job waits for its N values)
+        plan = _template_plan(
+            *form, shell, whole or null or per_job is not None, _column_separator(colsep), null, per_job
+        )
     if dry_run:
         for job in plan.jobs:  # tagged as GNU parallel tags them
             click.echo(f"{job.tag}\t{job.text}" if tag else job.text)
@@ -469,12 +501,14 @@ def _template_plan(
     whole: bool,
     colsep: re.Pattern[str] | None = None,
     null: bool = False,
+    max_args: int | None = None,
 ) -> _Plan:
-    """GNU parallel's form (see ``template.py``)."""
+    """GNU parallel's form (see ``template.py``); ``max_args``: ``-n``/``-N``."""
     from .template import (
         CommandTemplate,
         TemplateError,
         TemplateParser,
+        check_max_args,
         read_source_lines,
         sources_from_groups,
         template_jobs,
@@ -488,14 +522,18 @@ def _template_plan(
 
     try:
         sources = sources_from_groups(groups, read_file)
-        template = CommandTemplate(tuple(command), shell=shell, sources=len(sources), colsep=colsep)
+        if max_args is not None:
+            check_max_args(max_args, sources, colsep)
+        # with -n N, {K} names the K-th value of a job (up to N) rather than a source
+        names = max(max_args or 1, len(sources)) if max_args is not None else len(sources)
+        template = CommandTemplate(tuple(command), shell=shell, sources=names, colsep=colsep)
     except TemplateError as exc:
         raise click.UsageError(str(exc)) from None
     name = _command_run_name(command)
     if streams:
         return _Plan([], TemplateParser(template), name, renames=True)
     try:
-        jobs = template_jobs(template, sources, "<input>")
+        jobs = template_jobs(template, sources, "<input>", max_args)
     except JobFileError as exc:
         raise click.UsageError(f"{exc}; nothing was started") from None
     return _Plan(jobs, None, name, renames=True)

@@ -22,6 +22,10 @@ Replacement strings: ``{}`` (the values, blank-separated), ``{.}`` (without the 
 column N), ``{#}`` (the job's number), ``{%}`` (the job's slot: the lowest number from 1 to -j
 that no running job holds, given when the job starts). A command with none of them gets the
 values appended. With no command at all, each value is itself a job line.
+
+``-n N`` / ``-N N`` (one input source): each job takes up to N values instead of one; ``{}``
+is all of them, ``{K}`` the K-th (empty past the last), ``{.}`` and the like apply to each. With
+``-N 0`` each value still makes a job, but none goes into it.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ __all__ = [
     "InputSource",
     "TemplateError",
     "TemplateParser",
+    "check_max_args",
     "combinations",
     "parse_command_line",
     "read_source_lines",
@@ -145,8 +150,8 @@ class CommandTemplate:
             number = match.group(1)
             if not number:
                 chosen: Sequence[str] = values
-            else:  # past the last column (--colsep): empty
-                chosen = (values[int(number) - 1] if int(number) <= len(values) else "",)
+            else:  # past the last column (--colsep) or value (-n): nothing, not even ''
+                chosen = values[int(number) - 1 : int(number)]
             return " ".join(shlex.quote(transform(value)) for value in chosen)
 
         return _REPLACEMENT.sub(replace, self.template)
@@ -253,14 +258,44 @@ def combinations(sources: Sequence[InputSource]) -> Iterator[tuple[str, ...]]:
         yield tuple(value for part in combination for value in part)
 
 
-def template_jobs(template: CommandTemplate, sources: Sequence[InputSource], source: str) -> list[Job]:
-    """All the jobs of a template over sources that are all read (raises as :meth:`CommandTemplate.job`)."""
+def template_jobs(
+    template: CommandTemplate, sources: Sequence[InputSource], source: str, max_args: int | None = None
+) -> list[Job]:
+    """All the jobs of a template over sources that are all read (raises as :meth:`CommandTemplate.job`).
+
+    ``max_args`` (``-n``/``-N``, one source only): up to that many values per job, in order;
+    0: one job per value, without it.
+    """
+    rows: Iterator[tuple[str, ...]] = combinations(sources)
+    if max_args is not None:
+        rows = _grouped(rows, max_args)
     jobs: list[Job] = []
-    for number, values in enumerate(combinations(sources), start=1):
+    for number, values in enumerate(rows, start=1):
         job = template.job(values, len(jobs) + 1, number, source)
         if job is not None:
             jobs.append(job)
     return jobs
+
+
+def check_max_args(max_args: int, sources: Sequence[InputSource], colsep: re.Pattern[str] | None) -> None:
+    """:class:`TemplateError` unless ``-n``/``-N`` can apply: one input source, no ``--colsep``."""
+    if max_args < 0:
+        raise TemplateError(f"-n/-N takes a number of values per job (0 or more), not {max_args}")
+    if len(sources) != 1:
+        raise TemplateError(f"-n/-N takes one input source, not {len(sources)}")
+    if colsep is not None:
+        raise TemplateError("-n/-N and --colsep cannot be used together")
+
+
+def _grouped(rows: Iterator[tuple[str, ...]], size: int) -> Iterator[tuple[str, ...]]:
+    """The values of one-value rows, ``size`` to a job (``0``: each row, with no value)."""
+    if size == 0:
+        for _ in rows:
+            yield ()
+        return
+    values = (row[0] for row in rows)
+    while chunk := tuple(itertools.islice(values, size)):
+        yield chunk
 
 
 class TemplateParser(JobParser):
