@@ -651,9 +651,17 @@ class AsyncExecutor:
     async def run(
         self, key: Any, command: Any, *, priority: int = 1, try_number: int | None = None, **options: Any
     ) -> TaskInfo:
-        """Submit a task and wait for its outcome."""
+        """Submit a task and wait for its outcome.
+
+        Cancelled while it waits, it stops the task (as ``TaskHandle.cancel()``) and re-raises:
+        no one else holds the task's handle, so it would run on unobserved, holding its key.
+        """
         handle = await self.submit(key, command, priority=priority, try_number=try_number, **options)
-        return await handle.wait()
+        try:
+            return await handle.wait()
+        except asyncio.CancelledError:
+            handle.cancel()
+            raise
 
     def as_completed(
         self, handles: Iterable[TaskHandle], *, timeout: float | None = None

@@ -154,6 +154,25 @@ async def test_cancel_a_handle(log_dir: Path) -> None:
     assert not pid_alive(pid)
 
 
+async def test_cancelling_run_stops_its_task_and_frees_its_key(log_dir: Path, tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    async with AsyncExecutor(parallelism=2, log_dir=log_dir, kill_grace=0.5) as ex:
+        with anyio.move_on_after(1) as scope:
+            await ex.run("slow", ["sh", "-c", f"echo $$ > {pidfile}; exec sleep 30"])
+        assert scope.cancelled_caught
+        pid = int(pidfile.read_text())
+        with anyio.fail_after(10):
+            while pid_alive(pid):
+                await anyio.sleep(0.05)
+            while True:  # the key is free again once the stopped task has its outcome
+                try:
+                    info = await ex.run("slow", ["true"])
+                    break
+                except DuplicateTaskError:
+                    await anyio.sleep(0.05)
+        assert info.succeeded
+
+
 async def test_exception_in_body_terminates_tasks(log_dir: Path) -> None:
     handles = []
     with pytest.raises(ZeroDivisionError):
