@@ -24,7 +24,7 @@ that no running job holds, given when the job starts). A command with none of th
 values appended. With no command at all, each value is itself a job line.
 
 ``-n N`` / ``-N N`` (one input source): each job takes up to N values instead of one; ``{}``
-is all of them, ``{K}`` the K-th (empty past the last), ``{.}`` and the like apply to each. With
+is all of them, ``{K}`` the K-th (nothing past the last), ``{.}`` and the like apply to each. With
 ``-N 0`` each value still makes a job, but none goes into it.
 """
 
@@ -105,7 +105,7 @@ class CommandTemplate:
     #: How many input sources there are (``{N}`` must name one of them).
     sources: int = 1
     #: ``--colsep``: each value is split into columns at this pattern, and ``{N}`` is column N
-    #: (of all the sources' columns in a row; a column a row lacks is empty, as in GNU parallel).
+    #: (of all the sources' columns in a row; a column a row lacks gives nothing, as in GNU parallel).
     colsep: re.Pattern[str] | None = None
     #: The command's words joined (worked out once, in ``__attrs_post_init__``).
     template: str = attrs.field(init=False, default="")
