@@ -7,6 +7,7 @@ another, the slower one waits for a file or sleeps long enough, and only outcome
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import shutil
@@ -1240,3 +1241,34 @@ def test_bar_shows_progress_on_stderr_when_stdout_is_redirected(tmp_path: Path, 
     assert (tmp_path / "out").read_text() == "".join(f"task-{i}\n" for i in range(20))  # only the output
     assert ("done 20" in screen and "ETA" in screen) is bar, screen  # the live display, on stderr
     assert "20 tasks in" in screen  # the summary, either way
+
+
+def test_delay_spaces_the_starts_of_tasks_and_retries(tmp_path: Path) -> None:
+    """``--delay``: each start at least that long after the one before (GNU parallel's), the
+    first at once; a retry is a start too."""
+    path = jobfile(tmp_path, ["true", "true", "sh -c 'test -e again || { touch again; exit 1; }'", "true"])
+    result = ae(
+        tmp_path,
+        "run",
+        "-j",
+        "4",
+        "--delay",
+        "0.3",
+        "--retries",
+        "1",
+        "--backoff",
+        "0",
+        "--joblog",
+        "log.tsv",
+        str(path),
+    )
+    assert result.returncode == 0, result.stderr
+    starts = sorted(float(row["Starttime"]) for row in joblog_rows(tmp_path / "log.tsv"))
+    assert len(starts) == 4  # a row per line (its last try)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    assert min(gaps) >= 0.3 - 0.02, gaps  # a lower bound (what --delay promises), not a speed
+    # five starts in all (the failed first try has no row): four delays from the first to the last
+    assert starts[-1] - starts[0] >= 4 * (0.3 - 0.02), starts
+    for bad in ("-1", "soon"):
+        refused = ae(tmp_path, "run", "--delay", bad, str(path))
+        assert refused.returncode == 2 and "--delay" in refused.stderr

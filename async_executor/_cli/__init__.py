@@ -196,6 +196,13 @@ def cli() -> None:
     help="Wait before the first retry; doubled for each further retry (at most 60 s).",
 )
 @click.option(
+    "--delay",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="SECONDS",
+    help="Start tasks at least this far apart (GNU parallel's --delay; the first at once).",
+)
+@click.option(
     "--halt",
     type=HaltType(),
     default="never",
@@ -305,6 +312,7 @@ def run(
     timeout: float | None,
     retries: int,
     backoff: float,
+    delay: float,
     halt: HaltPolicy,
     shell: bool,
     dry_run: bool,
@@ -415,6 +423,7 @@ def run(
         timeout=timeout,
         retries=retries,
         backoff=backoff,
+        delay=delay,
         halt=halt,
         joblog=joblog,
         results=results,

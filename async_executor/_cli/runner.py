@@ -56,6 +56,8 @@ class RunConfig:
     timeout: float | None = None
     retries: int = 0
     backoff: float = 0.5
+    #: ``--delay``: seconds between the starts of two tasks (retries included).
+    delay: float = 0.0
     halt: HaltPolicy = NEVER
     joblog: str | None = None
     results: str | None = None
@@ -166,6 +168,9 @@ class Runner:
         #: Lines whose backoff is over, to try again as soon as there is room.
         self._due: collections.deque[tuple[Job, TaskInfo]] = collections.deque()
         self._wakeup: asyncio.Future[None] | None = None
+        #: ``--delay``: the loop time before which no task starts, and the timer that wakes us then.
+        self._next_start = 0.0
+        self._delay_timer: asyncio.TimerHandle | None = None
         self._error: BaseException | None = None
         self._order: dict[int, int] = {}
         self._ready: dict[int, tuple[str | None, str | None, bytes | None]] = {}
@@ -209,6 +214,8 @@ class Runner:
                 if self._terminating is not None:
                     await self._terminating
         finally:
+            if self._delay_timer is not None:
+                self._delay_timer.cancel()
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             self._stop_reading()
@@ -242,8 +249,11 @@ class Runner:
         """
         loop = asyncio.get_running_loop()
         fresh = self._fresh
+        delay = self.cfg.delay
         while True:
             while self._in_flight < limit:
+                if delay and self._delayed(loop):
+                    break
                 if self._due and not self.stop_starting:
                     job = self._due.popleft()[0]
                 elif fresh and not self.stop_starting:
@@ -255,6 +265,8 @@ class Runner:
                     break
                 if not await self._attempt(job):
                     self.counters.running.pop(job.seq, None)
+                elif delay:
+                    self._next_start = loop.time() + delay
             if self._reader is not None and len(fresh) <= BACKLOG // 2:
                 self._reader.resume()
             if self._error is not None:
@@ -355,6 +367,19 @@ class Runner:
                 self._reader.pause()
         finally:
             self._wake()
+
+    def _delayed(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """``--delay``: whether the next start must wait (a timer then wakes the loop)."""
+        wait = self._next_start - loop.time()
+        if wait <= 0 or not (self._due or self._fresh) or self.stop_starting:
+            return False
+        if self._delay_timer is None:
+            self._delay_timer = loop.call_later(wait, self._delay_over)
+        return True
+
+    def _delay_over(self) -> None:
+        self._delay_timer = None
+        self._wake()
 
     def _wake(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
