@@ -200,8 +200,8 @@ def test_colsep_splits_values_into_columns_as_gnu_parallel() -> None:
     jobs = [template.job((row,), n, n, "<input>") for n, row in enumerate(["a,b,x/y", "c"], start=1)]
     assert [j.argv for j in jobs if j is not None] == [
         ("echo", "b-a", "y"),
-        ("echo", "-c", ""),
-    ]  # missing: empty
+        ("echo", "-c"),
+    ]  # a missing column: nothing, not an empty argument (GNU parallel: "echo -c ")
     both = CommandTemplate(("echo",), sources=2, colsep=comma).job(("a,b", "x,y"), 1, 1, "<input>")
     assert both is not None and both.argv == ("echo", "a", "b", "x", "y") and both.tag == "a b x y"
 
