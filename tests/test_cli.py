@@ -1078,7 +1078,6 @@ def test_bad_command_lines_exit_2_and_start_nothing(tmp_path: Path) -> None:
         (("-n", "2", "echo", ":::", "a", ":::", "b"), "-n/-N takes one input source, not 2"),
         (("-n", "2", "--colsep", ",", "echo", ":::", "a"), "-n/-N and --colsep cannot be used together"),
         (("-n", "2", "jobs.txt"), "-n/-N needs a command"),
-        (("-n", "2", "-N", "3", "echo", ":::", "a"), "-n 2 and -N 3 disagree"),
         (("-n", "-1", "echo", ":::", "a"), "-1 is not in the range x>=0"),
         (("-n", "2", "echo", "{3}", ":::", "a"), "{3} names input source 3, but there is"),
     ]:

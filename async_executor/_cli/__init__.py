@@ -248,21 +248,14 @@ def cli() -> None:
 @click.option(
     "-n",
     "--max-args",
+    "-N",
+    "--max-replace-args",
     "max_args",
     type=click.IntRange(min=0),
     default=None,
     metavar="N",
     help="Up to N arguments per job (one input source): {} is all of them, {K} the K-th;"
-    " 0: a job per argument, without it.",
-)
-@click.option(
-    "-N",
-    "--max-replace-args",
-    "max_replace_args",
-    type=click.IntRange(min=0),
-    default=None,
-    metavar="N",
-    help="The same as -n (as in GNU parallel for one input source).",
+    " 0: a job per argument, without it. -N is the same here (as in GNU parallel).",
 )
 @click.option(
     "-0",
@@ -322,7 +315,6 @@ def run(
     tag: bool,
     colsep: str | None,
     max_args: int | None,
-    max_replace_args: int | None,
     null: bool,
     arg_files: tuple[str, ...],
     quiet: bool,
@@ -385,18 +377,15 @@ def run(
         for given, name in (
             (colsep is not None, "--colsep"),
             (null, "-0/--null"),
-            (max_args is not None or max_replace_args is not None, "-n/-N"),
+            (max_args is not None, "-n/-N"),
         ):
             if given:
                 raise click.UsageError(f"{name} needs a command (COMMAND ... :::: FILE, or -a FILE)")
         plan = _jobfile_plan(args[0], shell, whole)
     else:
-        if max_args is not None and max_replace_args is not None and max_args != max_replace_args:
-            raise click.UsageError(f"-n {max_args} and -N {max_replace_args} disagree: give one")
-        per_job = max_args if max_args is not None else max_replace_args
         # -n groups values: standard input is then read whole (a job waits for its N values)
         plan = _template_plan(
-            *form, shell, whole or null or per_job is not None, _column_separator(colsep), null, per_job
+            *form, shell, whole or null or max_args is not None, _column_separator(colsep), null, max_args
         )
     if dry_run:
         for job in plan.jobs:  # tagged as GNU parallel tags them
