@@ -1271,3 +1271,55 @@ def test_delay_spaces_the_starts_of_tasks_and_retries(tmp_path: Path) -> None:
     for bad in ("-1", "soon"):
         refused = ae(tmp_path, "run", "--delay", bad, str(path))
         assert refused.returncode == 2 and "--delay" in refused.stderr
+
+
+def test_memfree_holds_back_starts_while_memory_is_short(tmp_path: Path) -> None:
+    """``--memfree``: no task starts while less than SIZE is available; Ctrl-C still stops the wait."""
+    from async_executor._cli.memory import total_memory
+
+    total = total_memory()
+    if total is None:
+        pytest.skip("no /proc/meminfo")
+    command = ("sh", "-c", "'echo ran >> ran'", ":::", "a")
+    # all of the machine's memory: accepted (not more than there is), never available
+    waiting = subprocess.Popen(
+        [*CLI, "run", "--memfree", str(total), *command],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert waiting.stderr is not None
+        first = waiting.stderr.readline()  # the note comes before any start could
+        assert "waiting for memory" in first, first
+        waiting.send_signal(signal.SIGINT)
+        assert waiting.wait(timeout=60) == 130
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+        if waiting.stderr is not None:
+            waiting.stderr.close()
+    assert not (tmp_path / "ran").exists()
+    enough = ae(tmp_path, "run", "--memfree", "1k", *command)
+    assert enough.returncode == 0, enough.stderr
+    assert _ran(tmp_path) == ["ran"]
+
+
+def test_memfree_sizes_and_bad_ones() -> None:
+    from async_executor._cli.memory import parse_size
+
+    assert parse_size("10") == 10
+    assert parse_size("1k") == 1000 and parse_size("1K") == 1024
+    assert parse_size("2.5M") == int(2.5 * 2**20) and parse_size("3g") == 3 * 10**9
+    for bad in ("", "K", "-1", "1X", "1 GiB"):
+        with pytest.raises(ValueError, match="is not a size"):
+            parse_size(bad)
+
+
+def test_memfree_refuses_more_than_the_machine_has(tmp_path: Path) -> None:
+    result = ae(tmp_path, "run", "--memfree", "1P", "echo", ":::", "a")
+    assert result.returncode == 2 and "more than this machine's memory" in result.stderr

@@ -99,6 +99,30 @@ class JobsType(_IntParam):
         return number
 
 
+class SizeType(_IntParam):
+    """``--memfree``: bytes, with GNU parallel's K/M/G/T (1024s) or k/m/g/t (1000s) suffixes."""
+
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        from .memory import parse_size, total_memory
+
+        try:
+            size = parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        total = total_memory()
+        if total is None:
+            self.fail(
+                "needs the kernel's memory figures (/proc/meminfo), which this system lacks", param, ctx
+            )
+        if size > total:
+            self.fail(f"{value} is more than this machine's memory ({total / 2**30:.1f} GiB)", param, ctx)
+        return size
+
+
 class HaltType(_HaltParam):
     name = "now|soon,fail=N|N%|success=N"
 
@@ -201,6 +225,13 @@ def cli() -> None:
     default=0.0,
     metavar="SECONDS",
     help="Start tasks at least this far apart (GNU parallel's --delay; the first at once).",
+)
+@click.option(
+    "--memfree",
+    type=SizeType(),
+    default=None,
+    help="Start a task only while at least SIZE of memory is available (MemAvailable; K/M/G"
+    " are 1024s, k/m/g 1000s). Running tasks are never killed for it.",
 )
 @click.option(
     "--halt",
@@ -306,6 +337,7 @@ def run(
     retries: int,
     backoff: float,
     delay: float,
+    memfree: int | None,
     halt: HaltPolicy,
     shell: bool,
     dry_run: bool,
@@ -413,6 +445,7 @@ def run(
         retries=retries,
         backoff=backoff,
         delay=delay,
+        memfree=memfree or 0,
         halt=halt,
         joblog=joblog,
         results=results,

@@ -27,6 +27,7 @@ from .display import Counters, LiveDisplay, PlainDisplay, make_display
 from .halt import NEVER, HaltPolicy
 from .joblog import JobLog, exit_value
 from .jobs import SLOT_MARK, Job, JobFileError, JobParser
+from .memory import available_memory
 from .orphans import RESCAN_INTERVAL, Leftovers, task_env
 from .state import JournalRow, State
 from .stream import LineSplitter, StreamReader
@@ -44,6 +45,8 @@ MAX_BACKOFF = 60.0
 CLI_FDS = 32
 #: Streamed input: stop reading when this many lines wait to start; read again below half.
 BACKLOG = 10_000
+#: ``--memfree``: seconds between looks at the available memory while a start waits for it.
+MEMORY_RECHECK = 0.5
 
 _STDERR_WRAPPER = 'exec 2>"$0"; exec "$@"'
 
@@ -58,6 +61,8 @@ class RunConfig:
     backoff: float = 0.5
     #: ``--delay``: seconds between the starts of two tasks (retries included).
     delay: float = 0.0
+    #: ``--memfree``: bytes of available memory a task needs to start (0: no check).
+    memfree: int = 0
     halt: HaltPolicy = NEVER
     joblog: str | None = None
     results: str | None = None
@@ -168,9 +173,12 @@ class Runner:
         #: Lines whose backoff is over, to try again as soon as there is room.
         self._due: collections.deque[tuple[Job, TaskInfo]] = collections.deque()
         self._wakeup: asyncio.Future[None] | None = None
-        #: ``--delay``: the loop time before which no task starts, and the timer that wakes us then.
+        #: ``--delay``: the loop time before which no task starts.
         self._next_start = 0.0
-        self._delay_timer: asyncio.TimerHandle | None = None
+        #: Wakes the loop when a start held back by ``--delay`` or ``--memfree`` may go.
+        self._hold_timer: asyncio.TimerHandle | None = None
+        #: ``--memfree``: whether the wait for memory has been noted (once per wait).
+        self._memory_noted = False
         self._error: BaseException | None = None
         self._order: dict[int, int] = {}
         self._ready: dict[int, tuple[str | None, str | None, bytes | None]] = {}
@@ -214,8 +222,8 @@ class Runner:
                 if self._terminating is not None:
                     await self._terminating
         finally:
-            if self._delay_timer is not None:
-                self._delay_timer.cancel()
+            if self._hold_timer is not None:
+                self._hold_timer.cancel()
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             self._stop_reading()
@@ -250,9 +258,10 @@ class Runner:
         loop = asyncio.get_running_loop()
         fresh = self._fresh
         delay = self.cfg.delay
+        held = bool(delay or self.cfg.memfree)
         while True:
             while self._in_flight < limit:
-                if delay and self._delayed(loop):
+                if held and self._held_back(loop):
                     break
                 if self._due and not self.stop_starting:
                     job = self._due.popleft()[0]
@@ -368,17 +377,32 @@ class Runner:
         finally:
             self._wake()
 
-    def _delayed(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """``--delay``: whether the next start must wait (a timer then wakes the loop)."""
-        wait = self._next_start - loop.time()
-        if wait <= 0 or not (self._due or self._fresh) or self.stop_starting:
+    def _held_back(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """``--delay`` / ``--memfree``: whether the next start must wait (a timer then wakes
+        the loop to try again)."""
+        if self.stop_starting or not (self._due or self._fresh):
             return False
-        if self._delay_timer is None:
-            self._delay_timer = loop.call_later(wait, self._delay_over)
+        wait = self._next_start - loop.time()
+        if wait <= 0 and self.cfg.memfree:
+            available = available_memory()
+            if available is not None and available < self.cfg.memfree:
+                if not self._memory_noted:
+                    self._memory_noted = True
+                    self.display.note(
+                        f"waiting for memory: {available / 2**20:.0f} MiB available,"
+                        f" --memfree asks for {self.cfg.memfree / 2**20:.0f} MiB"
+                    )
+                wait = MEMORY_RECHECK
+            else:
+                self._memory_noted = False
+        if wait <= 0:
+            return False
+        if self._hold_timer is None:
+            self._hold_timer = loop.call_later(wait, self._hold_over)
         return True
 
-    def _delay_over(self) -> None:
-        self._delay_timer = None
+    def _hold_over(self) -> None:
+        self._hold_timer = None
         self._wake()
 
     def _wake(self) -> None:
