@@ -554,9 +554,9 @@ def _template_plan(
     try:
         sources = sources_from_groups(groups, read_file)
         if max_args is not None:
-            check_max_args(max_args, sources, colsep)
+            check_max_args(sources, colsep)
         # with -n N, {K} names the K-th value of a job (up to N) rather than a source
-        names = max(max_args or 1, len(sources)) if max_args is not None else len(sources)
+        names = max(max_args, 1) if max_args is not None else len(sources)
         template = CommandTemplate(tuple(command), shell=shell, sources=names, colsep=colsep)
     except TemplateError as exc:
         raise click.UsageError(str(exc)) from None

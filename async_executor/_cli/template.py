@@ -277,10 +277,8 @@ def template_jobs(
     return jobs
 
 
-def check_max_args(max_args: int, sources: Sequence[InputSource], colsep: re.Pattern[str] | None) -> None:
+def check_max_args(sources: Sequence[InputSource], colsep: re.Pattern[str] | None) -> None:
     """:class:`TemplateError` unless ``-n``/``-N`` can apply: one input source, no ``--colsep``."""
-    if max_args < 0:
-        raise TemplateError(f"-n/-N takes a number of values per job (0 or more), not {max_args}")
     if len(sources) != 1:
         raise TemplateError(f"-n/-N takes one input source, not {len(sources)}")
     if colsep is not None:
