@@ -283,6 +283,10 @@ class AsyncLocalExecutor(BaseExecutor):  # type: ignore[misc,unused-ignore]  # A
             self._settings = Settings.from_conf(self._conf(), getattr(self, "team_name", None))
         return self._settings
 
+    def _for_team(self) -> str:
+        """`` for team 'X'`` in a team executor's log lines, else nothing."""
+        return f" for team {self.team_name!r}" if self._team_env else ""
+
     def _conf(self) -> Any:
         team_conf = getattr(self, "conf", None)  # Airflow 3: ExecutorConf (team aware)
         if team_conf is not None and hasattr(team_conf, "get"):
@@ -320,7 +324,7 @@ class AsyncLocalExecutor(BaseExecutor):  # type: ignore[misc,unused-ignore]  # A
         self.log.info(
             "async_executor started%s: parallelism=%s warm start=%s log_dir=%s journal=%s "
             "workload files=%s (inotify %s)",
-            f" for team {self.team_name!r}" if self._team_env else "",
+            self._for_team(),
             parallelism,
             "on" if settings.warm_start else "off",
             settings.log_dir,
@@ -543,7 +547,7 @@ class AsyncLocalExecutor(BaseExecutor):  # type: ignore[misc,unused-ignore]  # A
             self.log.info(
                 "async_executor%s: ended; launched %d task(s) (%d warm): %d succeeded, %d failed "
                 "(%d timed out, %d terminated)",
-                f" for team {self.team_name!r}" if self._team_env else "",
+                self._for_team(),
                 stats.launched,
                 stats.warm_launched,
                 stats.succeeded,
