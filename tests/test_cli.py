@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -561,12 +562,15 @@ def test_two_ctrl_c_terminate_every_process_group(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- a killed CLI
 
 
-def _read_until(proc: subprocess.Popen[str], text: str, count: int = 1, timeout: float = 60) -> str:
-    """Read the CLI's stderr (unbuffered) until ``text`` appeared ``count`` times."""
+def _read_until(
+    proc: subprocess.Popen[Any], text: str, count: int = 1, timeout: float = 60, stream: str = "stderr"
+) -> str:
+    """Read the CLI's stderr (or stdout; unbuffered) until ``text`` appeared ``count`` times."""
     import select
 
-    assert proc.stderr is not None
-    fd, seen = proc.stderr.fileno(), b""
+    pipe = proc.stdout if stream == "stdout" else proc.stderr
+    assert pipe is not None
+    fd, seen = pipe.fileno(), b""
     deadline = time.monotonic() + timeout
     while seen.decode(errors="replace").count(text) < count:
         if time.monotonic() > deadline or not select.select([fd], [], [], deadline - time.monotonic())[0]:
@@ -1107,6 +1111,8 @@ def test_same_lines_and_outputs_as_gnu_parallel(tmp_path: Path) -> None:
         ["-n", "3", "echo", "{/.}", "{3}", ":::", "a/b.c", "d.e", "f", "g/h"],
         ["-N0", "echo", "hi", "{#}", ":::", "a", "b"],
         ["-n", "2", "-a", "-", "echo"],
+        ["--lb", "--tag", "printf", "'%s\\n%s'", ":::", "a", "b c"],  # unfinished last lines
+        ["--lb", "sh", "-c", "'echo x{}; sleep 0.{}; echo y{}'", ":::", "3", "1", "2"],
     ]
     for case in cases:
         stdin = "s1\ns2\n"
@@ -1158,6 +1164,34 @@ def test_tag_puts_the_arguments_before_each_output_line(tmp_path: Path) -> None:
     assert result.stdout == "a b\tone\na b\t\na b\tthreeerr a b\nc\tone\nc\t\nc\tthreeerr c\n"
     path = jobfile(tmp_path, ["echo x"])
     assert ae(tmp_path, "run", "--tag", str(path)).stdout == "echo x\tx\n"  # a job line tags with itself
+
+
+def test_line_buffer_prints_each_line_while_the_task_runs(tmp_path: Path) -> None:
+    """``--lb``: a line reaches our stdout while its task still runs (it waits for the test to
+    see that line); without the option the task's output would come only once it has ended."""
+    script = (
+        "printf 'started {}\\n'; i=0; while [ ! -e release-{} ]; do i=$((i+1));"
+        " [ $i -gt 3000 ] && exit 9; sleep 0.02; done; printf 'done {}'"
+    )
+    proc = subprocess.Popen(
+        [*CLI, "run", "-q", "--lb", "--tag", "--shell", script, ":::", "a", "b"],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        seen = _read_until(proc, "started", count=2, stream="stdout")
+        assert sorted(seen.splitlines()) == ["a\tstarted a", "b\tstarted b"]
+        (tmp_path / "release-a").touch()
+        (tmp_path / "release-b").touch()
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert rest.decode() in ("a\tdone ab\tdone b", "b\tdone ba\tdone a")  # last lines unfinished
 
 
 def test_running_jobs_hold_distinct_slots_from_1_to_j(tmp_path: Path) -> None:

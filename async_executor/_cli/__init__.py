@@ -266,6 +266,14 @@ def cli() -> None:
     "-k", "--keep-order", is_flag=True, help="Print outputs in input order (default: as tasks finish)."
 )
 @click.option(
+    "--line-buffer",
+    "--lb",
+    "line_buffer",
+    is_flag=True,
+    help="Print each task's output line by line as it is written (lines of different tasks"
+    " may mix, never half lines), not whole when the task ends.",
+)
+@click.option(
     "--tag",
     is_flag=True,
     help="Put each job's arguments (or its line) and a tab before each line of its output.",
@@ -344,6 +352,7 @@ def run(
     joblog: str | None,
     results: str | None,
     keep_order: bool,
+    line_buffer: bool,
     tag: bool,
     colsep: str | None,
     max_args: int | None,
@@ -370,7 +379,8 @@ def run(
     Lines are split with shell rules and run without a shell (unless --shell); blank lines
     and # comments are skipped. Each line's key in the journal is RUN:LINE:HASH (its line
     number and a hash of its text), so --resume and --retry-failed find it again after the
-    file is edited. Output of each task is printed whole when it finishes.
+    file is edited. Output of each task is printed whole when it finishes (with
+    --line-buffer, line by line as it is written).
 
     In GNU parallel's form each combination of the input sources (the first varying slowest;
     :::+ and ::::+ pair a source's values with the one's before) fills the command's replacement
@@ -450,6 +460,7 @@ def run(
         joblog=joblog,
         results=results,
         keep_order=keep_order,
+        line_buffer=line_buffer,
         tag=tag,
         quiet=quiet,
         bar=bar,

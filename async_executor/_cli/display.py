@@ -136,18 +136,23 @@ class PlainDisplay:
         self, stdout_path: str | None, stderr_path: str | None = None, tag: bytes | None = None
     ) -> None:
         """Copy one task's captured output, whole, in one go (``tag`` before each line)."""
-        try:
-            for chunk in _tagged(_chunks(stdout_path), tag):
-                self.out.write(chunk)
-        except BrokenPipeError:
-            self._stdout_gone()
+        for chunk in _tagged(_chunks(stdout_path), tag):
+            self.write(chunk, False)
         if stderr_path:
-            self.out.flush()
             for chunk in _tagged(_chunks(stderr_path), tag):
-                self.err.buffer.write(chunk) if hasattr(self.err, "buffer") else self.err.write(
-                    chunk.decode()
-                )
+                self.write(chunk, True)
             self.err.flush()
+
+    def write(self, data: bytes, to_stderr: bool) -> None:
+        """Task output as raw bytes: to stdout, or (a ``--results`` stderr) to stderr."""
+        if not to_stderr:
+            try:
+                self.out.write(data)
+            except BrokenPipeError:
+                self._stdout_gone()
+            return
+        self.flush()
+        self.err.buffer.write(data) if hasattr(self.err, "buffer") else self.err.write(data.decode())
 
     def note(self, message: str, *, always: bool = False) -> None:
         if self.quiet and not always:
@@ -255,14 +260,18 @@ class LiveDisplay:
     def output(
         self, stdout_path: str | None, stderr_path: str | None = None, tag: bytes | None = None
     ) -> None:
-        if self._raw is not None:  # stdout: raw; a --results stderr: above the display
-            self._raw.output(stdout_path, None, tag)
-            self._raw.flush()
-            stdout_path = None
-        for path in (stdout_path, stderr_path):
+        for path, to_stderr in ((stdout_path, False), (stderr_path, True)):
             data = b"".join(_tagged(_chunks(path), tag))
             if data:
-                self.console.out(data.decode("utf-8", "replace"), end="", highlight=False)
+                self.write(data, to_stderr)
+
+    def write(self, data: bytes, to_stderr: bool) -> None:
+        """Task output: above the display, or raw to stdout when the display is on stderr."""
+        if self._raw is not None and not to_stderr:
+            self._raw.write(data, False)
+            self._raw.flush()
+        else:
+            self.console.out(data.decode("utf-8", "replace"), end="", highlight=False)
 
     def note(self, message: str, *, always: bool = False) -> None:
         from rich.text import Text

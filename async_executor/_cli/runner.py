@@ -17,6 +17,7 @@ from pathlib import Path
 
 import attrs
 
+from .. import _logs
 from .._aio import shielded
 from .._exceptions import ExecutorClosedError
 from .._executor import AsyncExecutor
@@ -27,6 +28,7 @@ from .display import Counters, LiveDisplay, PlainDisplay, make_display
 from .halt import NEVER, HaltPolicy
 from .joblog import JobLog, exit_value
 from .jobs import SLOT_MARK, Job, JobFileError, JobParser
+from .linebuffer import POLL_INTERVAL, LineBuffer
 from .memory import available_memory
 from .orphans import RESCAN_INTERVAL, Leftovers, task_env
 from .state import JournalRow, State
@@ -69,6 +71,8 @@ class RunConfig:
     keep_order: bool = False
     #: Put each job's values (or line) and a tab before each line of its output.
     tag: bool = False
+    #: ``--line-buffer``: print each task's complete lines as it writes them (not whole at its end).
+    line_buffer: bool = False
     #: Show the live display on stderr when stdout is not a terminal (GNU parallel's ``--bar``).
     bar: bool = False
     quiet: bool = False
@@ -183,6 +187,11 @@ class Runner:
         self._order: dict[int, int] = {}
         self._ready: dict[int, tuple[str | None, str | None, bytes | None]] = {}
         self._next = 0
+        #: ``--line-buffer``: follows the running tasks' log files (polled by ``_poll_timer``).
+        self._lines: LineBuffer | None = (
+            LineBuffer(self.display.write, keep_order=cfg.keep_order) if cfg.line_buffer else None
+        )
+        self._poll_timer: asyncio.TimerHandle | None = None
         #: Lines not tried yet, in input order.
         self._fresh: collections.deque[Job] = collections.deque()
         #: Streamed input: the reader (``counters.input_open``: more lines may still come).
@@ -210,8 +219,9 @@ class Runner:
             async with AsyncExecutor(
                 parallelism=limit,
                 log_dir=cfg.log_dir,
-                # log files only for tasks that write something: see _memlogs.py
-                lazy_logs=True,
+                # log files only for tasks that write something (see _memlogs.py), unless
+                # --line-buffer follows the files as the tasks write them
+                lazy_logs=not cfg.line_buffer,
                 kill_grace=cfg.kill_grace,
                 **self.state.executor_options(),
             ) as ex:
@@ -222,8 +232,9 @@ class Runner:
                 if self._terminating is not None:
                     await self._terminating
         finally:
-            if self._hold_timer is not None:
-                self._hold_timer.cancel()
+            for timer in (self._hold_timer, self._poll_timer):
+                if timer is not None:
+                    timer.cancel()
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             self._stop_reading()
@@ -419,6 +430,7 @@ class Runner:
             return False
         argv: tuple[str, ...] = job.argv
         slot = None
+        stderr_path: Path | None = None
         if job.slotted:  # GNU parallel's {%}: the lowest slot no running job holds
             if self._free_slots:
                 slot = heapq.heappop(self._free_slots)
@@ -442,6 +454,12 @@ class Runner:
             self._free_slot(slot)
             return False
         self.tries[key] = try_number
+        if self._lines is not None:
+            paths = [(_logs.log_path(self.cfg.log_dir, key, try_number), False)]
+            if self.cfg.results:
+                paths.append((str(stderr_path), True))
+            self._lines.started(self._order[job.seq], paths, self._tag(job))
+            self._follow()
         self.state.accepted(
             TaskSpec(key=key, argv=argv, timeout=self.cfg.timeout, try_number=try_number), self.cfg.run
         )
@@ -461,6 +479,9 @@ class Runner:
         self._in_flight -= 1
         self._free_slot(slot)
         try:
+            if self._lines is not None:
+                self._lines.try_ended(self._order[job.seq])
+                self.display.flush()
             if info.state is TaskState.SUCCESS and info.detail:  # e.g. its log's disk is full
                 self.display.note(f"line {job.line}: {info.detail}", always=True)
             if unrecorded_start and info.pid is not None:
@@ -538,15 +559,42 @@ class Runner:
             self.joblog.write(job.seq, job.text, info, received)
         if not info.succeeded:
             self.display.failed(job, info, will_retry=False)
-        tag = job.tag.encode("utf-8", "surrogateescape") + b"\t" if self.cfg.tag else None
-        if self.cfg.keep_order:
-            self._ready[self._order[job.seq]] = (stdout_path, stderr_path, tag)
+        if self._lines is not None:
+            self._lines.finished(self._order[job.seq])
+            self.display.flush()
+            self._follow()
+        elif self.cfg.keep_order:
+            self._ready[self._order[job.seq]] = (stdout_path, stderr_path, self._tag(job))
             self._flush_outputs()
         else:
-            self.display.output(stdout_path, stderr_path, tag)
+            self.display.output(stdout_path, stderr_path, self._tag(job))
         self._check_halt()
 
+    def _tag(self, job: Job) -> bytes | None:
+        """``--tag``: what goes before each line of ``job``'s output."""
+        return job.tag.encode("utf-8", "surrogateescape") + b"\t" if self.cfg.tag else None
+
+    def _follow(self) -> None:
+        """``--line-buffer``: look at the followed tasks' output again soon, while there are any."""
+        if self._lines is not None and self._poll_timer is None and self._lines.following:
+            self._poll_timer = asyncio.get_running_loop().call_later(POLL_INTERVAL, self._poll)
+
+    def _poll(self) -> None:
+        self._poll_timer = None
+        assert self._lines is not None
+        try:
+            self._lines.poll()
+            self.display.flush()
+            self._follow()
+        except BaseException as exc:  # a bug: stop the run loudly
+            self._error = exc
+            self._wake()
+
     def _flush_outputs(self, final: bool = False) -> None:
+        if self._lines is not None:
+            if final:
+                self._lines.close()
+            return
         ready = self._ready
         while self._next in ready:
             self.display.output(*ready.pop(self._next))

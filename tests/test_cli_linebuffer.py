@@ -1,0 +1,197 @@
+"""``--line-buffer``: following task output files and printing whole lines (``LineBuffer``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import given, settings
+
+from async_executor._cli import linebuffer
+from async_executor._cli.linebuffer import LineBuffer
+
+
+class Out:
+    """The writer: every write, as it came."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[bytes, bool]] = []
+
+    def __call__(self, data: bytes, to_stderr: bool) -> None:
+        self.writes.append((data, to_stderr))
+
+    def text(self, to_stderr: bool = False) -> bytes:
+        return b"".join(data for data, err in self.writes if err == to_stderr)
+
+    def take(self) -> bytes:
+        data = self.text()
+        self.writes.clear()
+        return data
+
+
+def _append(path: Path, data: bytes) -> None:
+    with path.open("ab") as handle:
+        handle.write(data)
+
+
+def test_complete_lines_while_running_and_the_rest_when_the_try_ends(tmp_path: Path) -> None:
+    out, log = Out(), tmp_path / "a.log"
+    lines = LineBuffer(out, keep_order=False)
+    lines.started(0, [(str(log), False)], None)  # the file does not exist yet: nothing to print
+    assert lines.following
+    lines.poll()
+    assert out.take() == b""
+    _append(log, b"started\npart")
+    lines.poll()
+    assert out.take() == b"started\n"  # never half a line
+    _append(log, b"ial\nend")
+    lines.poll()
+    assert out.take() == b"partial\n"
+    lines.try_ended(0)
+    assert out.take() == b"end"  # an unfinished last line as it is, as GNU parallel prints it
+    lines.finished(0)
+    assert not lines.following
+    lines.close()
+    assert out.take() == b""
+
+
+def test_lines_of_different_tasks_interleave_whole(tmp_path: Path) -> None:
+    out = Out()
+    a, b = tmp_path / "a.log", tmp_path / "b.log"
+    lines = LineBuffer(out, keep_order=False)
+    lines.started(0, [(str(a), False)], b"A\t")
+    lines.started(1, [(str(b), False)], b"B\t")
+    _append(a, b"a1\na")
+    _append(b, b"b1\n")
+    lines.poll()
+    assert out.take() == b"A\ta1\nB\tb1\n"
+    _append(a, b"2\n")
+    lines.try_ended(1)  # b ended with nothing more
+    lines.finished(1)
+    lines.poll()
+    assert out.take() == b"A\ta2\n"  # the line's tag once, though it was read in two pieces
+
+
+def test_keep_order_follows_the_first_unfinished_job_only(tmp_path: Path) -> None:
+    out = Out()
+    logs = [tmp_path / f"{n}.log" for n in range(3)]
+    lines = LineBuffer(out, keep_order=True)
+    for order, log in enumerate(logs):
+        lines.started(order, [(str(log), False)], None)
+        _append(log, f"x{order}\n".encode())
+    lines.poll()
+    assert out.take() == b"x0\n"  # jobs 1 and 2 wait in their files
+    _append(logs[2], b"y2\n")
+    lines.try_ended(2)
+    lines.finished(2)  # done before its turn: nothing printed yet
+    assert out.take() == b""
+    _append(logs[0], b"y0\n")
+    lines.try_ended(0)
+    lines.finished(0)  # the head is done: then job 1 catches up and is followed
+    assert out.take() == b"y0\nx1\n"
+    assert lines.following
+    _append(logs[1], b"y1\n")
+    lines.poll()
+    assert out.take() == b"y1\n"
+    lines.try_ended(1)
+    lines.finished(1)  # and job 2, finished already, comes whole
+    assert out.take() == b"x2\ny2\n"
+    assert not lines.following
+
+
+def test_every_try_is_printed_in_order(tmp_path: Path) -> None:
+    out = Out()
+    first, second = tmp_path / "t1.log", tmp_path / "t2.log"
+    lines = LineBuffer(out, keep_order=True)
+    lines.started(1, [(str(tmp_path / "other.log"), False)], None)  # waits behind job 0
+    lines.started(0, [(str(first), False)], None)
+    _append(first, b"try 1 failed")
+    lines.try_ended(0)
+    lines.started(0, [(str(second), False)], None)  # a retry
+    _append(second, b"\ntry 2\n")
+    lines.poll()
+    assert out.take() == b"try 1 failed\ntry 2\n"
+
+
+def test_stderr_of_results_goes_to_stderr(tmp_path: Path) -> None:
+    out = Out()
+    log, err = tmp_path / "a.log", tmp_path / "stderr"
+    lines = LineBuffer(out, keep_order=False)
+    lines.started(0, [(str(log), False), (str(err), True)], b"t\t")
+    _append(log, b"out\n")
+    _append(err, b"err\n")
+    lines.poll()
+    assert out.text() == b"t\tout\n" and out.text(to_stderr=True) == b"t\terr\n"
+
+
+def test_close_prints_what_is_left_in_order(tmp_path: Path) -> None:
+    out = Out()
+    lines = LineBuffer(out, keep_order=True)
+    for order in (2, 1):  # job 0 never started (the run was stopped)
+        log = tmp_path / f"{order}.log"
+        _append(log, f"left {order}".encode())
+        lines.started(order, [(str(log), False)], None)
+    lines.poll()
+    assert out.take() == b""
+    lines.close()
+    assert out.take() == b"left 1left 2"
+
+
+def test_a_log_cut_back_to_its_cap_is_followed_from_its_new_end(tmp_path: Path) -> None:
+    out, log = Out(), tmp_path / "a.log"
+    lines = LineBuffer(out, keep_order=False)
+    lines.started(0, [(str(log), False)], None)
+    _append(log, b"0123456789\n")
+    lines.poll()
+    log.write_bytes(b"0123\n[c]\n")  # shorter than what was printed: only what comes after
+    lines.poll()
+    _append(log, b"more\n")
+    lines.try_ended(0)
+    assert out.take() == b"0123456789\nmore\n"
+
+
+def test_a_line_longer_than_one_read_goes_out_in_pieces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(linebuffer, "READ_LIMIT", 8)
+    out, log = Out(), tmp_path / "a.log"
+    lines = LineBuffer(out, keep_order=False)
+    lines.started(0, [(str(log), False)], b"T")
+    _append(log, b"x" * 20 + b"\nshort")
+    for _ in range(4):
+        lines.poll()
+    lines.try_ended(0)
+    assert out.take() == b"T" + b"x" * 20 + b"\nTshort"  # memory stays bounded; one tag per line
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pieces=st.lists(st.binary(max_size=12).map(lambda b: b.replace(b"\r", b"\n")), max_size=12),
+    polls=st.lists(st.booleans(), max_size=12),
+    tag=st.sampled_from([None, b"tag\t"]),
+)
+def test_whatever_the_timing_output_is_whole_lines_then_the_rest(
+    tmp_path_factory: pytest.TempPathFactory, pieces: list[bytes], polls: list[bool], tag: bytes | None
+) -> None:
+    """Written in any pieces and looked at any time: each write while the try runs is whole
+    lines, and all writes together are the file with the tag before each line."""
+    log = tmp_path_factory.mktemp("lb") / "a.log"
+    log.write_bytes(b"")
+    out = Out()
+    lines = LineBuffer(out, keep_order=False)
+    lines.started(0, [(str(log), False)], tag)
+    for index, piece in enumerate(pieces):
+        _append(log, piece)
+        if index < len(polls) and polls[index]:
+            lines.poll()
+    running = list(out.writes)
+    lines.try_ended(0)
+    data = b"".join(pieces)
+    assert all(chunk.endswith(b"\n") for chunk, _ in running)
+    expected = data
+    if tag is not None and data:
+        parts = data.split(b"\n")
+        expected = b"\n".join(tag + part for part in parts[:-1]) + (b"\n" if len(parts) > 1 else b"")
+        expected += tag + parts[-1] if parts[-1] else b""
+    assert out.text() == expected
