@@ -1112,6 +1112,9 @@ def test_same_lines_and_outputs_as_gnu_parallel(tmp_path: Path) -> None:
         ["-N0", "echo", "hi", "{#}", ":::", "a", "b"],
         ["-n", "2", "-a", "-", "echo"],
         ["--lb", "--tag", "printf", "'%s\\n%s'", ":::", "a", "b c"],  # unfinished last lines
+        ["--tagstring", "{}-{#}-{.}/{/}", "echo", ":::", "a b.c", "it's", "d/e"],
+        ["--tagstring", "T{1}/{2}{3}", "--tag", "echo", ":::", "a", "b", ":::", "1"],
+        ["--colsep", ",", "--tagstring", "<{2}>", "echo", "{1}", ":::", "a,b", "c"],
         ["--lb", "sh", "-c", "'echo x{}; sleep 0.{}; echo y{}'", ":::", "3", "1", "2"],
     ]
     for case in cases:
@@ -1192,6 +1195,19 @@ def test_line_buffer_prints_each_line_while_the_task_runs(tmp_path: Path) -> Non
             proc.communicate()
     assert proc.returncode == 0, err
     assert rest.decode() in ("a\tdone ab\tdone b", "b\tdone ba\tdone a")  # last lines unfinished
+
+
+def test_tagstring_with_the_slot_of_each_job(tmp_path: Path) -> None:
+    """``--tagstring {%}``: each output line tagged with its job's slot, taken as it starts."""
+    script = "mkdir held-{%} && echo {} && sleep 0.1 && rmdir held-{%}"
+    result = ae(tmp_path, "run", "-q", "-j", "2", "--tagstring", "s{%}", "--shell", script, ":::", *"abcdef")
+    assert result.returncode == 0, result.stderr
+    lines = sorted(result.stdout.splitlines())
+    assert sorted(line.split("\t")[1] for line in lines) == list("abcdef")
+    assert {line.split("\t")[0] for line in lines} == {"s1", "s2"}
+    job_file = jobfile(tmp_path, ["echo x", "echo y"])  # a job-file line's {} is the line
+    tagged = ae(tmp_path, "run", "-q", "-k", "--tagstring", "{#}:{}", str(job_file))
+    assert tagged.stdout == "1:echo x\tx\n2:echo y\ty\n"
 
 
 def test_running_jobs_hold_distinct_slots_from_1_to_j(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given
 
-from async_executor._cli.jobs import SLOT_MARK, JobFileError
+from async_executor._cli.jobs import SLOT_MARK, JobFileError, parse_jobs
 from async_executor._cli.template import (
     CommandTemplate,
     InputSource,
@@ -25,6 +25,7 @@ from async_executor._cli.template import (
     parse_command_line,
     read_source_lines,
     sources_from_groups,
+    tag_text,
     template_jobs,
 )
 
@@ -226,3 +227,14 @@ def test_null_separated_items_may_hold_newlines() -> None:
     assert read_source_lines(b"a b\x00c\nd\x00", null=True) == ("a b", "c\nd")
     assert read_source_lines(b"a\x00b", null=True) == ("a", "b")  # the last NUL is optional
     assert read_source_lines(b"", null=True) == ()
+
+
+def test_tagstrings_are_filled_unquoted() -> None:
+    """``--tagstring``: the same replacement strings as a command, but the values go in as they
+    are (a tag is text); ``{}`` of a job-file line is the line; a missing source is nothing."""
+    template = CommandTemplate(("echo",), sources=2)
+    job = template.job(("it's a/b.c", "$x"), 7, 7, "<input>")
+    assert job is not None
+    assert tag_text("{}|{1/.}|{2}|{3}|{#}|{%}", job, "4") == "it's a/b.c $x|b|$x||7|4"
+    line = parse_jobs(["echo 'x y'"])[0]
+    assert tag_text("[{}] {1} {2}", line) == "[echo 'x y'] echo 'x y' "

@@ -28,7 +28,7 @@ import click
 
 from .halt import NEVER, HaltPolicy, parse_halt
 from .jobs import Job, JobFileError, JobParser, parse_jobs
-from .template import parse_command_line
+from .template import parse_command_line, tag_text
 
 __all__ = ["cli", "main"]
 
@@ -279,6 +279,13 @@ def cli() -> None:
     help="Put each job's arguments (or its line) and a tab before each line of its output.",
 )
 @click.option(
+    "--tagstring",
+    metavar="STR",
+    default=None,
+    help="Tag each output line with STR and a tab instead (implies --tag); STR's replacement"
+    " strings are filled in as they are, not quoted.",
+)
+@click.option(
     "--colsep",
     metavar="REGEXP",
     default=None,
@@ -354,6 +361,7 @@ def run(
     keep_order: bool,
     line_buffer: bool,
     tag: bool,
+    tagstring: str | None,
     colsep: str | None,
     max_args: int | None,
     null: bool,
@@ -429,9 +437,11 @@ def run(
         plan = _template_plan(
             *form, shell, whole or null or max_args is not None, _column_separator(colsep), null, max_args
         )
+    tag = tag or tagstring is not None
     if dry_run:
         for job in plan.jobs:  # tagged as GNU parallel tags them
-            click.echo(f"{job.tag}\t{job.text}" if tag else job.text)
+            label = job.tag if tagstring is None else tag_text(tagstring, job)
+            click.echo(f"{label}\t{job.text}" if tag else job.text)
         sys.exit(0)
     name = run_name if run_name is not None else plan.name
     if not name or ":" in name:
@@ -462,6 +472,7 @@ def run(
         keep_order=keep_order,
         line_buffer=line_buffer,
         tag=tag,
+        tagstring=tagstring,
         quiet=quiet,
         bar=bar,
         mode="resume" if resume else "retry-failed" if retry_failed else "all",

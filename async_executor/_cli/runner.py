@@ -33,6 +33,7 @@ from .memory import available_memory
 from .orphans import RESCAN_INTERVAL, Leftovers, task_env
 from .state import JournalRow, State
 from .stream import LineSplitter, StreamReader
+from .template import tag_text, uses_slot
 
 # Exit codes (documented in ``async-executor run --help`` and the README).
 EXIT_OK = 0
@@ -71,6 +72,8 @@ class RunConfig:
     keep_order: bool = False
     #: Put each job's values (or line) and a tab before each line of its output.
     tag: bool = False
+    #: ``--tagstring``: the tag instead, with replacement strings (implies ``tag``).
+    tagstring: str | None = None
     #: ``--line-buffer``: print each task's complete lines as it writes them (not whole at its end).
     line_buffer: bool = False
     #: Show the live display on stderr when stdout is not a terminal (GNU parallel's ``--bar``).
@@ -187,6 +190,9 @@ class Runner:
         self._order: dict[int, int] = {}
         self._ready: dict[int, tuple[str | None, str | None, bytes | None]] = {}
         self._next = 0
+        #: ``--tag``: each running job's tag (``--tagstring`` may hold its slot), by seq.
+        self._tags: dict[int, bytes] = {}
+        self._tag_slotted = cfg.tagstring is not None and uses_slot(cfg.tagstring)
         #: ``--line-buffer``: follows the running tasks' log files (polled by ``_poll_timer``).
         self._lines: LineBuffer | None = (
             LineBuffer(self.display.write, keep_order=cfg.keep_order) if cfg.line_buffer else None
@@ -431,13 +437,14 @@ class Runner:
         argv: tuple[str, ...] = job.argv
         slot = None
         stderr_path: Path | None = None
-        if job.slotted:  # GNU parallel's {%}: the lowest slot no running job holds
+        if job.slotted or self._tag_slotted:  # GNU parallel's {%}: the lowest slot no running job holds
             if self._free_slots:
                 slot = heapq.heappop(self._free_slots)
             else:
                 self._slots_made += 1
                 slot = self._slots_made
-            argv = tuple(arg.replace(SLOT_MARK, str(slot)) for arg in argv)
+            if job.slotted:
+                argv = tuple(arg.replace(SLOT_MARK, str(slot)) for arg in argv)
         if self.cfg.results:
             stderr_path = self._results_dir(job) / "stderr"
             argv = ("/bin/sh", "-c", _STDERR_WRAPPER, str(stderr_path), *argv)
@@ -454,11 +461,13 @@ class Runner:
             self._free_slot(slot)
             return False
         self.tries[key] = try_number
+        if self.cfg.tag:
+            self._tags[job.seq] = self._tag(job, slot)
         if self._lines is not None:
             paths = [(_logs.log_path(self.cfg.log_dir, key, try_number), False)]
             if self.cfg.results:
                 paths.append((str(stderr_path), True))
-            self._lines.started(self._order[job.seq], paths, self._tag(job))
+            self._lines.started(self._order[job.seq], paths, self._tags.get(job.seq))
             self._follow()
         self.state.accepted(
             TaskSpec(key=key, argv=argv, timeout=self.cfg.timeout, try_number=try_number), self.cfg.run
@@ -559,20 +568,23 @@ class Runner:
             self.joblog.write(job.seq, job.text, info, received)
         if not info.succeeded:
             self.display.failed(job, info, will_retry=False)
+        tag = self._tags.pop(job.seq, None)
         if self._lines is not None:
             self._lines.finished(self._order[job.seq])
             self.display.flush()
             self._follow()
         elif self.cfg.keep_order:
-            self._ready[self._order[job.seq]] = (stdout_path, stderr_path, self._tag(job))
+            self._ready[self._order[job.seq]] = (stdout_path, stderr_path, tag)
             self._flush_outputs()
         else:
-            self.display.output(stdout_path, stderr_path, self._tag(job))
+            self.display.output(stdout_path, stderr_path, tag)
         self._check_halt()
 
-    def _tag(self, job: Job) -> bytes | None:
-        """``--tag``: what goes before each line of ``job``'s output."""
-        return job.tag.encode("utf-8", "surrogateescape") + b"\t" if self.cfg.tag else None
+    def _tag(self, job: Job, slot: int | None) -> bytes:
+        """``--tag``: what goes before each line of ``job``'s output (``--tagstring`` filled in)."""
+        cfg = self.cfg
+        text = job.tag if cfg.tagstring is None else tag_text(cfg.tagstring, job, str(slot))
+        return text.encode("utf-8", "surrogateescape") + b"\t"
 
     def _follow(self) -> None:
         """``--line-buffer``: look at the followed tasks' output again soon, while there are any."""

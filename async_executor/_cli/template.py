@@ -50,7 +50,9 @@ __all__ = [
     "parse_command_line",
     "read_source_lines",
     "sources_from_groups",
+    "tag_text",
     "template_jobs",
+    "uses_slot",
 ]
 
 #: The words that start an input source; what follows (up to the next one) are its operands.
@@ -118,7 +120,7 @@ class CommandTemplate:
         template = " ".join(self.words)
         object.__setattr__(self, "template", template)  # frozen: set once, here
         object.__setattr__(self, "appends", _REPLACEMENT.search(template) is None)
-        object.__setattr__(self, "slotted", "{%}" in template)
+        object.__setattr__(self, "slotted", uses_slot(template))
         for match in _REPLACEMENT.finditer(template):
             number = match.group(1)
             if number and int(number) == 0:
@@ -140,21 +142,7 @@ class CommandTemplate:
             return " ".join(values)  # no command: the values are the line
         if self.appends:
             return " ".join([self.template, *map(shlex.quote, values)])
-
-        def replace(match: re.Match[str]) -> str:
-            if match.group(0) == "{#}":
-                return str(seq)
-            if match.group(0) == "{%}":
-                return slot
-            transform = _TRANSFORMS[match.group(2) or ""]
-            number = match.group(1)
-            if not number:
-                chosen: Sequence[str] = values
-            else:  # past the last column (--colsep) or value (-n): nothing, not even ''
-                chosen = values[int(number) - 1 : int(number)]
-            return " ".join(shlex.quote(transform(value)) for value in chosen)
-
-        return _REPLACEMENT.sub(replace, self.template)
+        return _substitute(self.template, values, seq, slot, shlex.quote)
 
     def job(self, values: Sequence[str], seq: int, line: int, source: str) -> Job | None:
         """The job for one combination; ``None`` when a command-less line is blank or a comment.
@@ -184,6 +172,37 @@ class CommandTemplate:
             values=tuple(values) if self.words else (),
             slotted=self.slotted,
         )
+
+
+def _substitute(text: str, values: Sequence[str], seq: int, slot: str, quote: Callable[[str], str]) -> str:
+    """``text`` with its replacement strings filled from ``values`` (each passed through ``quote``)."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "{#}":
+            return str(seq)
+        if match.group(0) == "{%}":
+            return slot
+        transform = _TRANSFORMS[match.group(2) or ""]
+        number = match.group(1)
+        if not number:
+            chosen: Sequence[str] = values
+        else:  # past the last column (--colsep) or value (-n): nothing, not even ''
+            chosen = values[int(number) - 1 : int(number)] if int(number) else ()
+        return " ".join(quote(transform(value)) for value in chosen)
+
+    return _REPLACEMENT.sub(replace, text)
+
+
+def tag_text(tagstring: str, job: Job, slot: str = "{%}") -> str:
+    """``--tagstring``: ``tagstring`` filled for ``job`` as GNU parallel fills it: the values go
+    in as they are (a tag is text, not a command), ``{}`` of a job-file line is the line, and a
+    source or column a job lacks gives nothing."""
+    return _substitute(tagstring, job.values or (job.text,), job.seq, slot, str)
+
+
+def uses_slot(text: str) -> bool:
+    """Whether ``text`` asks for the job's slot (``{%}``)."""
+    return "{%}" in text
 
 
 def parse_command_line(args: Sequence[str]) -> tuple[list[str], list[tuple[str, list[str]]]] | None:
