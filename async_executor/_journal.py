@@ -414,7 +414,7 @@ class Journal:
         keep_seconds: float | None = 7 * 86400,
         keep_tasks: int | None = 100_000,
         commit_interval: float = 0.05,
-        commit_rows: int = 200,
+        commit_rows: int = 1000,
     ) -> None:
         self.path = os.fspath(path)
         if keep_seconds is not None and not keep_seconds >= 0:
