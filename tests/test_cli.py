@@ -312,6 +312,42 @@ def test_logs_of_a_running_task(tmp_path: Path) -> None:
         proc.communicate(timeout=30)
 
 
+def test_logs_follow_a_running_task_until_it_ends(tmp_path: Path) -> None:
+    """``logs -f``: what the task wrote so far, then what it writes later, and an exit of its
+    own once the task has ended (``tail -f`` that knows when to stop)."""
+    wait = "i=0; while [ ! -e release ]; do i=$((i+1)); [ $i -gt 2000 ] && exit 9; sleep 0.03; done"
+    path = jobfile(tmp_path, [f"sh -c 'echo early; {wait}; echo late'"])
+    run = subprocess.Popen(
+        [*CLI, "run", "--quiet", str(path)], cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE
+    )
+    follow = None
+    try:
+        deadline = time.monotonic() + 30
+        while ae(tmp_path, "logs", "--run", "jobs", "1").stdout != "early\n":
+            assert time.monotonic() < deadline and run.poll() is None
+            time.sleep(0.1)
+        follow = subprocess.Popen(
+            [*CLI, "logs", "-f", "--run", "jobs", "1"],
+            cwd=tmp_path,
+            env=_env(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert _read_until(follow, "early", stream="stdout") == "early\n"
+        assert follow.poll() is None  # the task still runs: still following
+        (tmp_path / "release").touch()
+        rest, err = follow.communicate(timeout=60)
+        assert follow.returncode == 0, err
+        assert rest == b"late\n"
+        run.communicate(timeout=60)
+        assert run.returncode == 0
+    finally:
+        for proc in (run, follow):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
 def test_results_dir_keeps_stdout_and_stderr(tmp_path: Path) -> None:
     path = jobfile(tmp_path, ["sh -c 'echo to-out; echo to-err >&2; exit 5'", "echo plain"])
     result = ae(tmp_path, "run", "--results", "res", str(path))
@@ -643,6 +679,18 @@ def test_tasks_of_a_killed_cli_are_waited_for_never_run_twice(tmp_path: Path) ->
     assert sorted(state for state, _ in lost) == ["failed", "failed", "success"]
     assert sum("was killed while it ran" in str(detail) for _, detail in lost) == 2
     assert _journal_rows(tmp_path, "SELECT count(*) FROM executors") == [(0,)]  # all accounted for
+
+
+def test_logs_follow_stops_when_the_cli_running_the_task_was_killed(tmp_path: Path) -> None:
+    """``logs -f`` of a task whose CLI was SIGKILLed: its row stays ``running`` (no one will
+    record the end), so following stops at once instead of waiting forever."""
+    _killed_while_running(tmp_path, 1, running=1)
+    try:
+        follow = ae(tmp_path, "logs", "-f", "--run", "jobs", "1", timeout=60)
+        assert follow.returncode == 0, follow.stderr
+        assert {r["state"] for r in status_rows(tmp_path, "jobs").values()} == {"running"}
+    finally:
+        (tmp_path / "release").touch()  # the orphan ends
 
 
 def test_rows_a_killed_cli_left_running_are_closed_by_the_next_run(tmp_path: Path) -> None:

@@ -643,12 +643,20 @@ def status(run_name: str | None, state_path: str | None) -> None:
 @click.option(
     "--try", "try_number", type=click.IntRange(min=1), default=None, help="Which try (default: the last)."
 )
+@click.option(
+    "-f",
+    "--follow",
+    is_flag=True,
+    help="Keep printing the output as the task writes it, until the task ends (as tail -f).",
+)
 @_state_option
-def logs(key: str, run_name: str | None, try_number: int | None, state_path: str | None) -> None:
+def logs(
+    key: str, run_name: str | None, try_number: int | None, follow: bool, state_path: str | None
+) -> None:
     """Print the captured output of task KEY (RUN:LINE:HASH, or LINE with --run)."""
     from .report import show_logs
 
-    sys.exit(_run_async(show_logs, _state_path(state_path), key, run_name, try_number))
+    sys.exit(_run_async(show_logs, _state_path(state_path), key, run_name, try_number, follow))
 
 
 def _run_async(func: Any, *args: Any) -> int:

@@ -6,13 +6,17 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
+from typing import BinaryIO
 
 import anyio
 
 from .. import _logs
+from .._journal import same_process
 from .state import JournalRow, State, make_log_dir
 
 _CHUNK = 1 << 16
+#: ``logs --follow``: seconds between two looks at the task's log and row.
+FOLLOW_INTERVAL = 0.25
 
 
 def _when(ts: float | None) -> str:
@@ -115,12 +119,16 @@ async def show_status(path: str, run: str | None) -> int:
         await state.close()
 
 
-async def show_logs(path: str, key: str, run: str | None, try_number: int | None) -> int:
+async def show_logs(
+    path: str, key: str, run: str | None, try_number: int | None, follow: bool = False
+) -> int:
     state = await _open(path)
     if state is None:
         return 1
     try:
         row = await _find(state, key, run, try_number)
+        if row is not None and follow:
+            return await _follow(state, row, make_log_dir(path))
     finally:
         await state.close()
     if row is None:
@@ -147,6 +155,52 @@ async def show_logs(path: str, key: str, run: str | None, try_number: int | None
         print(f"async-executor: the log {log_path} is gone", file=sys.stderr)
         return 1
     return 0
+
+
+async def _follow(state: State, row: JournalRow, log_dir: str) -> int:
+    """``logs --follow``: print the try's output as it is written, until the try has ended (its
+    row is finished, or the process that ran it is gone), as ``tail -f`` would, then the rest.
+
+    The CLI's lazy logs reach the file every 0.5 s while a task runs (see ``_memlogs``), so the
+    output follows the task with up to a second of delay.
+    """
+    out = sys.stdout.buffer
+    offset = 0
+    while True:
+        ended = row.finished or not await _owner_alive(state, row)
+        # The log's name: recorded, or (the CLI's lazy logs, named once the task writes) the
+        # CLI's own for this key and try.
+        path = row.log_path or _logs.log_path(log_dir, row.key, row.try_number)
+        offset = await _print_from(path, offset, out)
+        if ended:
+            return 0
+        await anyio.sleep(FOLLOW_INTERVAL)
+        row = await state.row(str(row.key), row.try_number) or row
+
+
+async def _owner_alive(state: State, row: JournalRow) -> bool:
+    """Whether the process that runs ``row``'s task (a CLI or an executor) is still alive."""
+    for entry in await state.journal.executors():
+        if entry["executor_id"] == row.executor_id:
+            return same_process(entry["pid"], entry["proc_start"])
+    return False
+
+
+async def _print_from(path: str, offset: int, out: BinaryIO) -> int:
+    """Copy ``path`` from ``offset`` to ``out``; the new offset (a file cut back to its size
+    cap is followed from its new end; a missing one is not there yet)."""
+    try:
+        async with await anyio.open_file(path, "rb") as handle:
+            size = (await anyio.Path(path).stat()).st_size
+            offset = min(offset, size)
+            await handle.seek(offset)
+            while chunk := await handle.read(_CHUNK):
+                out.write(chunk)
+                offset += len(chunk)
+    except FileNotFoundError:
+        return offset
+    out.flush()
+    return offset
 
 
 async def _find(state: State, key: str, run: str | None, try_number: int | None) -> JournalRow | None:
