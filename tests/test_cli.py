@@ -1217,23 +1217,23 @@ def test_tag_puts_the_arguments_before_each_output_line(tmp_path: Path) -> None:
     assert ae(tmp_path, "run", "--tag", str(path)).stdout == "echo x\tx\n"  # a job line tags with itself
 
 
-def test_line_buffer_prints_each_line_while_the_task_runs(tmp_path: Path) -> None:
-    """``--lb``: a line reaches our stdout while its task still runs (it waits for the test to
-    see that line); without the option the task's output would come only once it has ended."""
+def _gated_output(tmp_path: Path, options: list[str], first: str) -> tuple[str, str]:
+    """Run two tasks (``a``, ``b``) that each print ``first`` and then wait for the test to
+    touch ``release-a`` / ``release-b``: what our stdout showed while they waited (read until
+    ``first`` came twice), and what came after. Without live output the first read times out."""
     script = (
-        "printf 'started {}\\n'; i=0; while [ ! -e release-{} ]; do i=$((i+1));"
+        f"printf '{first}'; i=0; while [ ! -e release-{{}} ]; do i=$((i+1));"
         " [ $i -gt 3000 ] && exit 9; sleep 0.02; done; printf 'done {}'"
     )
     proc = subprocess.Popen(
-        [*CLI, "run", "-q", "--lb", "--tag", "--shell", script, ":::", "a", "b"],
+        [*CLI, "run", "-q", *options, "--shell", script, ":::", "a", "b"],
         cwd=tmp_path,
         env=_env(tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     try:
-        seen = _read_until(proc, "started", count=2, stream="stdout")
-        assert sorted(seen.splitlines()) == ["a\tstarted a", "b\tstarted b"]
+        seen = _read_until(proc, first.replace("\\n", "").split("{}")[0], count=2, stream="stdout")
         (tmp_path / "release-a").touch()
         (tmp_path / "release-b").touch()
         rest, err = proc.communicate(timeout=60)
@@ -1242,7 +1242,21 @@ def test_line_buffer_prints_each_line_while_the_task_runs(tmp_path: Path) -> Non
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err
-    assert rest.decode() in ("a\tdone ab\tdone b", "b\tdone ba\tdone a")  # last lines unfinished
+    return seen, rest.decode()
+
+
+def test_line_buffer_prints_each_line_while_the_task_runs(tmp_path: Path) -> None:
+    """``--lb``: a line reaches our stdout while its task still runs."""
+    seen, rest = _gated_output(tmp_path, ["--lb", "--tag"], "started {}\\n")
+    assert sorted(seen.splitlines()) == ["a\tstarted a", "b\tstarted b"]
+    assert rest in ("a\tdone ab\tdone b", "b\tdone ba\tdone a")  # last lines unfinished
+
+
+def test_ungroup_prints_half_lines_while_the_task_runs(tmp_path: Path) -> None:
+    """``-u``: output without a newline (a prompt, a progress bar) shows while its task runs."""
+    seen, rest = _gated_output(tmp_path, ["-u"], "working {}...")
+    assert seen in ("working a...working b...", "working b...working a...")
+    assert rest in ("done adone b", "done bdone a")
 
 
 def test_tagstring_with_the_slot_of_each_job(tmp_path: Path) -> None:

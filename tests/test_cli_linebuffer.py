@@ -56,6 +56,19 @@ def test_complete_lines_while_running_and_the_rest_when_the_try_ends(tmp_path: P
     assert out.take() == b""
 
 
+def test_ungrouped_output_goes_out_as_it_comes(tmp_path: Path) -> None:
+    out, log = Out(), tmp_path / "a.log"
+    lines = LineBuffer(out, keep_order=False, whole_lines=False)
+    lines.started(0, [(str(log), False)], b"T\t")
+    _append(log, b"50%\r")
+    lines.poll()
+    assert out.take() == b"T\t50%\r"  # no newline needed
+    _append(log, b"100%\ndone")
+    lines.poll()
+    lines.try_ended(0)
+    assert out.take() == b"100%\nT\tdone"  # the tag only where a line starts
+
+
 def test_lines_of_different_tasks_interleave_whole(tmp_path: Path) -> None:
     out = Out()
     a, b = tmp_path / "a.log", tmp_path / "b.log"

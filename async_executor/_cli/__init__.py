@@ -274,6 +274,13 @@ def cli() -> None:
     " may mix, never half lines), not whole when the task ends.",
 )
 @click.option(
+    "-u",
+    "--ungroup",
+    is_flag=True,
+    help="Print each task's output as it is written, half lines too (output of different tasks"
+    " may mix mid-line).",
+)
+@click.option(
     "--tag",
     is_flag=True,
     help="Put each job's arguments (or its line) and a tab before each line of its output.",
@@ -360,6 +367,7 @@ def run(
     results: str | None,
     keep_order: bool,
     line_buffer: bool,
+    ungroup: bool,
     tag: bool,
     tagstring: str | None,
     colsep: str | None,
@@ -388,7 +396,7 @@ def run(
     and # comments are skipped. Each line's key in the journal is RUN:LINE:HASH (its line
     number and a hash of its text), so --resume and --retry-failed find it again after the
     file is edited. Output of each task is printed whole when it finishes (with
-    --line-buffer, line by line as it is written).
+    --line-buffer, line by line as it is written; with -u, as it is written).
 
     In GNU parallel's form each combination of the input sources (the first varying slowest;
     :::+ and ::::+ pair a source's values with the one's before) fills the command's replacement
@@ -471,6 +479,7 @@ def run(
         results=results,
         keep_order=keep_order,
         line_buffer=line_buffer,
+        ungroup=ungroup,
         tag=tag,
         tagstring=tagstring,
         quiet=quiet,

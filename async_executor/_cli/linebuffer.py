@@ -1,4 +1,4 @@
-"""``--line-buffer``: each task's output printed line by line while it runs (GNU parallel's ``--lb``).
+"""``--line-buffer`` and ``-u``: each task's output printed while it runs (GNU parallel's ``--lb``, ``-u``).
 
 By default a task's output is printed whole when it ends (GNU parallel's ``--group``). With
 ``--line-buffer`` the tasks write to their log files as usual and the CLI follows those files:
@@ -6,7 +6,9 @@ every :data:`POLL_INTERVAL` seconds it prints the complete lines written since i
 so lines of different tasks interleave but a line is never cut. When a try ends, the rest of
 its output is printed, an unfinished last line included (as GNU parallel does, without adding a
 newline). With ``--keep-order`` only the first unfinished job in input order is followed; the
-output of later jobs waits in their files until it is their turn.
+output of later jobs waits in their files until it is their turn. ``--ungroup`` prints what
+is new at each look without waiting for the end of a line (a progress bar drawn with ``\r``
+shows as it goes); lines of different tasks may then mix.
 
 Reading files rather than pipes keeps the tasks' output in their logs (``async-executor
 logs``), costs no descriptor per task, and a task never blocks on a slow reader of our stdout.
@@ -111,9 +113,11 @@ class LineBuffer:
     The caller calls :meth:`poll` every :data:`POLL_INTERVAL` seconds while :attr:`following`.
     """
 
-    def __init__(self, write: Writer, *, keep_order: bool) -> None:
+    def __init__(self, write: Writer, *, keep_order: bool, whole_lines: bool = True) -> None:
         self._write = write
         self._keep_order = keep_order
+        #: ``False`` (``--ungroup``): print a running try's output without waiting for line ends.
+        self._whole_lines = whole_lines
         self._jobs: dict[int, _Job] = {}
         #: ``keep_order``: the position of the job whose output is printed now.
         self._next = 0
@@ -184,7 +188,7 @@ class LineBuffer:
             for source in attempt.sources:
                 data = source.partial + source.read(None if attempt.ended else READ_LIMIT)
                 source.partial = b""
-                if not attempt.ended:
+                if not attempt.ended and self._whole_lines:
                     cut = data.rfind(b"\n") + 1
                     if cut or len(data) < READ_LIMIT:
                         data, source.partial = data[:cut], data[cut:]

@@ -76,6 +76,8 @@ class RunConfig:
     tagstring: str | None = None
     #: ``--line-buffer``: print each task's complete lines as it writes them (not whole at its end).
     line_buffer: bool = False
+    #: ``--ungroup``: print each task's output as it writes it, half lines too.
+    ungroup: bool = False
     #: Show the live display on stderr when stdout is not a terminal (GNU parallel's ``--bar``).
     bar: bool = False
     quiet: bool = False
@@ -195,7 +197,9 @@ class Runner:
         self._tag_slotted = cfg.tagstring is not None and uses_slot(cfg.tagstring)
         #: ``--line-buffer``: follows the running tasks' log files (polled by ``_poll_timer``).
         self._lines: LineBuffer | None = (
-            LineBuffer(self.display.write, keep_order=cfg.keep_order) if cfg.line_buffer else None
+            LineBuffer(self.display.write, keep_order=cfg.keep_order, whole_lines=not cfg.ungroup)
+            if cfg.line_buffer or cfg.ungroup
+            else None
         )
         self._poll_timer: asyncio.TimerHandle | None = None
         #: Lines not tried yet, in input order.
@@ -227,7 +231,7 @@ class Runner:
                 log_dir=cfg.log_dir,
                 # log files only for tasks that write something (see _memlogs.py), unless
                 # --line-buffer follows the files as the tasks write them
-                lazy_logs=not cfg.line_buffer,
+                lazy_logs=self._lines is None,
                 kill_grace=cfg.kill_grace,
                 **self.state.executor_options(),
             ) as ex:
