@@ -258,16 +258,19 @@ class Engine:
         for spec in specs:
             self._finish_unstarted(spec, None, reason, detail)
 
-    def stop_task(self, key: Any) -> bool:
-        """Drop a pending task, or stop a running one's process group (reason ``TERMINATED``)."""
+    def stop_task(
+        self, key: Any, reason: FailureReason = FailureReason.TERMINATED, detail: str = "cancelled"
+    ) -> bool:
+        """Drop a pending task, or stop a running one's process group (its outcome says
+        ``reason`` and ``detail``: by default ``TERMINATED``, "cancelled")."""
         if self.revoke(key):
             return True
         run = self._runs.get(key)
         if run is None:
             return False
         if run.reason is None:
-            run.reason = FailureReason.TERMINATED
-            run.detail = "cancelled"
+            run.reason = reason
+            run.detail = detail
         self._stop(run)
         return True
 

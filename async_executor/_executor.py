@@ -106,6 +106,11 @@ class TaskHandle:
         """Stop the task: drop it if it has not started, else stop its process group."""
         return self._executor._engine.stop_task(self.key)
 
+    def _stop_as(self, reason: FailureReason, detail: str) -> bool:
+        """:meth:`cancel`, with the outcome's ``reason`` and ``detail`` (e.g. the CLI's
+        ``--timeout N%``, a deadline the engine does not know)."""
+        return self._executor._engine.stop_task(self.key, reason, detail)
+
     def __repr__(self) -> str:
         state = self._future.result().state if self._future.done() else "pending"
         return f"<TaskHandle {self.key!r} {state}>"

@@ -114,6 +114,8 @@ def test_unbalanced_quotes_name_the_line_and_start_nothing(tmp_path: Path) -> No
         (["--bogus-flag"], "--bogus-flag"),
         (["--halt", "later,fail=1"], "is not a halt policy"),
         (["--timeout", "-1"], "--timeout"),
+        (["--timeout", "abc"], "not a number of seconds or a percentage"),
+        (["--timeout", "0%"], "a percentage must be above 0"),
         (["--retries", "x"], "--retries"),
         (["--resume", "--retry-failed"], "cannot be used together"),
         (["--run", "a:b"], "contain no ':'"),
@@ -399,6 +401,21 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     assert (timed_out["Exitval"], timed_out["Signal"]) == ("-1", "15")
     assert rows["true"]["Exitval"] == "0"
     assert status_rows(tmp_path, "jobs")[1]["outcome"].startswith("timed_out")
+
+
+def test_timeout_percent_of_the_median_success_runtime(tmp_path: Path) -> None:
+    """``--timeout 200%``: no limit until a task has succeeded; then tasks running longer than
+    twice the median success runtime are stopped, one that started before the median was
+    known included, as GNU parallel does."""
+    straggler = "sh -c 'echo $$ > leader; sleep 60'"
+    path = jobfile(tmp_path, [straggler, "sleep 0.3", "sleep 0.1"])
+    result = ae(tmp_path, "run", "-j", "2", "--timeout", "200%", "--kill-grace", "1", str(path))
+    assert result.returncode == 1, result.stderr
+    assert "(200% of the median runtime of " in result.stderr
+    rows = status_rows(tmp_path, "jobs")
+    assert rows[1]["state"] == "failed" and rows[1]["outcome"].startswith("timed_out")
+    assert (rows[2]["state"], rows[3]["state"]) == ("success", "success")
+    assert group_members(int((tmp_path / "leader").read_text())) == []
 
 
 def test_retries_rerun_a_failing_line_with_backoff(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from async_executor._cli.halt import NEVER, HaltPolicy, parse_halt
 from async_executor._cli.joblog import HEADER, exit_value, joblog_line
 from async_executor._cli.jobs import JobFileError, JobParser, parse_jobs
 from async_executor._cli.stream import LineSplitter, StreamReader
+from async_executor._cli.timeouts import DynamicTimeouts, RunningMedian, Timeout, parse_timeout
 
 
 def test_parse_skips_blanks_and_comments_and_splits_with_shell_rules() -> None:
@@ -200,3 +201,45 @@ def test_tag_goes_before_every_line_wherever_the_chunks_end(data: bytes, cuts: l
     lines = [piece + b"\n" for piece in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
     assert b"".join(_tagged(chunks, b"T\t")) == b"".join(b"T\t" + line for line in lines)
     assert b"".join(_tagged(chunks, None)) == data
+
+
+# --------------------------------------------------------------------------- --timeout N%
+
+
+def test_timeouts_parse_seconds_or_a_percentage() -> None:
+    assert parse_timeout("2.5") == Timeout(seconds=2.5)
+    assert parse_timeout("200%") == Timeout(percent=200.0)
+    assert parse_timeout("12.5%") == Timeout(percent=12.5)
+    for bad in ("", "x", "%", "-1", "0", "inf", "nan", "-5%", "0%", "5%%"):
+        with pytest.raises(ValueError):
+            parse_timeout(bad)
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1e6), min_size=1, max_size=60))
+def test_running_median_is_the_lower_median(values: list[float]) -> None:
+    median = RunningMedian()
+    for count, value in enumerate(values, start=1):
+        median.add(value)
+        assert len(median) == count
+        assert median.median == sorted(values[:count])[(count - 1) // 2]
+
+
+@pytest.mark.anyio
+async def test_dynamic_timeouts_stop_the_tries_past_the_limit_oldest_first() -> None:
+    stopped: list[tuple[str, str]] = []
+    timeouts: DynamicTimeouts[str] = DynamicTimeouts(300, lambda name, detail: stopped.append((name, detail)))
+    for token, name in enumerate(("first", "second", "quick")):
+        timeouts.started(token, name)
+    await asyncio.sleep(0.05)
+    assert timeouts.limit is None and stopped == []  # no success yet: no limit
+    timeouts.ended(2, 0.01)  # a success of 10 ms: the limit is 30 ms, both others are past it
+    assert timeouts.limit == pytest.approx(0.03)
+    await asyncio.sleep(0.01)
+    assert [name for name, _ in stopped] == ["first", "second"]
+    assert "300% of the median runtime of 1 success(es), 0.01s" in stopped[0][1]
+    timeouts.started(3, "failing")
+    timeouts.ended(3, None)  # a failure does not count, and is watched no more
+    timeouts.ended(0, None)  # the stopped ones end later: nothing happens twice
+    await asyncio.sleep(0.1)
+    assert len(stopped) == 2 and timeouts.limit == pytest.approx(0.03)
+    timeouts.close()

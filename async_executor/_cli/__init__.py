@@ -29,6 +29,7 @@ import click
 from .halt import NEVER, HaltPolicy, parse_halt
 from .jobs import Job, JobFileError, JobParser, parse_jobs
 from .template import parse_command_line, tag_text
+from .timeouts import Timeout, parse_timeout
 
 __all__ = ["cli", "main"]
 
@@ -38,8 +39,9 @@ if TYPE_CHECKING:
     # click >= 8.2 types ParamType by the value it converts to
     _IntParam = click.ParamType[int]
     _HaltParam = click.ParamType[HaltPolicy]
+    _TimeoutParam = click.ParamType[Timeout]
 else:
-    _IntParam = _HaltParam = click.ParamType
+    _IntParam = _HaltParam = _TimeoutParam = click.ParamType
 
 _EXIT_CODES = """\b
 Exit codes:
@@ -123,6 +125,20 @@ class SizeType(_IntParam):
         return size
 
 
+class TimeoutType(_TimeoutParam):
+    """``--timeout``: seconds, or a percentage of the median success runtime (``200%``)."""
+
+    name = "SECONDS|N%"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Timeout:
+        if isinstance(value, Timeout):
+            return value
+        try:
+            return parse_timeout(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 class HaltType(_HaltParam):
     name = "now|soon,fail=N|N%|success=N"
 
@@ -199,10 +215,10 @@ def cli() -> None:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=TimeoutType(),
     default=None,
-    metavar="SECONDS",
-    help="Kill a task's whole process group after this many seconds.",
+    help="Kill a task's whole process group after this many seconds; or N%: after N% of the"
+    " median runtime of the tasks that succeeded so far (no limit before one has).",
 )
 @click.option(
     "--retries",
@@ -355,7 +371,7 @@ def cli() -> None:
 def run(
     args: tuple[str, ...],
     parallelism: int,
-    timeout: float | None,
+    timeout: Timeout | None,
     retries: int,
     backoff: float,
     delay: float,
@@ -469,7 +485,8 @@ def run(
         jobs=plan.jobs,
         run=name,
         parallelism=parallelism,
-        timeout=timeout,
+        timeout=timeout.seconds if timeout is not None else None,
+        timeout_percent=timeout.percent if timeout is not None else None,
         retries=retries,
         backoff=backoff,
         delay=delay,

@@ -20,10 +20,10 @@ import attrs
 from .. import _logs
 from .._aio import shielded
 from .._exceptions import ExecutorClosedError
-from .._executor import AsyncExecutor
+from .._executor import AsyncExecutor, TaskHandle
 from .._limits import RESERVED_FDS, open_fd_count, raise_nofile_limit
 from .._memlogs import AVAILABLE as LAZY_LOGS
-from .._records import TaskInfo, TaskSpec, TaskState
+from .._records import FailureReason, TaskInfo, TaskSpec, TaskState
 from .display import Counters, LiveDisplay, PlainDisplay, make_display
 from .halt import NEVER, HaltPolicy
 from .joblog import JobLog, exit_value
@@ -34,6 +34,7 @@ from .orphans import RESCAN_INTERVAL, Leftovers, task_env
 from .state import JournalRow, State
 from .stream import LineSplitter, StreamReader
 from .template import tag_text, uses_slot
+from .timeouts import DynamicTimeouts
 
 # Exit codes (documented in ``async-executor run --help`` and the README).
 EXIT_OK = 0
@@ -60,6 +61,8 @@ class RunConfig:
     run: str
     parallelism: int
     timeout: float | None = None
+    #: ``--timeout N%``: stop a try that runs longer than N% of the median success runtime.
+    timeout_percent: float | None = None
     retries: int = 0
     backoff: float = 0.5
     #: ``--delay``: seconds between the starts of two tasks (retries included).
@@ -202,6 +205,10 @@ class Runner:
             else None
         )
         self._poll_timer: asyncio.TimerHandle | None = None
+        #: ``--timeout N%``: the running tries, watched against the median success runtime.
+        self._timeouts: DynamicTimeouts[TaskHandle] | None = (
+            DynamicTimeouts(cfg.timeout_percent, _time_out) if cfg.timeout_percent is not None else None
+        )
         #: Lines not tried yet, in input order.
         self._fresh: collections.deque[Job] = collections.deque()
         #: Streamed input: the reader (``counters.input_open``: more lines may still come).
@@ -245,6 +252,8 @@ class Runner:
             for timer in (self._hold_timer, self._poll_timer):
                 if timer is not None:
                     timer.cancel()
+            if self._timeouts is not None:
+                self._timeouts.close()
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             self._stop_reading()
@@ -467,6 +476,8 @@ class Runner:
         self.tries[key] = try_number
         if self.cfg.tag:
             self._tags[job.seq] = self._tag(job, slot)
+        if self._timeouts is not None:
+            self._timeouts.started(job.seq, handle)
         if self._lines is not None:
             paths = [(_logs.log_path(self.cfg.log_dir, key, try_number), False)]
             if self.cfg.results:
@@ -495,6 +506,9 @@ class Runner:
             if self._lines is not None:
                 self._lines.try_ended(self._order[job.seq])
                 self.display.flush()
+            if self._timeouts is not None:
+                ran = info.ended_at - info.started_at if info.ended_at and info.started_at else None
+                self._timeouts.ended(job.seq, ran if info.succeeded else None)
             if info.state is TaskState.SUCCESS and info.detail:  # e.g. its log's disk is full
                 self.display.note(f"line {job.line}: {info.detail}", always=True)
             if unrecorded_start and info.pid is not None:
@@ -662,6 +676,11 @@ class Runner:
         else:
             self.display.stopping("terminating every running task")
             self._terminate()
+
+
+def _time_out(handle: TaskHandle, detail: str) -> None:
+    """``--timeout N%``: stop a try that ran too long; it fails as timed out."""
+    handle._stop_as(FailureReason.TIMED_OUT, detail)
 
 
 def _size(path: str | None) -> int:
