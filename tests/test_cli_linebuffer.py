@@ -208,3 +208,50 @@ def test_whatever_the_timing_output_is_whole_lines_then_the_rest(
         expected = b"\n".join(tag + part for part in parts[:-1]) + (b"\n" if len(parts) > 1 else b"")
         expected += tag + parts[-1] if parts[-1] else b""
     assert out.text() == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_keep_order_prints_every_job_whole_and_in_order_whatever_the_interleaving(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    """Jobs with one or two tries, their writes, ends and our polls interleaved at random:
+    with ``keep_order`` the output is every job's output, try by try, in input order."""
+    folder = tmp_path_factory.mktemp("ko")
+    jobs = data.draw(st.integers(1, 4), label="jobs")
+    chunk = st.binary(max_size=6).map(lambda b: b.replace(b"\r", b"\n"))
+    # each job's own steps, in its order: ("write", try, bytes) ... ("end", try) ..., ("done",)
+    steps: list[list[tuple[object, ...]]] = []
+    for _ in range(jobs):
+        mine: list[tuple[object, ...]] = []
+        for attempt in range(data.draw(st.integers(1, 2), label="tries")):
+            mine.append(("start", attempt))
+            for piece in data.draw(st.lists(chunk, max_size=3), label="writes"):
+                mine.append(("write", attempt, piece))
+            mine.append(("end", attempt))
+        mine.append(("done",))
+        steps.append(mine)
+    expected_order = b"".join(b"".join(step[2] for step in mine if step[0] == "write") for mine in steps)
+    out = Out()
+    lines = LineBuffer(out, keep_order=True)
+    while any(steps):
+        job = data.draw(st.sampled_from([j for j, mine in enumerate(steps) if mine]), label="next")
+        step = steps[job].pop(0)
+        log = folder / f"{job}-{step[1]}.log" if len(step) > 1 else None
+        if step[0] == "start":
+            assert log is not None
+            log.write_bytes(b"")
+            lines.started(job, [(str(log), False)], None)
+        elif step[0] == "write":
+            assert log is not None
+            _append(log, step[2])
+        elif step[0] == "end":
+            lines.try_ended(job)
+        else:
+            lines.finished(job)
+        if data.draw(st.booleans(), label="poll"):
+            lines.poll()
+    assert out.text() == expected_order  # every job finished: all printed, nothing followed
+    assert not lines.following
+    lines.close()
+    assert out.text() == expected_order
