@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import hypothesis.strategies as st
@@ -35,7 +36,12 @@ def _append(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
 def test_complete_lines_while_running_and_the_rest_when_the_try_ends(tmp_path: Path) -> None:
+    fds = _open_fds()
     out, log = Out(), tmp_path / "a.log"
     lines = LineBuffer(out, keep_order=False)
     lines.started(0, [(str(log), False)], None)  # the file does not exist yet: nothing to print
@@ -54,6 +60,20 @@ def test_complete_lines_while_running_and_the_rest_when_the_try_ends(tmp_path: P
     assert not lines.following
     lines.close()
     assert out.take() == b""
+    assert _open_fds() == fds  # the file was open while its try ran, and closed at its end
+
+
+def test_files_of_jobs_waiting_their_turn_are_not_held_open(tmp_path: Path) -> None:
+    fds = _open_fds()
+    lines = LineBuffer(Out(), keep_order=True)
+    for order in range(5):
+        log = tmp_path / f"{order}.log"
+        log.write_bytes(b"x\n")
+        lines.started(order, [(str(log), False)], None)
+    lines.poll()
+    assert _open_fds() == fds + 1  # only the followed one
+    lines.close()
+    assert _open_fds() == fds
 
 
 def test_ungrouped_output_goes_out_as_it_comes(tmp_path: Path) -> None:

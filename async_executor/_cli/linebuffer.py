@@ -29,9 +29,13 @@ Writer = Callable[[bytes, bool], None]
 
 
 class _Source:
-    """One output file of a try, and how much of it has been printed."""
+    """One output file of a try, and how much of it has been printed.
 
-    __slots__ = ("at_start", "offset", "partial", "path", "to_stderr")
+    The file stays open while its try runs: a look at an unchanged file is then one ``fstat``
+    (with ``-j 1000``, 20,000 looks a second).
+    """
+
+    __slots__ = ("at_start", "fd", "offset", "partial", "path", "to_stderr")
 
     def __init__(self, path: str, to_stderr: bool) -> None:
         self.path = path
@@ -41,13 +45,16 @@ class _Source:
         self.partial = b""
         #: Whether the next byte printed starts a line (``--tag`` goes before it).
         self.at_start = True
+        self.fd = -1
 
     def read(self, limit: int | None) -> bytes:
         """New bytes of the file since the last read (at most ``limit``); ``b""`` if none."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:  # not created yet (a task that has not started), or removed
-            return b""
+        fd = self.fd
+        if fd < 0:
+            try:
+                fd = self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:  # not created yet (a task that has not started), or removed
+                return b""
         try:
             size = os.fstat(fd).st_size
             if size < self.offset:  # cut back to the log size cap: the rest was printed already
@@ -67,8 +74,11 @@ class _Source:
             return b"".join(chunks)
         except OSError:
             return b""
-        finally:
-            os.close(fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class _Try:
@@ -197,4 +207,6 @@ class LineBuffer:
                     source.at_start = data.endswith(b"\n")
             if not attempt.ended:
                 return
+            for source in attempt.sources:
+                source.close()
             job.tries.pop(0)
