@@ -514,7 +514,7 @@ def test_resume_skips_succeeded_lines_after_the_file_was_edited(tmp_path: Path) 
     assert sorted(_ran(tmp_path)) == ["c", "new"]
     assert "5 skipped" in second.stderr or "4 skipped" in second.stderr
     (tmp_path / "ran").unlink()
-    third = ae(tmp_path, "run", "--resume", str(path))
+    third = ae(tmp_path, "run", "--resume-failed", str(path))  # GNU parallel's name for it
     assert third.returncode == 0
     assert _ran(tmp_path) == []
 
@@ -1180,6 +1180,7 @@ def test_same_lines_and_outputs_as_gnu_parallel(tmp_path: Path) -> None:
         ["--tagstring", "{}-{#}-{.}/{/}", "echo", ":::", "a b.c", "it's", "d/e"],
         ["--tagstring", "T{1}/{2}{3}", "--tag", "echo", ":::", "a", "b", ":::", "1"],
         ["--colsep", ",", "--tagstring", "<{2}>", "echo", "{1}", ":::", "a,b", "c"],
+        ["--will-cite", "-P", "2", "--max-procs", "3", "echo", ":::", "a", "b"],
         ["--lb", "sh", "-c", "'echo x{}; sleep 0.{}; echo y{}'", ":::", "3", "1", "2"],
     ]
     for case in cases:

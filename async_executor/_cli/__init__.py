@@ -207,6 +207,8 @@ def cli() -> None:
 @click.option(
     "-j",
     "--jobs",
+    "-P",
+    "--max-procs",
     "parallelism",
     type=JobsType(),
     default="100%",
@@ -350,7 +352,14 @@ def cli() -> None:
     is_flag=True,
     help="Show the progress display on stderr when stdout is not a terminal (run --bar ... > out).",
 )
-@click.option("--resume", is_flag=True, help="Skip lines that already succeeded in this run's journal.")
+@click.option(
+    "--resume",
+    "--resume-failed",
+    "resume",
+    is_flag=True,
+    help="Skip lines that already succeeded in this run's journal: the failed ones and those"
+    " not run yet run (GNU parallel's --resume-failed; its --resume would skip failures too).",
+)
 @click.option("--retry-failed", is_flag=True, help="Run only the lines that failed in this run's journal.")
 @click.option(
     "--run",
@@ -366,6 +375,12 @@ def cli() -> None:
     show_default=True,
     metavar="SECONDS",
     help="Between SIGTERM and SIGKILL when a task is stopped.",
+)
+@click.option(
+    "--will-cite",
+    is_flag=True,
+    hidden=True,
+    help="Accepted, and ignored, so that GNU parallel command lines run as they are.",
 )
 @_state_option
 def run(
@@ -396,6 +411,7 @@ def run(
     retry_failed: bool,
     run_name: str | None,
     kill_grace: float,
+    will_cite: bool,
     state_path: str | None,
 ) -> None:
     """Run each line of JOBFILE (or - for stdin) as a command, -j at a time; or, in GNU
