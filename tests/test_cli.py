@@ -1453,3 +1453,46 @@ def test_memfree_sizes_and_bad_ones() -> None:
 def test_memfree_refuses_more_than_the_machine_has(tmp_path: Path) -> None:
     result = ae(tmp_path, "run", "--memfree", "1P", "echo", ":::", "a")
     assert result.returncode == 2 and "more than this machine's memory" in result.stderr
+
+
+def test_load_holds_back_starts_while_the_machine_is_busy(tmp_path: Path) -> None:
+    """``--load N``: no task starts while N or more processes are runnable (here busy loops,
+    more than the limit), and the task starts once they are gone."""
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("no /proc/stat")
+    limit = max(1, len(os.sched_getaffinity(0)))
+    hogs = [
+        subprocess.Popen(["sh", "-c", "i=0; while [ $i -lt 3000000 ]; do i=$((i+1)); done"])
+        for _ in range(limit + 3)
+    ]
+    waiting = None
+    try:
+        waiting = subprocess.Popen(
+            [*CLI, "run", "--load", str(limit), "sh", "-c", "'echo ran >> ran'", ":::", "a"],
+            cwd=tmp_path,
+            env=_env(tmp_path),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        assert "waiting for the load to fall" in _read_until(waiting, "waiting for the load")
+        assert not (tmp_path / "ran").exists()
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    _, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0, err
+    assert _ran(tmp_path) == ["ran"]
+
+
+def test_load_limits_and_bad_ones() -> None:
+    from async_executor._cli.load import current_load, parse_load
+
+    assert parse_load("3", 4) == 3 and parse_load("50%", 4) == 2 and parse_load("+2", 4) == 6
+    assert parse_load("-1", 4) == 3 and parse_load("0.5", 4) == 0.5
+    for bad in ("", "x", "0", "-4", "0%", "inf"):
+        with pytest.raises(ValueError):
+            parse_load(bad, 4)
+    load = current_load()
+    assert load is None or load >= 0

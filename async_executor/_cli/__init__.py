@@ -40,8 +40,9 @@ if TYPE_CHECKING:
     _IntParam = click.ParamType[int]
     _HaltParam = click.ParamType[HaltPolicy]
     _TimeoutParam = click.ParamType[Timeout]
+    _FloatParam = click.ParamType[float]
 else:
-    _IntParam = _HaltParam = _TimeoutParam = click.ParamType
+    _IntParam = _HaltParam = _TimeoutParam = _FloatParam = click.ParamType
 
 _EXIT_CODES = """\b
 Exit codes:
@@ -123,6 +124,22 @@ class SizeType(_IntParam):
         if size > total:
             self.fail(f"{value} is more than this machine's memory ({total / 2**30:.1f} GiB)", param, ctx)
         return size
+
+
+class LoadType(_FloatParam):
+    """``--load``: N, N% of the CPUs, or +N/-N CPUs more or less (as ``-j``)."""
+
+    name = "N|N%"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        from .load import parse_load
+
+        try:
+            return parse_load(str(value), _cpus())
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 class TimeoutType(_TimeoutParam):
@@ -250,6 +267,14 @@ def cli() -> None:
     default=None,
     help="Start a task only while at least SIZE of memory is available (MemAvailable; K/M/G"
     " are 1024s, k/m/g 1000s). Running tasks are never killed for it.",
+)
+@click.option(
+    "--load",
+    "max_load",
+    type=LoadType(),
+    default=None,
+    help="Start a task only while fewer than N processes run or wait for a disk (N% of the"
+    " CPUs, +N/-N as for -j; GNU parallel's --load: this instant's count, not the average).",
 )
 @click.option(
     "--halt",
@@ -391,6 +416,7 @@ def run(
     backoff: float,
     delay: float,
     memfree: int | None,
+    max_load: float | None,
     halt: HaltPolicy,
     shell: bool,
     dry_run: bool,
@@ -507,6 +533,7 @@ def run(
         backoff=backoff,
         delay=delay,
         memfree=memfree or 0,
+        max_load=max_load,
         halt=halt,
         joblog=joblog,
         results=results,

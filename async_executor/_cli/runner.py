@@ -29,6 +29,7 @@ from .halt import NEVER, HaltPolicy
 from .joblog import JobLog, exit_value
 from .jobs import SLOT_MARK, Job, JobFileError, JobParser
 from .linebuffer import POLL_INTERVAL, LineBuffer
+from .load import current_load
 from .memory import available_memory
 from .orphans import RESCAN_INTERVAL, Leftovers, task_env
 from .state import JournalRow, State
@@ -51,6 +52,8 @@ CLI_FDS = 32
 BACKLOG = 10_000
 #: ``--memfree``: seconds between looks at the available memory while a start waits for it.
 MEMORY_RECHECK = 0.5
+#: ``--load``: seconds between looks at the load while a start waits for it to fall.
+LOAD_RECHECK = 0.5
 
 _STDERR_WRAPPER = 'exec 2>"$0"; exec "$@"'
 
@@ -69,6 +72,8 @@ class RunConfig:
     delay: float = 0.0
     #: ``--memfree``: bytes of available memory a task needs to start (0: no check).
     memfree: int = 0
+    #: ``--load``: a task starts only while fewer processes than this run or wait for a disk.
+    max_load: float | None = None
     halt: HaltPolicy = NEVER
     joblog: str | None = None
     results: str | None = None
@@ -189,8 +194,9 @@ class Runner:
         self._next_start = 0.0
         #: Wakes the loop when a start held back by ``--delay`` or ``--memfree`` may go.
         self._hold_timer: asyncio.TimerHandle | None = None
-        #: ``--memfree``: whether the wait for memory has been noted (once per wait).
+        #: ``--memfree`` / ``--load``: whether the wait has been noted (once per wait).
         self._memory_noted = False
+        self._load_noted = False
         self._error: BaseException | None = None
         self._order: dict[int, int] = {}
         self._ready: dict[int, tuple[str | None, str | None, bytes | None]] = {}
@@ -288,7 +294,7 @@ class Runner:
         loop = asyncio.get_running_loop()
         fresh = self._fresh
         delay = self.cfg.delay
-        held = bool(delay or self.cfg.memfree)
+        held = bool(delay or self.cfg.memfree or self.cfg.max_load)
         while True:
             while self._in_flight < limit:
                 if held and self._held_back(loop):
@@ -408,8 +414,8 @@ class Runner:
             self._wake()
 
     def _held_back(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """``--delay`` / ``--memfree``: whether the next start must wait (a timer then wakes
-        the loop to try again)."""
+        """``--delay`` / ``--memfree`` / ``--load``: whether the next start must wait (a
+        timer then wakes the loop to try again)."""
         if self.stop_starting or not (self._due or self._fresh):
             return False
         wait = self._next_start - loop.time()
@@ -425,6 +431,18 @@ class Runner:
                 wait = MEMORY_RECHECK
             else:
                 self._memory_noted = False
+        if wait <= 0 and self.cfg.max_load:
+            load = current_load()
+            if load is not None and load >= self.cfg.max_load:
+                if not self._load_noted:
+                    self._load_noted = True
+                    self.display.note(
+                        f"waiting for the load to fall: {load} process(es) running or waiting for a disk,"
+                        f" --load allows fewer than {self.cfg.max_load:g}"
+                    )
+                wait = LOAD_RECHECK
+            else:
+                self._load_noted = False
         if wait <= 0:
             return False
         if self._hold_timer is None:
