@@ -116,6 +116,8 @@ def test_unbalanced_quotes_name_the_line_and_start_nothing(tmp_path: Path) -> No
         (["--timeout", "-1"], "--timeout"),
         (["--timeout", "abc"], "not a number of seconds or a percentage"),
         (["--timeout", "0%"], "a percentage must be above 0"),
+        (["-d", ","], "-d/--delimiter needs a command"),
+        (["--load", "x"], "is not a load"),
         (["--retries", "x"], "--retries"),
         (["--resume", "--retry-failed"], "cannot be used together"),
         (["--run", "a:b"], "contain no ':'"),
@@ -1149,6 +1151,9 @@ def test_bad_command_lines_exit_2_and_start_nothing(tmp_path: Path) -> None:
         (("-n", "2", "jobs.txt"), "-n/-N needs a command"),
         (("-n", "-1", "echo", ":::", "a"), "-1 is not in the range x>=0"),
         (("-n", "2", "echo", "{3}", ":::", "a"), "{3} names input source 3, but there is"),
+        (("-0", "-d", ",", "echo", ":::", "a"), "-0 and -d cannot be used together"),
+        (("-d", "", "echo", ":::", "a"), "the delimiter cannot be empty"),
+        (("-d", "\\x", "echo", ":::", "a"), "truncated \\xXX escape"),
     ]:
         result = ae(tmp_path, "run", *args)
         assert result.returncode == 2, (args, result.stderr)
@@ -1161,6 +1166,8 @@ def test_same_lines_and_outputs_as_gnu_parallel(tmp_path: Path) -> None:
         pytest.skip("GNU parallel is not installed (apt-get install -y parallel): comparison not run")
     (tmp_path / "list").write_text("p/q.r\n\nlast one\n")
     (tmp_path / "table").write_text("a b\tc.d\nx\ty/z\n")
+    (tmp_path / "csv").write_text("a,b c,d\n")  # the last item keeps its newline (-d)
+    (tmp_path / "tabs").write_text("x\ty z\t")
     cases = [
         ["--tag", "printf", "'%s\\n\\n%s'", ":::", "a b", "c", ":::", "1"],
         ["-a", "list", "-a", "-", "echo", "{2}{1}"],
@@ -1181,6 +1188,8 @@ def test_same_lines_and_outputs_as_gnu_parallel(tmp_path: Path) -> None:
         ["--tagstring", "T{1}/{2}{3}", "--tag", "echo", ":::", "a", "b", ":::", "1"],
         ["--colsep", ",", "--tagstring", "<{2}>", "echo", "{1}", ":::", "a,b", "c"],
         ["--will-cite", "-P", "2", "--max-procs", "3", "echo", ":::", "a", "b"],
+        ["-d", ",", "echo", "x{}", "::::", "csv"],
+        ["-d", "\\t", "-a", "tabs", "echo", "{#}"],
         ["--lb", "sh", "-c", "'echo x{}; sleep 0.{}; echo y{}'", ":::", "3", "1", "2"],
     ]
     for case in cases:

@@ -224,9 +224,10 @@ def test_the_slot_is_marked_where_the_command_has_it_only(shell: bool) -> None:
 
 
 def test_null_separated_items_may_hold_newlines() -> None:
-    assert read_source_lines(b"a b\x00c\nd\x00", null=True) == ("a b", "c\nd")
-    assert read_source_lines(b"a\x00b", null=True) == ("a", "b")  # the last NUL is optional
-    assert read_source_lines(b"", null=True) == ()
+    assert read_source_lines(b"a b\x00c\nd\x00", delimiter="\x00") == ("a b", "c\nd")
+    assert read_source_lines(b"a\x00b", delimiter="\x00") == ("a", "b")  # the last NUL is optional
+    assert read_source_lines(b"", delimiter="\x00") == ()
+    assert read_source_lines(b"a::b\n::", delimiter="::") == ("a", "b\n")  # -d: newlines are kept
 
 
 def test_tagstrings_are_filled_unquoted() -> None:

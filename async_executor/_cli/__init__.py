@@ -361,6 +361,14 @@ def cli() -> None:
     " them (stdin is then read whole before the run).",
 )
 @click.option(
+    "-d",
+    "--delimiter",
+    metavar="DELIM",
+    default=None,
+    help="Input items (:::: FILE, -a FILE) end with DELIM instead (C escapes such as \\t, \\0,"
+    " \\x1e are understood; stdin is then read whole before the run).",
+)
+@click.option(
     "-a",
     "--arg-file",
     "arg_files",
@@ -430,6 +438,7 @@ def run(
     colsep: str | None,
     max_args: int | None,
     null: bool,
+    delimiter: str | None,
     arg_files: tuple[str, ...],
     quiet: bool,
     bar: bool,
@@ -493,6 +502,7 @@ def run(
         for given, name in (
             (colsep is not None, "--colsep"),
             (null, "-0/--null"),
+            (delimiter is not None, "-d/--delimiter"),
             (max_args is not None, "-n/-N"),
         ):
             if given:
@@ -500,8 +510,14 @@ def run(
         plan = _jobfile_plan(args[0], shell, whole)
     else:
         # -n groups values: standard input is then read whole (a job waits for its N values)
+        ends = _item_delimiter(delimiter, null)
         plan = _template_plan(
-            *form, shell, whole or null or max_args is not None, _column_separator(colsep), null, max_args
+            *form,
+            shell,
+            whole or ends is not None or max_args is not None,
+            _column_separator(colsep),
+            ends,
+            max_args,
         )
     tag = tag or tagstring is not None
     if dry_run:
@@ -616,13 +632,34 @@ def _column_separator(pattern: str | None) -> re.Pattern[str] | None:
         ) from None
 
 
+def _item_delimiter(delimiter: str | None, null: bool) -> str | None:
+    """What ends an input item: ``-d DELIM`` (C escapes decoded), NUL with ``-0``, or ``None``
+    for lines."""
+    if delimiter is None:
+        return "\x00" if null else None
+    if null:
+        raise click.UsageError("-0 and -d cannot be used together (-0 is -d '\\0')")
+    decoded = delimiter
+    if "\\" in delimiter:
+        import codecs
+
+        try:
+            decoded = codecs.decode(delimiter, "unicode_escape")
+        except UnicodeError as exc:
+            why = getattr(exc, "reason", exc)
+            raise click.BadParameter(f"{delimiter!r}: {why}", param_hint="-d/--delimiter") from None
+    if not decoded:
+        raise click.BadParameter("the delimiter cannot be empty", param_hint="-d/--delimiter")
+    return decoded
+
+
 def _template_plan(
     command: list[str],
     groups: list[tuple[str, list[str]]],
     shell: bool,
     whole: bool,
     colsep: re.Pattern[str] | None = None,
-    null: bool = False,
+    delimiter: str | None = None,
     max_args: int | None = None,
 ) -> _Plan:
     """GNU parallel's form (see ``template.py``); ``max_args``: ``-n``/``-N``."""
@@ -640,7 +677,7 @@ def _template_plan(
     streams = not whole and groups == [("::::", ["-"])] and _is_stream(0)
 
     def read_file(name: str) -> tuple[str, ...] | None:
-        return None if streams else read_source_lines(_read_input(name, "input file "), null=null)
+        return None if streams else read_source_lines(_read_input(name, "input file "), delimiter=delimiter)
 
     try:
         sources = sources_from_groups(groups, read_file)

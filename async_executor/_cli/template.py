@@ -220,16 +220,17 @@ def parse_command_line(args: Sequence[str]) -> tuple[list[str], list[tuple[str, 
     return (command, groups) if groups else None
 
 
-def read_source_lines(data: bytes, *, null: bool = False) -> tuple[str, ...]:
+def read_source_lines(data: bytes, *, delimiter: str | None = None) -> tuple[str, ...]:
     """A file's lines as values (blank lines included), split as a job file's are
-    (:meth:`str.splitlines`, as the streamed reader does too); with ``null`` (``-0``), its
-    NUL-terminated items instead (``find -print0``: names may hold newlines)."""
+    (:meth:`str.splitlines`, as the streamed reader does too); with a ``delimiter`` (``-d``;
+    ``-0`` is NUL), the items it ends instead (``find -print0``: names may hold newlines),
+    everything else kept, newlines included, as GNU parallel keeps it."""
     text = data.decode("utf-8", "surrogateescape")
-    if not null:
+    if delimiter is None:
         return tuple(text.splitlines())
-    items = text.split("\x00")
+    items = text.split(delimiter)
     if items and items[-1] == "":
-        items.pop()  # the NUL that ends the last item starts no new one
+        items.pop()  # the delimiter that ends the last item starts no new one
     return tuple(items)
 
 
