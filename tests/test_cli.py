@@ -1505,3 +1505,15 @@ def test_load_limits_and_bad_ones() -> None:
             parse_load(bad, 4)
     load = current_load()
     assert load is None or load >= 0
+
+
+def test_nice_runs_tasks_and_their_children_at_that_niceness(tmp_path: Path) -> None:
+    """``--nice N``: the task, and what it starts, run N steps nicer than the CLI."""
+    expected = min(19, os.nice(0) + 7)
+    script = ": {}; awk '{print $19}' /proc/self/stat; sh -c \"awk '{print \\$19}' /proc/self/stat\""
+    result = ae(tmp_path, "run", "-q", "--nice", "7", "--shell", script, ":::", "a")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(expected), str(expected)]
+    plain = ae(tmp_path, "run", "-q", "--shell", ": {}; awk '{print $19}' /proc/self/stat", ":::", "a")
+    assert plain.stdout.split() == [str(os.nice(0))]
+    assert ae(tmp_path, "run", "--nice", "20", "true", ":::", "a").returncode == 2

@@ -74,6 +74,8 @@ class RunConfig:
     memfree: int = 0
     #: ``--load``: a task starts only while fewer processes than this run or wait for a disk.
     max_load: float | None = None
+    #: ``--nice``: the niceness tasks run at (through ``nice -n``), or ``None``.
+    nice: int | None = None
     halt: HaltPolicy = NEVER
     joblog: str | None = None
     results: str | None = None
@@ -479,6 +481,8 @@ class Runner:
         if self.cfg.results:
             stderr_path = self._results_dir(job) / "stderr"
             argv = ("/bin/sh", "-c", _STDERR_WRAPPER, str(stderr_path), *argv)
+        if self.cfg.nice is not None:  # inherited by everything the task starts
+            argv = ("nice", "-n", str(self.cfg.nice), *argv)
         try_number = last + 1  # the journal's count goes on
         try:
             handle = await ex.submit(
