@@ -1337,9 +1337,11 @@ def test_a_program_given_as_job_file_gets_a_hint(tmp_path: Path) -> None:
     assert "async-executor run gzip :::: -" in result.stderr
 
 
-@pytest.mark.parametrize("bar", [True, False])
-def test_bar_shows_progress_on_stderr_when_stdout_is_redirected(tmp_path: Path, bar: bool) -> None:
-    """GNU parallel's ``--bar``: ``run --bar ... > out`` keeps the output clean, the display on the terminal."""
+@pytest.mark.parametrize("option", ["--bar", "--eta", "--progress", None])
+def test_bar_shows_progress_on_stderr_when_stdout_is_redirected(tmp_path: Path, option: str | None) -> None:
+    """GNU parallel's ``--bar`` (or ``--eta``, ``--progress``): ``run --bar ... > out`` keeps the
+    output clean, the display on the terminal."""
+    bar = option is not None
     import pty
 
     leader, follower = pty.openpty()
@@ -1351,7 +1353,7 @@ def test_bar_shows_progress_on_stderr_when_stdout_is_redirected(tmp_path: Path, 
                 "-k",
                 "-j",
                 "4",
-                *(["--bar"] if bar else []),
+                *([option] if option else []),
                 "echo",
                 "task-{}",
                 ":::",

@@ -390,8 +390,12 @@ def cli() -> None:
 )
 @click.option(
     "--bar",
+    "--eta",
+    "--progress",
+    "bar",
     is_flag=True,
-    help="Show the progress display on stderr when stdout is not a terminal (run --bar ... > out).",
+    help="Show the progress display (done, running, rate, ETA) on stderr when stdout is not a"
+    " terminal (run --bar ... > out); --eta and --progress are GNU parallel's names for it.",
 )
 @click.option(
     "--resume",
