@@ -969,6 +969,35 @@ async def test_writer_survives_an_internal_error(db: Path, monkeypatch: pytest.M
         assert (await j.row("k")).state == "queued"  # type: ignore[union-attr]
 
 
+async def test_a_commit_that_fails_midway_leaves_nothing_behind(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A statement that fails after others of its transaction succeeded rolls all of them
+    back, and the transitions are kept for the next commit."""
+    async with opened(db, commit_interval=60) as j:
+        j.accepted("ex", spec("a"), accepted_at=time.time())
+        start(j, "ex", "a")
+        await j.flush()
+        original = j._db.executemany  # type: ignore[union-attr]
+
+        def failing(sql: str, params: Any) -> Any:
+            if sql.startswith("UPDATE"):
+                raise sqlite3.OperationalError("disk I/O error")
+            return original(sql, params)
+
+        monkeypatch.setattr(j._db, "executemany", failing)
+        j.accepted("ex", spec("b"), accepted_at=time.time())  # an INSERT, then ...
+        j.finished("ex", info("a"))  # ... an UPDATE, which fails
+        with pytest.raises(JournalError, match="disk I/O error"):
+            await j.flush()
+        with closing(sqlite3.connect(db)) as other:  # the INSERT did not stay
+            assert other.execute("SELECT key_json, state FROM tasks").fetchall() == [('"a"', "running")]
+        monkeypatch.undo()
+        await j.flush()  # kept, and written by the next commit
+        assert (await j.row("a")).state == "success"  # type: ignore[union-attr]
+        assert (await j.row("b")).state == "queued"  # type: ignore[union-attr]
+
+
 async def test_outcomes_stay_unreported_until_confirmed(db: Path) -> None:
     async with opened(db) as j:
         for key in ("a", "b", "c"):
