@@ -194,7 +194,7 @@ class Runner:
         self._wakeup: asyncio.Future[None] | None = None
         #: ``--delay``: the loop time before which no task starts.
         self._next_start = 0.0
-        #: Wakes the loop when a start held back by ``--delay`` or ``--memfree`` may go.
+        #: Wakes the loop when a start held back by ``--delay``, ``--memfree`` or ``--load`` may go.
         self._hold_timer: asyncio.TimerHandle | None = None
         #: ``--memfree`` / ``--load``: whether the wait has been noted (once per wait).
         self._memory_noted = False
