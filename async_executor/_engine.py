@@ -199,6 +199,14 @@ class Engine:
         run = self._runs.get(key)
         return run.pid if run is not None else None
 
+    def running_log_path(self, key: Any) -> str | None:
+        """Where a running task's output is going: its log file (with lazy logs, the file its
+        output is spilled to, which may not exist yet); ``None`` if it is not running."""
+        run = self._runs.get(key)
+        if run is None or self.log_dir is None:
+            return None
+        return run.log_path or self.log_path_of(run)
+
     # ------------------------------------------------------------------ admission
 
     def submit(self, spec: TaskSpec, future: asyncio.Future[TaskInfo] | None = None) -> None:

@@ -106,6 +106,34 @@ class TaskHandle:
         """Stop the task: drop it if it has not started, else stop its process group."""
         return self._executor._engine.stop_task(self.key)
 
+    async def output(self, poll_interval: float = 0.05) -> AsyncIterator[bytes]:
+        """The task's captured output (stdout and stderr, as its log file holds them) as it is
+        written, until the task has ended: ``async for chunk in handle.output(): ...``.
+
+        It follows the log file, looking again every ``poll_interval`` seconds while nothing
+        new is there; a task not started yet is waited for. With ``lazy_logs=True`` a running
+        task's output reaches its file only every 0.5 s once it has run for a second, so it
+        comes that much later. ``ValueError`` without capture (``capture=False``).
+        """
+        if self._executor.log_dir is None:
+            raise ValueError("task output is not captured (capture=False): there is nothing to follow")
+        if not poll_interval > 0:
+            raise ValueError(f"poll_interval must be > 0 seconds, not {poll_interval!r}")
+        engine = self._executor._engine
+        offset = 0
+        while True:
+            done = self._future.done()
+            path = self._future.result().log_path if done else engine.running_log_path(self.key)
+            if path is not None:
+                # A regular file, read a chunk at a time: no wait worth a thread.
+                data, offset = _logs.read_new(path, offset)
+                if data:
+                    yield data
+                    continue
+            if done:
+                return
+            await asyncio.sleep(poll_interval)
+
     def _stop_as(self, reason: FailureReason, detail: str) -> bool:
         """:meth:`cancel`, with the outcome's ``reason`` and ``detail`` (e.g. the CLI's
         ``--timeout N%``, a deadline the engine does not know)."""

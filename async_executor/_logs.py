@@ -133,6 +133,28 @@ def disk_full(path: str) -> bool:
     return stats.f_bavail == 0
 
 
+#: Most bytes :func:`read_new` returns at once.
+READ_CHUNK = 1 << 20
+
+
+def read_new(path: str, offset: int) -> tuple[bytes, int]:
+    """What a (growing) log holds past ``offset``, up to :data:`READ_CHUNK` bytes, and the new
+    offset: for following a running task's output. A log cut back to its size cap is followed
+    from its new end; a missing one (not created yet) gives nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return b"", offset
+    try:
+        offset = min(offset, os.fstat(fd).st_size)
+        data = os.pread(fd, READ_CHUNK, offset)
+    except OSError:
+        return b"", offset
+    finally:
+        os.close(fd)
+    return data, offset + len(data)
+
+
 def read_log(path: str, limit: int | None = None) -> tuple[list[str], list[str]]:
     """``(messages, log_lines)`` in the shape Airflow's ``get_task_log`` returns."""
     try:

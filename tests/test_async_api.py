@@ -320,3 +320,63 @@ def test_sync_facade_and_async_api_share_one_engine(log_dir: Path) -> None:
     sync_info = drain(ex)["k"][0][1]
     ex.end()
     assert asyncio.run(via_async()) == (sync_info.returncode, ex.get_task_log("k")[1]) == (5, ["same\n"])
+
+
+_GATED_OUTPUT = (
+    "echo first; i=0; while [ ! -e {go} ]; do i=$((i+1)); [ $i -gt 3000 ] && exit 9; sleep 0.02; done;"
+    " echo second"
+)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"state_path": None}, {"state_path": None, "lazy_logs": True}, {"lazy_logs": True}],
+    ids=["journal", "in-process", "in-process-lazy", "journal-lazy"],
+)
+async def test_output_follows_a_running_task_to_its_end(tmp_path: Path, options: dict[str, object]) -> None:
+    """``handle.output()``: what the task wrote so far while it still runs (it waits for the
+    test to have seen its first line), then the rest, and the iteration ends with the task."""
+    go = tmp_path / "go"
+    async with AsyncExecutor(parallelism=2, log_dir=tmp_path / "logs", **options) as ex:  # type: ignore[arg-type]
+        handle = await ex.submit("gated", ["sh", "-c", _GATED_OUTPUT.format(go=go)])
+        seen = b""
+        async for chunk in handle.output(poll_interval=0.01):
+            seen += chunk
+            if b"first" in seen and not go.exists():
+                assert not handle.done()  # followed while it runs
+                go.touch()
+        assert seen == b"first\nsecond\n"
+        assert (await handle).succeeded
+        # ended already: the whole output at once; a silent task's (lazy: no log file) nothing
+        assert b"".join([chunk async for chunk in handle.output()]) == b"first\nsecond\n"
+        silent = await ex.submit("silent", ["true"])
+        assert [chunk async for chunk in silent.output()] == []
+
+
+async def test_output_needs_captured_output_and_a_positive_interval(tmp_path: Path) -> None:
+    async with AsyncExecutor(parallelism=1, capture=False, state_path=None) as ex:
+        handle = await ex.submit("x", ["true"])
+        with pytest.raises(ValueError, match="not captured"):
+            await handle.output().__anext__()
+    async with AsyncExecutor(parallelism=1, log_dir=tmp_path, state_path=None) as ex:
+        handle = await ex.submit("y", ["true"])
+        with pytest.raises(ValueError, match="poll_interval"):
+            await handle.output(poll_interval=0).__anext__()
+
+
+def test_read_new_follows_a_growing_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``output()`` and ``logs -f`` read with: past an offset, a chunk at a time; a log cut
+    back to its cap from its new end; a missing one gives nothing."""
+    from async_executor import _logs
+
+    log = tmp_path / "a.log"
+    assert _logs.read_new(str(log), 0) == (b"", 0)
+    log.write_bytes(b"0123456789")
+    monkeypatch.setattr(_logs, "READ_CHUNK", 4)
+    assert _logs.read_new(str(log), 0) == (b"0123", 4)
+    assert _logs.read_new(str(log), 4) == (b"4567", 8)
+    log.write_bytes(b"01234")  # cut back below the offset: nothing more until it grows again
+    assert _logs.read_new(str(log), 8) == (b"", 5)
+    with log.open("ab") as handle:
+        handle.write(b"xy")
+    assert _logs.read_new(str(log), 5) == (b"xy", 7)

@@ -171,7 +171,7 @@ async def _follow(state: State, row: JournalRow, log_dir: str) -> int:
         # The log's name: recorded, or (the CLI's lazy logs, named once the task writes) the
         # CLI's own for this key and try.
         path = row.log_path or _logs.log_path(log_dir, row.key, row.try_number)
-        offset = await _print_from(path, offset, out)
+        offset = _print_from(path, offset, out)
         if ended:
             return 0
         await anyio.sleep(FOLLOW_INTERVAL)
@@ -186,19 +186,13 @@ async def _owner_alive(state: State, row: JournalRow) -> bool:
     return False
 
 
-async def _print_from(path: str, offset: int, out: BinaryIO) -> int:
-    """Copy ``path`` from ``offset`` to ``out``; the new offset (a file cut back to its size
-    cap is followed from its new end; a missing one is not there yet)."""
-    try:
-        async with await anyio.open_file(path, "rb") as handle:
-            size = (await anyio.Path(path).stat()).st_size
-            offset = min(offset, size)
-            await handle.seek(offset)
-            while chunk := await handle.read(_CHUNK):
-                out.write(chunk)
-                offset += len(chunk)
-    except FileNotFoundError:
-        return offset
+def _print_from(path: str, offset: int, out: BinaryIO) -> int:
+    """Copy what ``path`` holds past ``offset`` to ``out``; the new offset."""
+    while True:
+        data, offset = _logs.read_new(path, offset)
+        if not data:
+            break
+        out.write(data)
     out.flush()
     return offset
 
