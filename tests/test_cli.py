@@ -420,6 +420,22 @@ def test_timeout_percent_of_the_median_success_runtime(tmp_path: Path) -> None:
     assert group_members(int((tmp_path / "leader").read_text())) == []
 
 
+def test_timeout_percent_times_out_each_try_of_a_retried_line(tmp_path: Path) -> None:
+    """``--timeout 300% --retries 1``: a try stopped for running too long is retried, and the
+    retry is held to the limit too; ``--lb`` shows each try's output as it comes."""
+    straggler = "sh -c 'echo try; sleep 60'"
+    path = jobfile(tmp_path, ["sleep 0.2", straggler])
+    result = ae(
+        tmp_path, "run", "-j", "1", "--lb", "--timeout", "300%", "--retries", "1", "--backoff", "0",
+        "--kill-grace", "1", str(path),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == "try\ntry\n"  # both tries ran, and each was printed
+    assert result.stderr.count("timed out after") == 2  # the retry note, then the failure
+    row = status_rows(tmp_path, "jobs")[2]
+    assert (row["state"], row["try"]) == ("failed", "2") and row["outcome"].startswith("timed_out")
+
+
 def test_retries_rerun_a_failing_line_with_backoff(tmp_path: Path) -> None:
     flaky = "sh -c 'date +%s.%N >> flaky.times; test -e flaky.ok && echo recovered || { touch flaky.ok; exit 1; }'"
     always = "sh -c 'date +%s.%N >> always.times; exit 9'"
