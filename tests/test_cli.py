@@ -1535,3 +1535,21 @@ def test_nice_runs_tasks_and_their_children_at_that_niceness(tmp_path: Path) -> 
     plain = ae(tmp_path, "run", "-q", "--shell", ": {}; awk '{print $19}' /proc/self/stat", ":::", "a")
     assert plain.stdout.split() == [str(os.nice(0))]
     assert ae(tmp_path, "run", "--nice", "20", "true", ":::", "a").returncode == 2
+
+
+def test_shuf_runs_every_job_once_in_a_random_order(tmp_path: Path) -> None:
+    """``--shuf``: all jobs, each once, not in input order (60! orders: the input order is
+    a 1 in 10^81 chance); in GNU parallel's form {#} numbers them in the order they run."""
+    values = [f"v{i}" for i in range(60)]
+    result = ae(tmp_path, "run", "-q", "-j", "1", "--shuf", "echo", "{#}", "{}", ":::", *values)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()]
+    assert [number for number, _ in rows] == [str(n) for n in range(1, 61)]
+    ran = [value for _, value in rows]
+    assert sorted(ran) == sorted(values) and ran != values
+    path = jobfile(tmp_path, [f"echo {i}" for i in range(60)])
+    lines = ae(tmp_path, "run", "-q", "-j", "1", "--shuf", str(path))
+    assert lines.returncode == 0, lines.stderr
+    order = lines.stdout.split()
+    assert sorted(order, key=int) == [str(i) for i in range(60)] and order != sorted(order, key=int)
+    assert sorted(status_rows(tmp_path, "jobs")) == list(range(1, 61))  # each line keeps its number

@@ -17,6 +17,7 @@ Exit codes of ``async-executor run``:
 from __future__ import annotations
 
 import os
+import random
 import re
 import sys
 from collections.abc import Sequence
@@ -314,6 +315,12 @@ def cli() -> None:
     help="Keep each line's output as DIR/LINE/stdout, DIR/LINE/stderr and DIR/LINE/exitval.",
 )
 @click.option(
+    "--shuf",
+    is_flag=True,
+    help="Run the jobs in a random order (all input is read first); in GNU parallel's form"
+    " {#} numbers them in that order.",
+)
+@click.option(
     "-k", "--keep-order", is_flag=True, help="Print outputs in input order (default: as tasks finish)."
 )
 @click.option(
@@ -443,6 +450,7 @@ def run(
     dry_run: bool,
     joblog: str | None,
     results: str | None,
+    shuf: bool,
     keep_order: bool,
     line_buffer: bool,
     ungroup: bool,
@@ -499,7 +507,7 @@ def run(
     # parallel's way), unless the whole input is needed first: to match lines against the
     # journal (--resume, --retry-failed), to take a percentage of all lines (--halt N%), or
     # to print them all (--dry-run).
-    whole = resume or retry_failed or bool(halt.percent) or dry_run
+    whole = resume or retry_failed or bool(halt.percent) or dry_run or shuf
     form = parse_command_line(args)
     if arg_files:  # -a FILE: an input source before any ::: / :::: ones
         command, groups = form if form is not None else (list(args), [])
@@ -521,6 +529,8 @@ def run(
             if given:
                 raise click.UsageError(f"{name} needs a command (COMMAND ... :::: FILE, or -a FILE)")
         plan = _jobfile_plan(args[0], shell, whole)
+        if shuf:  # each line keeps its number (and key)
+            random.shuffle(plan.jobs)
     else:
         # -n groups values: standard input is then read whole (a job waits for its N values)
         ends = _item_delimiter(delimiter, null)
@@ -531,6 +541,7 @@ def run(
             _column_separator(colsep),
             ends,
             max_args,
+            shuf,
         )
     tag = tag or tagstring is not None
     if dry_run:
@@ -538,7 +549,7 @@ def run(
             label = job.tag if tagstring is None else tag_text(tagstring, job)
             click.echo(f"{label}\t{job.text}" if tag else job.text)
         sys.exit(0)
-    if nice is not None and _which("nice") is None:
+    if nice is not None and not _on_path("nice"):
         raise click.UsageError("--nice runs each task through nice(1), which is not on PATH")
     name = run_name if run_name is not None else plan.name
     if not name or ":" in name:
@@ -631,7 +642,8 @@ def _jobfile_plan(jobfile: str, shell: bool, whole: bool) -> _Plan:
 
 
 def _on_path(program: str) -> bool:
-    """Whether ``program`` is a command on PATH."""
+    """Whether ``program`` is a command on PATH (shutil imported here: it brings zlib, bz2 and
+    lzma, ~5 ms of start-up)."""
     import shutil
 
     return shutil.which(program) is not None
@@ -646,13 +658,6 @@ def _column_separator(pattern: str | None) -> re.Pattern[str] | None:
         raise click.BadParameter(
             f"{pattern!r} is not a regular expression: {exc}", param_hint="--colsep"
         ) from None
-
-
-def _which(program: str) -> str | None:
-    """``shutil.which``, imported here: shutil brings zlib, bz2 and lzma (~5 ms of start-up)."""
-    import shutil
-
-    return shutil.which(program)
 
 
 def _item_delimiter(delimiter: str | None, null: bool) -> str | None:
@@ -684,6 +689,7 @@ def _template_plan(
     colsep: re.Pattern[str] | None = None,
     delimiter: str | None = None,
     max_args: int | None = None,
+    shuffle: bool = False,
 ) -> _Plan:
     """GNU parallel's form (see ``template.py``); ``max_args``: ``-n``/``-N``."""
     from .template import (
@@ -715,7 +721,7 @@ def _template_plan(
     if streams:
         return _Plan([], TemplateParser(template), name, renames=True)
     try:
-        jobs = template_jobs(template, sources, "<input>", max_args)
+        jobs = template_jobs(template, sources, "<input>", max_args, shuffle=shuffle)
     except JobFileError as exc:
         raise click.UsageError(f"{exc}; nothing was started") from None
     return _Plan(jobs, None, name, renames=True)

@@ -31,6 +31,7 @@ is all of them, ``{K}`` the K-th (nothing past the last), ``{.}`` and the like a
 from __future__ import annotations
 
 import itertools
+import random
 import re
 import shlex
 from collections.abc import Callable, Iterator, Sequence
@@ -279,16 +280,26 @@ def combinations(sources: Sequence[InputSource]) -> Iterator[tuple[str, ...]]:
 
 
 def template_jobs(
-    template: CommandTemplate, sources: Sequence[InputSource], source: str, max_args: int | None = None
+    template: CommandTemplate,
+    sources: Sequence[InputSource],
+    source: str,
+    max_args: int | None = None,
+    *,
+    shuffle: bool = False,
 ) -> list[Job]:
     """All the jobs of a template over sources that are all read (raises as :meth:`CommandTemplate.job`).
 
     ``max_args`` (``-n``/``-N``, one source only): up to that many values per job, in order;
-    0: one job per value, without it.
+    0: one job per value, without it. ``shuffle`` (``--shuf``): the combinations in a random
+    order, numbered (``{#}``) in that order, as GNU parallel does.
     """
     rows: Iterator[tuple[str, ...]] = combinations(sources)
     if max_args is not None:
         rows = _grouped(rows, max_args)
+    if shuffle:
+        shuffled = list(rows)
+        random.shuffle(shuffled)
+        rows = iter(shuffled)
     jobs: list[Job] = []
     for number, values in enumerate(rows, start=1):
         job = template.job(values, len(jobs) + 1, number, source)
