@@ -50,10 +50,8 @@ MAX_BACKOFF = 60.0
 CLI_FDS = 32
 #: Streamed input: stop reading when this many lines wait to start; read again below half.
 BACKLOG = 10_000
-#: ``--memfree``: seconds between looks at the available memory while a start waits for it.
-MEMORY_RECHECK = 0.5
-#: ``--load``: seconds between looks at the load while a start waits for it to fall.
-LOAD_RECHECK = 0.5
+#: ``--memfree`` / ``--load``: seconds between looks at the machine while a start waits.
+RESOURCE_RECHECK = 0.5
 
 _STDERR_WRAPPER = 'exec 2>"$0"; exec "$@"'
 
@@ -196,9 +194,8 @@ class Runner:
         self._next_start = 0.0
         #: Wakes the loop when a start held back by ``--delay``, ``--memfree`` or ``--load`` may go.
         self._hold_timer: asyncio.TimerHandle | None = None
-        #: ``--memfree`` / ``--load``: whether the wait has been noted (once per wait).
-        self._memory_noted = False
-        self._load_noted = False
+        #: ``--memfree`` / ``--load``: what starts wait for now ("memory", "load"; noted once).
+        self._waiting_for: str | None = None
         self._error: BaseException | None = None
         self._order: dict[int, int] = {}
         self._ready: dict[int, tuple[str | None, str | None, bytes | None]] = {}
@@ -421,35 +418,38 @@ class Runner:
         if self.stop_starting or not (self._due or self._fresh):
             return False
         wait = self._next_start - loop.time()
-        if wait <= 0 and self.cfg.memfree:
-            available = available_memory()
-            if available is not None and available < self.cfg.memfree:
-                if not self._memory_noted:
-                    self._memory_noted = True
-                    self.display.note(
-                        f"waiting for memory: {available / 2**20:.0f} MiB available,"
-                        f" --memfree asks for {self.cfg.memfree / 2**20:.0f} MiB"
-                    )
-                wait = MEMORY_RECHECK
-            else:
-                self._memory_noted = False
-        if wait <= 0 and self.cfg.max_load:
-            load = current_load()
-            if load is not None and load >= self.cfg.max_load:
-                if not self._load_noted:
-                    self._load_noted = True
-                    self.display.note(
-                        f"waiting for the load to fall: {load} process(es) running or waiting for a disk,"
-                        f" --load allows fewer than {self.cfg.max_load:g}"
-                    )
-                wait = LOAD_RECHECK
-            else:
-                self._load_noted = False
+        if wait <= 0 and (self.cfg.memfree or self.cfg.max_load):
+            short = self._machine_short()
+            if short is not None:
+                what, note = short
+                if what != self._waiting_for:  # once per wait
+                    self.display.note(note)
+                wait = RESOURCE_RECHECK
+            self._waiting_for = None if short is None else short[0]
         if wait <= 0:
             return False
         if self._hold_timer is None:
             self._hold_timer = loop.call_later(wait, self._hold_over)
         return True
+
+    def _machine_short(self) -> tuple[str, str] | None:
+        """What the machine lacks for a start now (``--memfree``, ``--load``): what, and a note."""
+        cfg = self.cfg
+        if cfg.memfree:
+            available = available_memory()
+            if available is not None and available < cfg.memfree:
+                return "memory", (
+                    f"waiting for memory: {available / 2**20:.0f} MiB available,"
+                    f" --memfree asks for {cfg.memfree / 2**20:.0f} MiB"
+                )
+        if cfg.max_load:
+            load = current_load()
+            if load is not None and load >= cfg.max_load:
+                return "load", (
+                    f"waiting for the load to fall: {load} process(es) running or waiting for a disk,"
+                    f" --load allows fewer than {cfg.max_load:g}"
+                )
+        return None
 
     def _hold_over(self) -> None:
         self._hold_timer = None
