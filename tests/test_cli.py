@@ -1168,6 +1168,9 @@ def test_bad_command_lines_exit_2_and_start_nothing(tmp_path: Path) -> None:
         (("-n", "-1", "echo", ":::", "a"), "-1 is not in the range x>=0"),
         (("-n", "2", "echo", "{3}", ":::", "a"), "{3} names input source 3, but there is"),
         (("-0", "-d", ",", "echo", ":::", "a"), "-0 and -d cannot be used together"),
+        (("--header", "x", "echo", ":::", "a"), "only --header : (each source's first value"),
+        (("--header", ":", "jobs.txt"), "--header needs a command"),
+        (("--header", ":", "echo", ":::"), "input source ::: is empty, so it has no header"),
         (("-d", "", "echo", ":::", "a"), "the delimiter cannot be empty"),
         (("-d", "\\x", "echo", ":::", "a"), "truncated \\xXX escape"),
     ]:
@@ -1184,6 +1187,7 @@ def test_same_lines_and_outputs_as_gnu_parallel(tmp_path: Path) -> None:
     (tmp_path / "table").write_text("a b\tc.d\nx\ty/z\n")
     (tmp_path / "csv").write_text("a,b c,d\n")  # the last item keeps its newline (-d)
     (tmp_path / "tabs").write_text("x\ty z\t")
+    (tmp_path / "people").write_text("name,age\nann,3\nbob,4\n")
     cases = [
         ["--tag", "printf", "'%s\\n\\n%s'", ":::", "a b", "c", ":::", "1"],
         ["-a", "list", "-a", "-", "echo", "{2}{1}"],
@@ -1206,6 +1210,9 @@ def test_same_lines_and_outputs_as_gnu_parallel(tmp_path: Path) -> None:
         ["--will-cite", "-P", "2", "--max-procs", "3", "echo", ":::", "a", "b"],
         ["-d", ",", "echo", "x{}", "::::", "csv"],
         ["-d", "\\t", "-a", "tabs", "echo", "{#}"],
+        ["--header", ":", "echo", "{foo}-{bar}", ":::", "foo", "a", "b", ":::", "bar", "1", "2"],
+        ["--header", ":", "--colsep", ",", "echo", "{name}", "is", "{age}", "::::", "people"],
+        ["--header", ":", "--tagstring", "<{foo.}>", "echo", "{1}", ":::", "foo", "a.x"],
         ["--lb", "sh", "-c", "'echo x{}; sleep 0.{}; echo y{}'", ":::", "3", "1", "2"],
     ]
     for case in cases:

@@ -22,10 +22,12 @@ from async_executor._cli.template import (
     TemplateError,
     TemplateParser,
     combinations,
+    name_columns,
     parse_command_line,
     read_source_lines,
     sources_from_groups,
     tag_text,
+    take_headers,
     template_jobs,
 )
 
@@ -239,3 +241,15 @@ def test_tagstrings_are_filled_unquoted() -> None:
     assert tag_text("{}|{1/.}|{2}|{3}|{#}|{%}", job, "4") == "it's a/b.c $x|b|$x||7|4"
     line = parse_jobs(["echo 'x y'"])[0]
     assert tag_text("[{}] {1} {2}", line) == "[echo 'x y'] echo 'x y' "
+
+
+def test_headers_name_sources_and_columns() -> None:
+    """``--header :``: first values name the sources; with ``--colsep`` the first line names
+    columns, numbered on across sources as ``{N}`` counts them."""
+    sources = [InputSource(":::", ("foo", "a")), InputSource("f", ("x,y", "1,2"))]
+    rest, names = take_headers(sources, re.compile(","))
+    assert [s.values for s in rest] == [("a",), ("1,2",)] and names == {"foo": 1, "x": 2, "y": 3}
+    assert name_columns("{foo}/{y.} {x/} {xy} {} {2}", names) == "{1}/{3.} {2/} {xy} {} {2}"
+    assert name_columns("{a.b}", {"a.b": 1, "a": 2}) == "{1}"  # the longest name first
+    with pytest.raises(TemplateError, match="is empty"):
+        take_headers([InputSource(":::", ())], None)

@@ -29,7 +29,7 @@ import click
 
 from .halt import NEVER, HaltPolicy, parse_halt
 from .jobs import Job, JobFileError, JobParser, parse_jobs
-from .template import parse_command_line, tag_text
+from .template import name_columns, parse_command_line, tag_text
 from .timeouts import Timeout, parse_timeout
 
 __all__ = ["cli", "main"]
@@ -351,6 +351,13 @@ def cli() -> None:
     " strings are filled in as they are, not quoted.",
 )
 @click.option(
+    "--header",
+    metavar=":",
+    default=None,
+    help="--header : : each input source's first value names it, for {name} (with --colsep,"
+    " its first line names its columns); all input is read first.",
+)
+@click.option(
     "--colsep",
     metavar="REGEXP",
     default=None,
@@ -456,6 +463,7 @@ def run(
     ungroup: bool,
     tag: bool,
     tagstring: str | None,
+    header: str | None,
     colsep: str | None,
     max_args: int | None,
     null: bool,
@@ -507,7 +515,12 @@ def run(
     # parallel's way), unless the whole input is needed first: to match lines against the
     # journal (--resume, --retry-failed), to take a percentage of all lines (--halt N%), or
     # to print them all (--dry-run).
-    whole = resume or retry_failed or bool(halt.percent) or dry_run or shuf
+    if header is not None and header != ":":
+        raise click.BadParameter(
+            f"{header!r}: only --header : (each source's first value or line) is supported",
+            param_hint="--header",
+        )
+    whole = resume or retry_failed or bool(halt.percent) or dry_run or shuf or header is not None
     form = parse_command_line(args)
     if arg_files:  # -a FILE: an input source before any ::: / :::: ones
         command, groups = form if form is not None else (list(args), [])
@@ -522,6 +535,7 @@ def run(
             )
         for given, name in (
             (colsep is not None, "--colsep"),
+            (header is not None, "--header"),
             (null, "-0/--null"),
             (delimiter is not None, "-d/--delimiter"),
             (max_args is not None, "-n/-N"),
@@ -542,7 +556,10 @@ def run(
             ends,
             max_args,
             shuf,
+            header is not None,
         )
+        if tagstring is not None:
+            tagstring = name_columns(tagstring, plan.headers)
     tag = tag or tagstring is not None
     if dry_run:
         for job in plan.jobs:  # tagged as GNU parallel tags them
@@ -612,6 +629,8 @@ class _Plan:
     name: str
     #: Whether a default-named run takes the next free name when its name is held.
     renames: bool
+    #: ``--header :``: each name's source or column number.
+    headers: dict[str, int] = attrs.Factory(dict)
 
 
 def _read_input(name: str, what: str = "") -> bytes:
@@ -690,6 +709,7 @@ def _template_plan(
     delimiter: str | None = None,
     max_args: int | None = None,
     shuffle: bool = False,
+    header: bool = False,
 ) -> _Plan:
     """GNU parallel's form (see ``template.py``); ``max_args``: ``-n``/``-N``."""
     from .template import (
@@ -699,6 +719,7 @@ def _template_plan(
         check_max_args,
         read_source_lines,
         sources_from_groups,
+        take_headers,
         template_jobs,
     )
 
@@ -708,8 +729,12 @@ def _template_plan(
     def read_file(name: str) -> tuple[str, ...] | None:
         return None if streams else read_source_lines(_read_input(name, "input file "), delimiter=delimiter)
 
+    headers: dict[str, int] = {}
     try:
         sources = sources_from_groups(groups, read_file)
+        if header:  # each source's first value (or line) names it; {name} is then {N}
+            sources, headers = take_headers(sources, colsep)
+            command = [name_columns(word, headers) for word in command]
         if max_args is not None:
             check_max_args(sources, colsep)
         # with -n N, {K} names the K-th value of a job (up to N) rather than a source
@@ -724,7 +749,7 @@ def _template_plan(
         jobs = template_jobs(template, sources, "<input>", max_args, shuffle=shuffle)
     except JobFileError as exc:
         raise click.UsageError(f"{exc}; nothing was started") from None
-    return _Plan(jobs, None, name, renames=True)
+    return _Plan(jobs, None, name, renames=True, headers=headers)
 
 
 def _command_run_name(command: Sequence[str]) -> str:

@@ -48,10 +48,12 @@ __all__ = [
     "TemplateParser",
     "check_max_args",
     "combinations",
+    "name_columns",
     "parse_command_line",
     "read_source_lines",
     "sources_from_groups",
     "tag_text",
+    "take_headers",
     "template_jobs",
     "uses_slot",
 ]
@@ -259,6 +261,37 @@ def sources_from_groups(
         else:
             sources.append(InputSource(separator, tuple(operands), linked))
     return sources
+
+
+def take_headers(
+    sources: Sequence[InputSource], colsep: re.Pattern[str] | None
+) -> tuple[list[InputSource], dict[str, int]]:
+    """``--header :``: each source's first value names it (with ``--colsep``, its first line
+    names its columns); the sources without it, and each name's number for ``{N}`` (columns
+    count on across the sources, as ``{N}`` does with ``--colsep``)."""
+    rest: list[InputSource] = []
+    names: dict[str, int] = {}
+    number = 0
+    for source in sources:
+        assert source.values is not None
+        if not source.values:
+            raise TemplateError(f"--header: input source {source.name} is empty, so it has no header")
+        header, *values = source.values
+        for name in colsep.split(header) if colsep is not None else [header]:
+            number += 1
+            names.setdefault(name, number)
+        rest.append(attrs.evolve(source, values=tuple(values)))
+    return rest, names
+
+
+def name_columns(text: str, names: dict[str, int]) -> str:
+    """``text`` with ``{name}`` (and ``{name.}``, ``{name/}``, ...) of a ``--header`` name
+    written as its number (``{2}``, ``{2.}``, ...)."""
+    if not names:
+        return text
+    choices = "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True))
+    pattern = re.compile(r"\{(" + choices + r")(/\.|//|/|\.)?\}")
+    return pattern.sub(lambda m: "{" + str(names[m.group(1)]) + (m.group(2) or "") + "}", text)
 
 
 def combinations(sources: Sequence[InputSource]) -> Iterator[tuple[str, ...]]:
