@@ -147,6 +147,23 @@ def test_every_try_is_printed_in_order(tmp_path: Path) -> None:
     assert out.take() == b"try 1 failed\ntry 2\n"
 
 
+def test_a_file_every_try_rewrites_is_printed_once_for_a_job_waiting_its_turn(tmp_path: Path) -> None:
+    """``--results``' stderr file is one per line, rewritten by each try: a job that waits its
+    turn under ``-k`` prints what its last try left there, once."""
+    out = Out()
+    err = tmp_path / "stderr"
+    lines = LineBuffer(out, keep_order=True)
+    lines.started(0, [(str(tmp_path / "head.log"), False)], None)
+    for attempt in (1, 2):
+        lines.started(1, [(str(tmp_path / f"t{attempt}.log"), False), (str(err), True)], None)
+        err.write_bytes(f"err {attempt}\n".encode())  # truncated and written again by each try
+        lines.try_ended(1)
+    lines.finished(1)
+    lines.try_ended(0)
+    lines.finished(0)
+    assert out.text(to_stderr=True) == b"err 2\n"
+
+
 def test_stderr_of_results_goes_to_stderr(tmp_path: Path) -> None:
     out = Out()
     log, err = tmp_path / "a.log", tmp_path / "stderr"

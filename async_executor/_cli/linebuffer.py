@@ -142,6 +142,15 @@ class LineBuffer:
         job = self._jobs.get(order)
         if job is None:
             job = self._jobs[order] = _Job(tag)
+        # A file an earlier try wrote and the new one writes again (``--results``' stderr,
+        # one per line) now holds the new try's output only: not printed for both.
+        reused = {path for path, _ in paths}
+        for attempt in job.tries:
+            kept = [source for source in attempt.sources if source.path not in reused or source.offset]
+            for source in attempt.sources:
+                if source not in kept:
+                    source.close()
+            attempt.sources = kept
         job.tries.append(_Try(paths))
 
     def try_ended(self, order: int) -> None:
