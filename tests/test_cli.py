@@ -1169,6 +1169,9 @@ def test_bad_command_lines_exit_2_and_start_nothing(tmp_path: Path) -> None:
         (("-n", "2", "echo", "{3}", ":::", "a"), "{3} names input source 3, but there is"),
         (("-0", "-d", ",", "echo", ":::", "a"), "-0 and -d cannot be used together"),
         (("--header", "x", "echo", ":::", "a"), "only --header : (each source's first value"),
+        (("-m", "-n", "2", "echo", ":::", "a"), "-n/-N and -m cannot be used together"),
+        (("-X", "echo", ":::", "a", ":::", "b"), "-X takes one input source, not 2"),
+        (("--xargs", "jobs.txt"), "--xargs needs a command"),
         (("--header", ":", "jobs.txt"), "--header needs a command"),
         (("--header", ":", "echo", ":::"), "input source ::: is empty, so it has no header"),
         (("-d", "", "echo", ":::", "a"), "the delimiter cannot be empty"),
@@ -1213,6 +1216,11 @@ def test_same_lines_and_outputs_as_gnu_parallel(tmp_path: Path) -> None:
         ["--header", ":", "echo", "{foo}-{bar}", ":::", "foo", "a", "b", ":::", "bar", "1", "2"],
         ["--header", ":", "--colsep", ",", "echo", "{name}", "is", "{age}", "::::", "people"],
         ["--header", ":", "--tagstring", "<{foo.}>", "echo", "{1}", ":::", "foo", "a.x"],
+        ["-j", "2", "-m", "echo", ":::", "1", "2", "3", "4", "5"],
+        ["-j", "3", "-X", "echo", "pic{}.jpg", ":::", *"1234567"],
+        ["-j", "2", "-X", "echo", "pre{}post", "{.}", "{#}", ":::", "a.x", "b c", "d"],
+        ["-j", "2", "-m", "echo", "{}", "x{}", "::::", "list"],
+        ["--xargs", "-j", "4", "echo", ":::", "1", "2", "3"],
         ["--lb", "sh", "-c", "'echo x{}; sleep 0.{}; echo y{}'", ":::", "3", "1", "2"],
     ]
     for case in cases:

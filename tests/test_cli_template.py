@@ -6,6 +6,7 @@ input; ``tests/test_cli.py`` compares the two programs directly where ``parallel
 
 from __future__ import annotations
 
+import itertools
 import re
 import shlex
 import subprocess
@@ -253,3 +254,36 @@ def test_headers_name_sources_and_columns() -> None:
     assert name_columns("{a.b}", {"a.b": 1, "a": 2}) == "{1}"  # the longest name first
     with pytest.raises(TemplateError, match="is empty"):
         take_headers([InputSource(":::", ())], None)
+
+
+@given(
+    values=st.lists(st.text(alphabet="ab c'.", min_size=1, max_size=8), min_size=1, max_size=40),
+    slots=st.integers(0, 5),
+    limit=st.integers(60, 200),
+    context=st.booleans(),
+)
+def test_packed_jobs_hold_every_value_once_in_order_within_the_line_limit(
+    values: list[str], slots: int, limit: int, context: bool
+) -> None:
+    """``-m`` / ``-X`` / ``--xargs``: the jobs' values, in order, are the input's; no job line
+    is longer than the limit (each value alone fits here); with slots, no more jobs' worth of
+    values than an even spread gives to each."""
+    import async_executor._cli.template as template_module
+
+    old = template_module.MAX_LINE
+    template_module.MAX_LINE = limit
+    try:
+        template = CommandTemplate(("echo", "pre{}post", "{.}"), context=context)
+        jobs = template_jobs(template, [InputSource(":::", tuple(values))], "<input>", pack=slots)
+    finally:
+        template_module.MAX_LINE = old
+    assert [value for job in jobs for value in job.values] == values
+    assert all(len(job.text) <= limit for job in jobs if len(job.values) > 1)  # one alone may not fit
+    if slots:
+        assert all(len(job.values) <= -(-len(values) // slots) for job in jobs)
+    else:  # as many as fit: the next job's first value would have made the line too long
+        for job, following in itertools.pairwise(jobs):
+            assert len(template.fill((*job.values, following.values[0]), job.seq)) > limit
+    words = [shlex.split(job.text) for job in jobs]
+    if context:  # each value's word repeated: pre{}post, then {.}, per value
+        assert all(len(w) == 1 + 2 * len(job.values) for w, job in zip(words, jobs, strict=True))

@@ -376,6 +376,26 @@ def cli() -> None:
     " 0: a job per argument, without it. -N is the same here (as in GNU parallel).",
 )
 @click.option(
+    "-m",
+    "pack",
+    flag_value="m",
+    default=None,
+    help="As many arguments per job as the command line takes, spread evenly over the -j job"
+    " slots (one input source); {} is all of them.",
+)
+@click.option(
+    "-X",
+    "pack",
+    flag_value="X",
+    help="As -m, and a word holding {} (pic{}.jpg) is repeated for each argument.",
+)
+@click.option(
+    "--xargs",
+    "pack",
+    flag_value="xargs",
+    help="As many arguments per job as the command line takes (not spread over the slots).",
+)
+@click.option(
     "-0",
     "--null",
     is_flag=True,
@@ -466,6 +486,7 @@ def run(
     header: str | None,
     colsep: str | None,
     max_args: int | None,
+    pack: str | None,
     null: bool,
     delimiter: str | None,
     arg_files: tuple[str, ...],
@@ -539,6 +560,7 @@ def run(
             (null, "-0/--null"),
             (delimiter is not None, "-d/--delimiter"),
             (max_args is not None, "-n/-N"),
+            (pack is not None, _pack_option(pack or "")),
         ):
             if given:
                 raise click.UsageError(f"{name} needs a command (COMMAND ... :::: FILE, or -a FILE)")
@@ -547,16 +569,19 @@ def run(
             random.shuffle(plan.jobs)
     else:
         # -n groups values: standard input is then read whole (a job waits for its N values)
+        if pack is not None and max_args is not None:
+            raise click.UsageError(f"-n/-N and {_pack_option(pack)} cannot be used together")
         ends = _item_delimiter(delimiter, null)
         plan = _template_plan(
             *form,
             shell,
-            whole or ends is not None or max_args is not None,
+            whole or ends is not None or max_args is not None or pack is not None,
             _column_separator(colsep),
             ends,
             max_args,
             shuf,
             header is not None,
+            (pack, parallelism) if pack is not None else None,
         )
         if tagstring is not None:
             tagstring = name_columns(tagstring, plan.headers)
@@ -679,6 +704,11 @@ def _column_separator(pattern: str | None) -> re.Pattern[str] | None:
         ) from None
 
 
+def _pack_option(pack: str) -> str:
+    """The option's name for ``pack`` ("m", "X" or "xargs")."""
+    return "--xargs" if pack == "xargs" else f"-{pack}"
+
+
 def _item_delimiter(delimiter: str | None, null: bool) -> str | None:
     """What ends an input item: ``-d DELIM`` (C escapes decoded), NUL with ``-0``, or ``None``
     for lines."""
@@ -710,6 +740,7 @@ def _template_plan(
     max_args: int | None = None,
     shuffle: bool = False,
     header: bool = False,
+    pack: tuple[str, int] | None = None,
 ) -> _Plan:
     """GNU parallel's form (see ``template.py``); ``max_args``: ``-n``/``-N``."""
     from .template import (
@@ -737,16 +768,21 @@ def _template_plan(
             command = [name_columns(word, headers) for word in command]
         if max_args is not None:
             check_max_args(sources, colsep)
+        if pack is not None:
+            check_max_args(sources, colsep, _pack_option(pack[0]))
         # with -n N, {K} names the K-th value of a job (up to N) rather than a source
         names = max(max_args, 1) if max_args is not None else len(sources)
-        template = CommandTemplate(tuple(command), shell=shell, sources=names, colsep=colsep)
+        context = pack is not None and pack[0] == "X"
+        template = CommandTemplate(tuple(command), shell=shell, sources=names, colsep=colsep, context=context)
     except TemplateError as exc:
         raise click.UsageError(str(exc)) from None
     name = _command_run_name(command)
     if streams:
         return _Plan([], TemplateParser(template), name, renames=True)
     try:
-        jobs = template_jobs(template, sources, "<input>", max_args, shuffle=shuffle)
+        # -m / -X spread the values over the job slots; --xargs fills each job line
+        most = None if pack is None else (pack[1] if pack[0] != "xargs" else 0)
+        jobs = template_jobs(template, sources, "<input>", max_args, shuffle=shuffle, pack=most)
     except JobFileError as exc:
         raise click.UsageError(f"{exc}; nothing was started") from None
     return _Plan(jobs, None, name, renames=True, headers=headers)

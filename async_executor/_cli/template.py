@@ -64,6 +64,11 @@ SEPARATORS = (":::", ":::+", "::::", "::::+")
 #: ``{}``, ``{N}`` and their ``.``/``/``/``//``/``/.`` forms; ``{#}``; ``{%}``.
 _REPLACEMENT = re.compile(r"\{(\d*)(/\.|//|/|\.)?\}|\{#\}|\{%\}")
 _EXTENSION = re.compile(r"\.[^/.]*$")
+#: The replacement strings that take all of a job's values: ``{}``, ``{.}``, ``{/}``, ...
+_VALUE_REPLACEMENT = re.compile(r"\{(/\.|//|/|\.)?\}")
+#: ``-m`` / ``-X`` / ``--xargs``: the longest job line (one argument to ``sh -c`` with
+#: ``--shell``, which Linux caps at 128 KiB), with room to spare.
+MAX_LINE = 120_000
 
 
 class TemplateError(ValueError):
@@ -118,6 +123,8 @@ class CommandTemplate:
     appends: bool = attrs.field(init=False, default=False)
     #: Whether the command uses ``{%}``, the job slot (known only when the job starts).
     slotted: bool = attrs.field(init=False, default=False)
+    #: ``-X``: a word holding ``{}`` (or ``{.}``, ...) is repeated for each of a job's values.
+    context: bool = False
 
     def __attrs_post_init__(self) -> None:
         template = " ".join(self.words)
@@ -145,6 +152,13 @@ class CommandTemplate:
             return " ".join(values)  # no command: the values are the line
         if self.appends:
             return " ".join([self.template, *map(shlex.quote, values)])
+        if self.context and len(values) > 1:
+            return "".join(
+                " ".join(_substitute(part, (value,), seq, slot, shlex.quote) for value in values)
+                if _VALUE_REPLACEMENT.search(part)
+                else _substitute(part, values, seq, slot, shlex.quote)
+                for part in re.split(r"(\s+)", self.template)
+            )
         return _substitute(self.template, values, seq, slot, shlex.quote)
 
     def job(self, values: Sequence[str], seq: int, line: int, source: str) -> Job | None:
@@ -319,16 +333,21 @@ def template_jobs(
     max_args: int | None = None,
     *,
     shuffle: bool = False,
+    pack: int | None = None,
 ) -> list[Job]:
     """All the jobs of a template over sources that are all read (raises as :meth:`CommandTemplate.job`).
 
     ``max_args`` (``-n``/``-N``, one source only): up to that many values per job, in order;
     0: one job per value, without it. ``shuffle`` (``--shuf``): the combinations in a random
-    order, numbered (``{#}``) in that order, as GNU parallel does.
+    order, numbered (``{#}``) in that order, as GNU parallel does. ``pack`` (``-m``, ``-X``,
+    ``--xargs``, one source): as many values per job as fit in :data:`MAX_LINE`, and at most
+    ``pack`` (the values spread evenly over the job slots; 0: no such bound).
     """
     rows: Iterator[tuple[str, ...]] = combinations(sources)
     if max_args is not None:
         rows = _grouped(rows, max_args)
+    elif pack is not None:
+        rows = _packed(rows, pack, template)
     if shuffle:
         shuffled = list(rows)
         random.shuffle(shuffled)
@@ -341,12 +360,41 @@ def template_jobs(
     return jobs
 
 
-def check_max_args(sources: Sequence[InputSource], colsep: re.Pattern[str] | None) -> None:
-    """:class:`TemplateError` unless ``-n``/``-N`` can apply: one input source, no ``--colsep``."""
+def check_max_args(
+    sources: Sequence[InputSource], colsep: re.Pattern[str] | None, option: str = "-n/-N"
+) -> None:
+    """:class:`TemplateError` unless ``option`` (``-n``/``-N``, ``-m``, ...), which puts
+    several values in a job, can apply: one input source, no ``--colsep``."""
     if len(sources) != 1:
-        raise TemplateError(f"-n/-N takes one input source, not {len(sources)}")
+        raise TemplateError(f"{option} takes one input source, not {len(sources)}")
     if colsep is not None:
-        raise TemplateError("-n/-N and --colsep cannot be used together")
+        raise TemplateError(f"{option} and --colsep cannot be used together")
+
+
+def _packed(
+    rows: Iterator[tuple[str, ...]], most: int, template: CommandTemplate
+) -> Iterator[tuple[str, ...]]:
+    """The values of one-value rows, as many to a job as fit in :data:`MAX_LINE`, and at most
+    ``most`` (0: no such bound). A value alone longer than that still gets a job of its own.
+
+    A job line's length is counted exactly, value by value: one more value adds what the line
+    with it twice has over the line with it once (its quoted, transformed copies, or with
+    ``-X`` its repeated words, and their separators).
+    """
+    values = [row[0] for row in rows]
+    per_job = -(-len(values) // most) if most else len(values)  # ceil: spread over the slots
+    group: list[str] = []
+    length = 0
+    for value in values:
+        once = len(template.fill((value,), 1))
+        more = len(template.fill((value, value), 1)) - once
+        if group and (len(group) >= per_job or length + more > MAX_LINE):
+            yield tuple(group)
+            group = []
+        length = length + more if group else once
+        group.append(value)
+    if group:
+        yield tuple(group)
 
 
 def _grouped(rows: Iterator[tuple[str, ...]], size: int) -> Iterator[tuple[str, ...]]:
