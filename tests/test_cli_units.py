@@ -243,3 +243,19 @@ async def test_dynamic_timeouts_stop_the_tries_past_the_limit_oldest_first() -> 
     await asyncio.sleep(0.1)
     assert len(stopped) == 2 and timeouts.limit == pytest.approx(0.03)
     timeouts.close()
+
+
+def test_the_cli_parses_its_options_without_an_event_loop_or_the_journal() -> None:
+    """Importing the CLI and parsing ``run``'s options (``--timeout N%``, ``--load``, ...)
+    imports neither asyncio nor aiosqlite: the CLI's start-up is part of every run's wall."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, async_executor._cli as cli\n"
+        "args = ['--timeout', '200%', '--load', '2', '--memfree', '1k', '-j', '2', 'echo', ':::', 'a']\n"
+        "cli.run.make_context('run', args)\n"
+        "print(sorted(m for m in ('asyncio', 'aiosqlite') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.splitlines()[-1] == "[]", result.stdout[-500:]

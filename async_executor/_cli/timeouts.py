@@ -5,17 +5,22 @@ succeeded so far (no limit until one has), and applies to tries already running 
 straggler started early is stopped as soon as the median says it runs too long. The median
 is the exact lower median of every success (GNU parallel approximates it with a remedian).
 A stopped try fails as timed out, and is retried like any failure (``--retries``).
+
+(``asyncio`` is imported where the watching starts: parsing ``--timeout`` is part of the CLI's
+start-up, which imports no event loop before it runs anything.)
 """
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import re
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import attrs
+
+if TYPE_CHECKING:
+    import asyncio
 
 T = TypeVar("T")
 
@@ -97,6 +102,8 @@ class DynamicTimeouts(Generic[T]):
         return None if median is None else median * self.percent / 100
 
     def started(self, token: object, attempt: T) -> None:
+        import asyncio
+
         self._running.pop(token, None)  # a new try of the same line goes to the end
         self._running[token] = (attempt, asyncio.get_running_loop().time())
         if len(self._running) == 1:
@@ -119,11 +126,15 @@ class DynamicTimeouts(Generic[T]):
         limit = self.limit
         if limit is None or not self._running:
             return
+        import asyncio
+
         _, started = next(iter(self._running.values()))
         loop = asyncio.get_running_loop()
         self._timer = loop.call_at(started + limit, self._check)
 
     def _check(self) -> None:
+        import asyncio
+
         self._timer = None
         limit = self.limit
         assert limit is not None
