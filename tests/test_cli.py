@@ -1568,3 +1568,18 @@ def test_shuf_runs_every_job_once_in_a_random_order(tmp_path: Path) -> None:
     order = lines.stdout.split()
     assert sorted(order, key=int) == [str(i) for i in range(60)] and order != sorted(order, key=int)
     assert sorted(status_rows(tmp_path, "jobs")) == list(range(1, 61))  # each line keeps its number
+
+
+def test_t_prints_each_job_as_it_starts(tmp_path: Path) -> None:
+    """``-t`` (GNU parallel's): each job's command on stderr as it starts, its slot filled in,
+    each retry again; ``-q`` does not hide it, and stdout keeps only the output."""
+    result = ae(tmp_path, "run", "-q", "-t", "-k", "-j", "2", "echo", "{%}", "{}", ":::", "a", "b", "c")
+    assert result.returncode == 0, result.stderr
+    traced = result.stderr.splitlines()
+    assert [line.split()[2] for line in traced] == ["a", "b", "c"]
+    assert all(line.split()[:2] in (["echo", "1"], ["echo", "2"]) for line in traced)
+    assert [line.split()[1] for line in result.stdout.splitlines()] == ["a", "b", "c"]
+    path = jobfile(tmp_path, ["sh -c 'exit 3'"])
+    retried = ae(tmp_path, "run", "-q", "-t", "--retries", "1", "--backoff", "0", str(path))
+    assert retried.returncode == 1
+    assert retried.stderr.splitlines() == ["sh -c 'exit 3'", "sh -c 'exit 3'"]

@@ -420,6 +420,12 @@ def cli() -> None:
     "arguments are then the command.",
 )
 @click.option(
+    "-t",
+    "trace",
+    is_flag=True,
+    help="Print each job's command on stderr as it starts (retries too), as GNU parallel's -t.",
+)
+@click.option(
     "-q", "--quiet", is_flag=True, help="No progress display, notes or summary: only the tasks' output."
 )
 @click.option(
@@ -491,6 +497,7 @@ def run(
     delimiter: str | None,
     arg_files: tuple[str, ...],
     quiet: bool,
+    trace: bool,
     bar: bool,
     resume: bool,
     retry_failed: bool,
@@ -629,6 +636,7 @@ def run(
         tagstring=tagstring,
         quiet=quiet,
         bar=bar,
+        trace=trace,
         mode="resume" if resume else "retry-failed" if retry_failed else "all",
         state_path=state,
         log_dir=make_log_dir(state),

@@ -160,6 +160,11 @@ class PlainDisplay:
         self.flush()
         print(f"{PROG}: {message}", file=self.err, flush=True)
 
+    def trace(self, command: str) -> None:
+        """``-t``: a job's command on stderr as it starts (``-q`` does not hide it)."""
+        self.flush()
+        print(command, file=self.err, flush=True)
+
     def failed(self, job: Job, info: TaskInfo, *, will_retry: bool) -> None:
         again = " (will retry)" if will_retry else ""
         self.note(f"line {job.line} failed ({describe(info)}){again}: {job.text}")
@@ -277,6 +282,11 @@ class LiveDisplay:
         from rich.text import Text
 
         self.console.print(Text(message, style="dim"))
+
+    def trace(self, command: str) -> None:
+        from rich.text import Text
+
+        self.console.print(Text(command))
 
     def failed(self, job: Job, info: TaskInfo, *, will_retry: bool) -> None:
         from rich.text import Text

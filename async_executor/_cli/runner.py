@@ -54,6 +54,8 @@ BACKLOG = 10_000
 RESOURCE_RECHECK = 0.5
 
 _STDERR_WRAPPER = 'exec 2>"$0"; exec "$@"'
+#: How ``{%}`` shows in a job's text (its argv holds :data:`SLOT_MARK` instead).
+SLOT_MARK_TEXT = "{%}"
 
 
 @attrs.frozen(kw_only=True)
@@ -88,6 +90,8 @@ class RunConfig:
     ungroup: bool = False
     #: Show the live display on stderr when stdout is not a terminal (GNU parallel's ``--bar``).
     bar: bool = False
+    #: ``-t``: print each job's command on stderr as it starts.
+    trace: bool = False
     quiet: bool = False
     #: "all", "resume" (skip what succeeded) or "retry-failed" (only what failed)
     mode: str = "all"
@@ -478,6 +482,8 @@ class Runner:
                 slot = self._slots_made
             if job.slotted:
                 argv = tuple(arg.replace(SLOT_MARK, str(slot)) for arg in argv)
+        if self.cfg.trace:
+            self.display.trace(job.text.replace(SLOT_MARK_TEXT, str(slot)) if job.slotted else job.text)
         if self.cfg.results:
             stderr_path = self._results_dir(job) / "stderr"
             argv = ("/bin/sh", "-c", _STDERR_WRAPPER, str(stderr_path), *argv)
