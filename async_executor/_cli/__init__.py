@@ -20,15 +20,16 @@ import os
 import random
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 import attrs
 import click
 
 from .halt import NEVER, HaltPolicy, parse_halt
 from .jobs import Job, JobFileError, JobParser, parse_jobs
+from .load import parse_load
 from .template import name_columns, parse_command_line, tag_text
 from .timeouts import Timeout, parse_timeout
 
@@ -39,11 +40,11 @@ if TYPE_CHECKING:
 
     # click >= 8.2 types ParamType by the value it converts to
     _IntParam = click.ParamType[int]
-    _HaltParam = click.ParamType[HaltPolicy]
-    _TimeoutParam = click.ParamType[Timeout]
-    _FloatParam = click.ParamType[float]
+    _AnyParam = click.ParamType[Any]
 else:
-    _IntParam = _HaltParam = _TimeoutParam = _FloatParam = click.ParamType
+    _IntParam = _AnyParam = click.ParamType
+
+V = TypeVar("V")
 
 _EXIT_CODES = """\b
 Exit codes:
@@ -127,44 +128,20 @@ class SizeType(_IntParam):
         return size
 
 
-class LoadType(_FloatParam):
-    """``--load``: N, N% of the CPUs, or +N/-N CPUs more or less (as ``-j``)."""
+class ParsedType(_AnyParam, Generic[V]):
+    """An option value that ``parse`` makes from its text (``ValueError``: a usage error with
+    its message); a value that is a ``kind`` already (a default) is kept."""
 
-    name = "N|N%"
+    def __init__(self, name: str, kind: type[V], parse: Callable[[str], V]) -> None:
+        self.name = name
+        self._kind = kind
+        self._parse = parse
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, float):
-            return value
-        from .load import parse_load
-
-        try:
-            return parse_load(str(value), _cpus())
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-class TimeoutType(_TimeoutParam):
-    """``--timeout``: seconds, or a percentage of the median success runtime (``200%``)."""
-
-    name = "SECONDS|N%"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Timeout:
-        if isinstance(value, Timeout):
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> V:
+        if isinstance(value, self._kind):
             return value
         try:
-            return parse_timeout(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-class HaltType(_HaltParam):
-    name = "now|soon,fail=N|N%|success=N"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> HaltPolicy:
-        if isinstance(value, HaltPolicy):
-            return value
-        try:
-            return parse_halt(str(value))
+            return self._parse(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
@@ -235,7 +212,7 @@ def cli() -> None:
 )
 @click.option(
     "--timeout",
-    type=TimeoutType(),
+    type=ParsedType("SECONDS|N%", Timeout, parse_timeout),
     default=None,
     help="Kill a task's whole process group after this many seconds; or N%: after N% of the"
     " median runtime of the tasks that succeeded so far (no limit before one has).",
@@ -272,7 +249,7 @@ def cli() -> None:
 @click.option(
     "--load",
     "max_load",
-    type=LoadType(),
+    type=ParsedType("N|N%", float, lambda text: parse_load(text, _cpus())),
     default=None,
     help="Start a task only while fewer than N processes run or wait for a disk (N% of the"
     " CPUs, +N/-N as for -j; GNU parallel's --load: this instant's count, not the average).",
@@ -287,7 +264,7 @@ def cli() -> None:
 )
 @click.option(
     "--halt",
-    type=HaltType(),
+    type=ParsedType("now|soon,fail=N|N%|success=N", HaltPolicy, parse_halt),
     default="never",
     metavar="POLICY",
     show_default=True,
