@@ -139,19 +139,26 @@ READ_CHUNK = 1 << 20
 
 def read_new(path: str, offset: int) -> tuple[bytes, int]:
     """What a (growing) log holds past ``offset``, up to :data:`READ_CHUNK` bytes, and the new
-    offset: for following a running task's output. A log cut back to its size cap is followed
-    from its new end; a missing one (not created yet) gives nothing."""
+    offset: for following a running task's output (:func:`read_at`). A missing log (not
+    created yet) gives nothing."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return b"", offset
     try:
-        offset = min(offset, os.fstat(fd).st_size)
-        data = os.pread(fd, READ_CHUNK, offset)
-    except OSError:
-        return b"", offset
+        return read_at(fd, offset, READ_CHUNK)
     finally:
         os.close(fd)
+
+
+def read_at(fd: int, offset: int, size: int) -> tuple[bytes, int]:
+    """Up to ``size`` bytes of an open log past ``offset``, and the new offset. A log cut back
+    to its size cap (shorter than ``offset``) is followed from its new end."""
+    try:
+        offset = min(offset, os.fstat(fd).st_size)
+        data = os.pread(fd, size, offset)
+    except OSError:
+        return b"", offset
     return data, offset + len(data)
 
 

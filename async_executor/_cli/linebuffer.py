@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from .. import _logs
+
 #: Seconds between two looks at the running tasks' output.
 POLL_INTERVAL = 0.05
 #: Most bytes read from one file per look (a chatty task cannot starve the others).
@@ -55,25 +57,15 @@ class _Source:
                 fd = self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:  # not created yet (a task that has not started), or removed
                 return b""
-        try:
-            size = os.fstat(fd).st_size
-            if size < self.offset:  # cut back to the log size cap: the rest was printed already
-                self.offset = size
-            chunks = []
-            while limit is None or limit > 0:
-                want = min(size - self.offset, READ_LIMIT if limit is None else limit)
-                if want <= 0:
-                    break
-                chunk = os.pread(fd, want, self.offset)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                self.offset += len(chunk)
-                if limit is not None:
-                    limit -= len(chunk)
-            return b"".join(chunks)
-        except OSError:
-            return b""
+        if limit is not None:
+            data, self.offset = _logs.read_at(fd, self.offset, limit)
+            return data
+        chunks: list[bytes] = []
+        while True:
+            data, self.offset = _logs.read_at(fd, self.offset, READ_LIMIT)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
 
     def close(self) -> None:
         if self.fd >= 0:
