@@ -15,6 +15,8 @@ HASH_CHARS = 8
 #: What GNU parallel's ``{%}`` (the job slot) is in a job's ``argv`` until the job starts: it
 #: holds NUL, which no argument (so no value or command word) can, so it cannot be mistaken.
 SLOT_MARK = "\x00slot\x00"
+#: GNU parallel's job slot replacement string, as a job's text shows it.
+SLOT_TEXT = "{%}"
 
 #: Words of anything but quotes, backslashes, ``#`` and whitespace, separated by blanks: a line
 #: that :func:`shlex.split` would only cut at its blanks (checked, ~20x faster than shlex).

@@ -27,7 +27,7 @@ from .._records import FailureReason, TaskInfo, TaskSpec, TaskState
 from .display import Counters, LiveDisplay, PlainDisplay, make_display
 from .halt import NEVER, HaltPolicy
 from .joblog import JobLog, exit_value
-from .jobs import SLOT_MARK, Job, JobFileError, JobParser
+from .jobs import SLOT_MARK, SLOT_TEXT, Job, JobFileError, JobParser
 from .linebuffer import POLL_INTERVAL, LineBuffer
 from .load import current_load
 from .memory import available_memory
@@ -54,8 +54,6 @@ BACKLOG = 10_000
 RESOURCE_RECHECK = 0.5
 
 _STDERR_WRAPPER = 'exec 2>"$0"; exec "$@"'
-#: How ``{%}`` shows in a job's text (its argv holds :data:`SLOT_MARK` instead).
-SLOT_MARK_TEXT = "{%}"
 
 
 @attrs.frozen(kw_only=True)
@@ -483,7 +481,7 @@ class Runner:
             if job.slotted:
                 argv = tuple(arg.replace(SLOT_MARK, str(slot)) for arg in argv)
         if self.cfg.trace:
-            self.display.trace(job.text.replace(SLOT_MARK_TEXT, str(slot)) if job.slotted else job.text)
+            self.display.trace(job.text.replace(SLOT_TEXT, str(slot)) if job.slotted else job.text)
         if self.cfg.results:
             stderr_path = self._results_dir(job) / "stderr"
             argv = ("/bin/sh", "-c", _STDERR_WRAPPER, str(stderr_path), *argv)

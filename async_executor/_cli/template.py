@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import attrs
 
-from .jobs import SLOT_MARK, Job, JobParser, line_digest, split_line
+from .jobs import SLOT_MARK, SLOT_TEXT, Job, JobParser, line_digest, split_line
 
 __all__ = [
     "SEPARATORS",
@@ -146,7 +146,7 @@ class CommandTemplate:
                 why = f"the command {template!r} cannot be split by shell rules: {exc}"
                 raise TemplateError(why) from None
 
-    def fill(self, values: Sequence[str], seq: int, slot: str = "{%}") -> str:
+    def fill(self, values: Sequence[str], seq: int, slot: str = SLOT_TEXT) -> str:
         """The job line for one combination of values (job number ``seq``; ``{%}`` becomes ``slot``)."""
         if not self.words:
             return " ".join(values)  # no command: the values are the line
@@ -197,7 +197,7 @@ def _substitute(text: str, values: Sequence[str], seq: int, slot: str, quote: Ca
     def replace(match: re.Match[str]) -> str:
         if match.group(0) == "{#}":
             return str(seq)
-        if match.group(0) == "{%}":
+        if match.group(0) == SLOT_TEXT:
             return slot
         transform = _TRANSFORMS[match.group(2) or ""]
         number = match.group(1)
@@ -210,7 +210,7 @@ def _substitute(text: str, values: Sequence[str], seq: int, slot: str, quote: Ca
     return _REPLACEMENT.sub(replace, text)
 
 
-def tag_text(tagstring: str, job: Job, slot: str = "{%}") -> str:
+def tag_text(tagstring: str, job: Job, slot: str = SLOT_TEXT) -> str:
     """``--tagstring``: ``tagstring`` filled for ``job`` as GNU parallel fills it: the values go
     in as they are (a tag is text, not a command), ``{}`` of a job-file line is the line, and a
     source or column a job lacks gives nothing."""
@@ -219,7 +219,7 @@ def tag_text(tagstring: str, job: Job, slot: str = "{%}") -> str:
 
 def uses_slot(text: str) -> bool:
     """Whether ``text`` asks for the job's slot (``{%}``)."""
-    return "{%}" in text
+    return SLOT_TEXT in text
 
 
 def parse_command_line(args: Sequence[str]) -> tuple[list[str], list[tuple[str, list[str]]]] | None:
