@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shlex
+import subprocess
 
 import hypothesis.strategies as st
 import pytest
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from async_executor import FailureReason, TaskInfo, TaskState
 from async_executor._cli.halt import NEVER, HaltPolicy, parse_halt
 from async_executor._cli.joblog import HEADER, exit_value, joblog_line
-from async_executor._cli.jobs import JobFileError, JobParser, parse_jobs
+from async_executor._cli.jobs import JobFileError, JobParser, parse_jobs, shell_words
 from async_executor._cli.stream import LineSplitter, StreamReader
 from async_executor._cli.timeouts import DynamicTimeouts, RunningMedian, Timeout, parse_timeout
 
@@ -38,9 +38,24 @@ def test_parse_skips_blanks_and_comments_and_splits_with_shell_rules() -> None:
         "echo a\x0bb",
     ],
 )
-def test_plain_lines_split_exactly_like_shlex(text: str) -> None:
+def test_plain_lines_split_exactly_like_the_general_splitter(text: str) -> None:
+    """The fast path for plain lines gives what :func:`shell_words` gives."""
     (job,) = parse_jobs([text])
-    assert job.argv == tuple(shlex.split(text, comments=True))
+    assert job.argv == tuple(shell_words(text))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(alphabet="ab #'\"\\\t", max_size=14))
+def test_lines_split_into_the_words_sh_gives(text: str) -> None:
+    """Words, quotes, escapes and comments as sh itself splits them (a ``#`` starts a comment
+    only at the start of a word: ``a#b`` is one word, shlex's ``comments=True`` cuts it)."""
+    try:
+        words = shell_words(text)
+    except ValueError:
+        return  # an unclosed quote or a trailing backslash: the line is refused
+    script = f"set -- {text}\nfor w; do printf '%s\\0' \"$w\"; done"
+    out = subprocess.run(["sh", "-c", script], capture_output=True, check=True).stdout
+    assert words == out.decode().split("\0")[:-1]
 
 
 def test_keys_are_line_number_and_text_hash() -> None:
