@@ -1222,6 +1222,24 @@ def test_same_lines_and_outputs_as_gnu_parallel(tmp_path: Path) -> None:
         ["-j", "2", "-m", "echo", "{}", "x{}", "::::", "list"],
         ["--xargs", "-j", "4", "echo", ":::", "1", "2", "3"],
         ["--lb", "sh", "-c", "'echo x{}; sleep 0.{}; echo y{}'", ":::", "3", "1", "2"],
+        ["-I", ",,", "echo", ",,", "{}", "{.}", "{1/}", ":::", "d/a.b"],  # {} is just text now
+        ["-I", "{x}", "echo", "{x}", "{1x}", "{1}", ":::", "d/a.b"],
+        [
+            *("--er", "@@", "--bnr", "BB", "--dnr", "DD", "--bner", "BE", "--seqreplace", "SQ"),
+            *("echo", "{}", "@@", "BB", "DD", "BE", "SQ", "{.}", "{#}", ":::", "d/a.b"),
+        ],
+        ["-I", ",", "--tagstring", ",-{}", "echo", "hi", ":::", "a"],
+        ["--link", "echo", ":::", "a", "b", ":::", "1", "2", "3"],  # the shorter source wraps
+        ["--xapply", "echo", ":::", "a", "b", "c", ":::+", "1", "2", ":::", "x"],
+        ["--trim", "lr", "echo", "[{}]", ":::", " a ", "b "],
+        ["--trim", "r", "echo", "[{}]", ":::", " a ", "b "],
+        ["--colsep", ",", "echo", "[{1}][{2}]", ":::", " a , b "],  # --colsep trims (lr)
+        ["--colsep", ",", "--trim", "l", "echo", "[{1}][{2}]", ":::", " a , b "],
+        ["-r", "echo", "[{1}{2}]", ":::", "a", "", ":::", "", "x"],
+        ["--no-run-if-empty", "echo", "{}", "::::", "list"],
+        ["-s", "20", "--xargs", "echo", ":::", "aaaa", "bbbb", "cccc", "dddd", "eeee", "ffff"],
+        ["-j", "1", "--max-chars", "12", "-m", "echo", ":::", "aa", "bb", "cc", "dd"],
+        ["echo", "a#b", "{}", "#c", ":::", "x"],  # a # inside a word is no comment
     ]
     for case in cases:
         stdin = "s1\ns2\n"
@@ -1328,6 +1346,30 @@ def test_tagstring_with_the_slot_of_each_job(tmp_path: Path) -> None:
     job_file = jobfile(tmp_path, ["echo x", "echo y"])  # a job-file line's {} is the line
     tagged = ae(tmp_path, "run", "-q", "-k", "--tagstring", "{#}:{}", str(job_file))
     assert tagged.stdout == "1:echo x\tx\n2:echo y\ty\n"
+
+
+def test_changed_replacement_strings_fill_commands_tags_and_slots(tmp_path: Path) -> None:
+    """``-I``, ``--slotreplace`` (GNU parallel's): the new strings are filled in the command,
+    the tag and the slot when the job starts; the old ones are text."""
+    result = ae(
+        tmp_path,
+        *("run", "-q", "-k", "-j", "1", "-I", "@", "--slotreplace", "SL", "--tagstring", "SL@"),
+        *("echo", "SL", "{%}", "@", "{}", ":::", "a", "b"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "1a\t1 {%} a {}\n1b\t1 {%} b {}\n"
+    job_file = jobfile(tmp_path, ["echo x"])  # a job file: only --tagstring has strings to fill
+    tagged = ae(tmp_path, "run", "-q", "-I", "@", "--tagstring", "<@>", str(job_file))
+    assert tagged.returncode == 0 and tagged.stdout == "<echo x>\tx\n", tagged.stderr
+    for args, message in [
+        (["-I", "@", str(job_file)], "-I needs a command"),
+        (["-I", "@", "--er", "@", "echo", ":::", "a"], "'@' is the replacement string of both -I"),
+        (["-I", "", "echo", ":::", "a"], "cannot be empty"),
+        (["-s", "10", "echo", ":::", "a"], "-s/--max-chars applies to -m, -X and --xargs"),
+        (["--link", str(job_file)], "--link needs a command"),
+    ]:
+        refused = ae(tmp_path, "run", *args)
+        assert refused.returncode == 2 and message in refused.stderr, (args, refused.stderr)
 
 
 def test_running_jobs_hold_distinct_slots_from_1_to_j(tmp_path: Path) -> None:

@@ -20,9 +20,11 @@ from async_executor._cli.jobs import SLOT_MARK, JobFileError, parse_jobs
 from async_executor._cli.template import (
     CommandTemplate,
     InputSource,
+    Replacements,
     TemplateError,
     TemplateParser,
     combinations,
+    drop_blank,
     name_columns,
     parse_command_line,
     read_source_lines,
@@ -268,15 +270,9 @@ def test_packed_jobs_hold_every_value_once_in_order_within_the_line_limit(
     """``-m`` / ``-X`` / ``--xargs``: the jobs' values, in order, are the input's; no job line
     is longer than the limit (each value alone fits here); with slots, no more jobs' worth of
     values than an even spread gives to each."""
-    import async_executor._cli.template as template_module
-
-    old = template_module.MAX_LINE
-    template_module.MAX_LINE = limit
-    try:
-        template = CommandTemplate(("echo", "pre{}post", "{.}"), context=context)
-        jobs = template_jobs(template, [InputSource(":::", tuple(values))], "<input>", pack=slots)
-    finally:
-        template_module.MAX_LINE = old
+    template = CommandTemplate(("echo", "pre{}post", "{.}"), context=context)
+    source = [InputSource(":::", tuple(values))]
+    jobs = template_jobs(template, source, "<input>", pack=slots, max_chars=limit)
     assert [value for job in jobs for value in job.values] == values
     assert all(len(job.text) <= limit for job in jobs if len(job.values) > 1)  # one alone may not fit
     if slots:
@@ -287,3 +283,95 @@ def test_packed_jobs_hold_every_value_once_in_order_within_the_line_limit(
     words = [shlex.split(job.text) for job in jobs]
     if context:  # each value's word repeated: pre{}post, then {.}, per value
         assert all(len(w) == 1 + 2 * len(job.values) for w, job in zip(words, jobs, strict=True))
+
+
+_DEFAULTS = {
+    "value": "{}",
+    "noext": "{.}",
+    "base": "{/}",
+    "dir": "{//}",
+    "basenoext": "{/.}",
+    "seq": "{#}",
+    "slot": "{%}",
+}
+
+
+@given(
+    tokens=st.lists(st.sampled_from([*_DEFAULTS, "word"]), min_size=1, max_size=8),
+    chosen=st.lists(
+        st.text(alphabet="@%,XY+{}", min_size=1, max_size=3),
+        min_size=len(_DEFAULTS),
+        max_size=len(_DEFAULTS),
+        unique=True,
+    ),
+    value=st.sampled_from(["d/a.b", "a", "x y.z", "/r"]),
+)
+def test_changed_replacement_strings_fill_as_the_defaults_do(
+    tokens: list[str], chosen: list[str], value: str
+) -> None:
+    """``-I``, ``--er``, ...: a command written with other replacement strings makes the same
+    job as with GNU parallel's own: each word is one string, even when another string is a
+    prefix or part of it (the longer ones are tried first)."""
+    custom = dict(zip(_DEFAULTS, chosen, strict=True))
+    defaults = CommandTemplate(tuple(_DEFAULTS.get(t, t) for t in tokens))
+    changed = CommandTemplate(tuple(custom.get(t, t) for t in tokens), strings=Replacements(**custom))
+    assert changed.fill((value,), 3) == defaults.fill((value,), 3)
+
+
+def test_bad_replacement_strings_are_refused() -> None:
+    with pytest.raises(TemplateError, match="cannot be empty"):
+        Replacements(value="")
+    with pytest.raises(TemplateError, match=r"both -I \(\{\}\) and --er"):
+        Replacements(value="@", noext="@")
+    with pytest.raises(TemplateError, match="NUL"):
+        Replacements(slot="\x00")
+
+
+def test_a_changed_slot_string_is_the_slot_and_the_old_one_text() -> None:
+    strings = Replacements(slot="SL", seq="SQ")
+    job = CommandTemplate(("echo", "SL", "{%}", "SQ", "{#}"), strings=strings).job(("a",), 4, 4, "<input>")
+    assert job is not None and job.slotted
+    assert job.argv == ("echo", SLOT_MARK, "{%}", "4", "{#}")  # a replacement string: nothing appended
+    assert job.text == "echo {%} {%} 4 {#}"  # the text shows the slot as {%}, as it always does
+    tag = tag_text("SL:SQ:{%}", job, "2", strings)
+    assert tag == "2:4:{%}"
+
+
+@pytest.mark.parametrize(
+    ("trim", "colsep", "expected"),
+    [
+        (None, None, ("echo", " a ", "b")),
+        ("lr", None, ("echo", "a", "b")),
+        ("l", None, ("echo", "a ", "b")),
+        ("r", None, ("echo", " a", "b")),
+        (None, ",", ("echo", "a", "b", "c")),  # --colsep: lr, each column
+        ("n", ",", ("echo", " a ", "b", " c")),
+    ],
+)
+def test_trim_strips_each_value_or_column(
+    trim: str | None, colsep: str | None, expected: tuple[str, ...]
+) -> None:
+    pattern = re.compile(colsep) if colsep else None
+    values = (" a ,b, c",) if colsep else (" a ", "b")
+    job = CommandTemplate(("echo",), sources=len(values), colsep=pattern, trim=trim).job(
+        values, 1, 1, "<input>"
+    )
+    assert job is not None and job.argv == expected
+    with pytest.raises(TemplateError, match="--trim 'x'"):
+        CommandTemplate(("echo",), trim="x")
+
+
+def test_link_wraps_the_shorter_sources_and_blank_values_can_be_dropped() -> None:
+    sources = [
+        InputSource(":::", ("a", "b", "c")),
+        InputSource(":::", ("1",)),
+        InputSource(":::", ("x", "y")),
+    ]
+    assert list(combinations(sources, link=True)) == [("a", "1", "x"), ("b", "1", "y"), ("c", "1", "x")]
+    assert list(combinations([*sources, InputSource(":::", ())], link=True)) == []
+    kept = drop_blank([InputSource(":::", ("a", "", " \t", "b ")), InputSource("-", None)])
+    assert kept == [InputSource(":::", ("a", "b ")), InputSource("-", None)]
+    parser = TemplateParser(CommandTemplate(("echo",)), skip_blank=True)
+    assert [parser.feed(line) for line in ("", "  ")] == [None, None]
+    job = parser.feed("x")
+    assert job is not None and job.line == 3 and job.seq == 1  # the line number counts the skipped

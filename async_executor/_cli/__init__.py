@@ -30,7 +30,16 @@ import click
 from .halt import NEVER, HaltPolicy, parse_halt
 from .jobs import Job, JobFileError, JobParser, parse_jobs
 from .load import parse_load
-from .template import name_columns, parse_command_line, tag_text
+from .template import (
+    DEFAULT_REPLACEMENTS,
+    MAX_LINE,
+    TRIMS,
+    Replacements,
+    TemplateError,
+    name_columns,
+    parse_command_line,
+    tag_text,
+)
 from .timeouts import Timeout, parse_timeout
 
 __all__ = ["cli", "main"]
@@ -178,6 +187,49 @@ def _state_path(given: str | None) -> str:
     from .state import default_state_path
 
     return given if given is not None else str(default_state_path())
+
+
+#: Where the replacement-string options (``-I`` ...) leave what they were given, in ``ctx.meta``.
+_REPLACED = "async_executor.replacements"
+#: GNU parallel's options that change a replacement string: (Replacements field, names, default).
+_REPLACEMENT_OPTIONS = (
+    ("value", ("-I",), "{}"),
+    ("noext", ("--extensionreplace", "--er"), "{.}"),
+    ("base", ("--basenamereplace", "--bnr"), "{/}"),
+    ("dir", ("--dirnamereplace", "--dnr"), "{//}"),
+    ("basenoext", ("--basenameextensionreplace", "--bner"), "{/.}"),
+    ("seq", ("--seqreplace",), "{#}"),
+    ("slot", ("--slotreplace",), "{%}"),
+)
+
+
+def _replacement_options(func: Any) -> Any:
+    """``-I STR``, ``--er STR``, ...: each replaces one of GNU parallel's replacement strings.
+    They are gathered in ``ctx.meta[_REPLACED]`` (field -> string) rather than seven more
+    parameters of ``run``; :class:`~.template.Replacements` checks them."""
+
+    def keeper(field: str) -> Callable[[click.Context, click.Parameter, str | None], None]:
+        def keep(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+            if value is not None:
+                ctx.meta.setdefault(_REPLACED, {})[field] = value
+
+        return keep
+
+    for field, names, default in reversed(_REPLACEMENT_OPTIONS):
+        func = click.option(
+            *names,
+            metavar="STR",
+            default=None,
+            expose_value=False,
+            callback=keeper(field),
+            help=f"Use STR instead of {default}" + (" ({1x} with -I {x})." if field == "value" else "."),
+        )(func)
+    return func
+
+
+def _replacement_names(replaced: dict[str, str]) -> str:
+    """The options (``-I``, ``--er``, ...) that set the strings in ``replaced``, for a message."""
+    return "/".join(names[0] for field, names, _ in _REPLACEMENT_OPTIONS if field in replaced)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -353,6 +405,29 @@ def cli() -> None:
     " 0: a job per argument, without it. -N is the same here (as in GNU parallel).",
 )
 @click.option(
+    "--link",
+    "--xapply",
+    "link",
+    is_flag=True,
+    help="Take the n-th value of every input source together (a shorter source starts over)"
+    " instead of every combination.",
+)
+@click.option(
+    "--trim",
+    type=click.Choice(list(TRIMS)),
+    default=None,
+    help="Strip white space from each value's left (l), right (r) or both ends (lr, rl); n: none."
+    "  [default: lr with --colsep, else n]",
+)
+@click.option(
+    "-r",
+    "--no-run-if-empty",
+    "skip_blank",
+    is_flag=True,
+    help="Skip input values that are empty or only white space (blank job-file lines are always skipped).",
+)
+@_replacement_options
+@click.option(
     "-m",
     "pack",
     flag_value="m",
@@ -371,6 +446,15 @@ def cli() -> None:
     "pack",
     flag_value="xargs",
     help="As many arguments per job as the command line takes (not spread over the slots).",
+)
+@click.option(
+    "-s",
+    "--max-chars",
+    "max_chars",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help=f"With -m, -X or --xargs: the longest job line, in characters.  [default: {MAX_LINE:,}]",
 )
 @click.option(
     "-0",
@@ -469,7 +553,11 @@ def run(
     header: str | None,
     colsep: str | None,
     max_args: int | None,
+    link: bool,
+    trim: str | None,
+    skip_blank: bool,
     pack: str | None,
+    max_chars: int | None,
     null: bool,
     delimiter: str | None,
     arg_files: tuple[str, ...],
@@ -494,7 +582,7 @@ def run(
       async-executor run echo {1}-{2} ::: a b ::: 1 2        (a-1 a-2 b-1 b-2)
 
     Lines are split with shell rules and run without a shell (unless --shell); blank lines
-    and # comments are skipped. Each line's key in the journal is RUN:LINE:HASH (its line
+    and # comments (a # that starts a word) are skipped. Each line's key in the journal is RUN:LINE:HASH (its line
     number and a hash of its text), so --resume and --retry-failed find it again after the
     file is edited. Output of each task is printed whole when it finishes (with
     --line-buffer, line by line as it is written; with -u, as it is written).
@@ -502,8 +590,9 @@ def run(
     In GNU parallel's form each combination of the input sources (the first varying slowest;
     :::+ and ::::+ pair a source's values with the one's before) fills the command's replacement
     strings, each value as one word: {} {.} {/} {//} {/.}, {N} (source N) and {N.} {N/} {N//}
-    {N/.}, {#} (the job's number), {%} (its slot, 1 to -j). A command without them gets the
-    values appended; with no command each value is a line. The result is a job line, run as
+    {N/.}, {#} (the job's number), {%} (its slot, 1 to -j); -I STR and the like change them
+    (-I @ mv @ @.bak). A command without them gets the values appended; with no command each
+    value is a line. The result is a job line, run as
     above (--dry-run prints them), its LINE being the job's number; the run is named after the
     program. Options go before COMMAND. With -n N (one input source) each job takes up to N
     arguments; its LINE is still the job's number.
@@ -515,6 +604,11 @@ def run(
     """
     if resume and retry_failed:
         raise click.UsageError("--resume and --retry-failed cannot be used together")
+    replaced: dict[str, str] = click.get_current_context().meta.get(_REPLACED, {})
+    try:
+        strings = Replacements(**replaced) if replaced else DEFAULT_REPLACEMENTS
+    except TemplateError as exc:
+        raise click.UsageError(str(exc)) from None
     halt = halt if halt is not None else NEVER
     # A pipe or terminal is read as the run goes, each line starting when it arrives (GNU
     # parallel's way), unless the whole input is needed first: to match lines against the
@@ -539,6 +633,10 @@ def run(
                 f"got {len(args)} arguments and no ::: or :::: (options go before JOBFILE)"
             )
         for given, name in (
+            (bool(replaced) and tagstring is None, _replacement_names(replaced)),
+            (link, "--link"),
+            (trim is not None, "--trim"),
+            (max_chars is not None, "-s/--max-chars"),
             (colsep is not None, "--colsep"),
             (header is not None, "--header"),
             (null, "-0/--null"),
@@ -555,24 +653,31 @@ def run(
         # -n groups values: standard input is then read whole (a job waits for its N values)
         if pack is not None and max_args is not None:
             raise click.UsageError(f"-n/-N and {_pack_option(pack)} cannot be used together")
+        if max_chars is not None and pack is None:
+            raise click.UsageError("-s/--max-chars applies to -m, -X and --xargs, and none was given")
         ends = _item_delimiter(delimiter, null)
-        plan = _template_plan(
-            *form,
-            shell,
-            whole or ends is not None or max_args is not None or pack is not None,
-            _column_separator(colsep),
-            ends,
-            max_args,
-            shuf,
-            header is not None,
-            (pack, parallelism) if pack is not None else None,
+        options = _FormOptions(
+            shell=shell,
+            colsep=_column_separator(colsep),
+            delimiter=ends,
+            max_args=max_args,
+            shuffle=shuf,
+            header=header is not None,
+            pack=(pack, parallelism) if pack is not None else None,
+            max_chars=max_chars if max_chars is not None else MAX_LINE,
+            strings=strings,
+            trim=trim,
+            skip_blank=skip_blank,
+            link=link,
         )
+        whole = whole or ends is not None or max_args is not None or pack is not None or link
+        plan = _template_plan(*form, whole, options)
         if tagstring is not None:
             tagstring = name_columns(tagstring, plan.headers)
     tag = tag or tagstring is not None
     if dry_run:
         for job in plan.jobs:  # tagged as GNU parallel tags them
-            label = job.tag if tagstring is None else tag_text(tagstring, job)
+            label = job.tag if tagstring is None else tag_text(tagstring, job, strings=strings)
             click.echo(f"{label}\t{job.text}" if tag else job.text)
         sys.exit(0)
     if nice is not None and not _on_path("nice"):
@@ -611,6 +716,7 @@ def run(
         ungroup=ungroup,
         tag=tag,
         tagstring=tagstring,
+        strings=strings,
         quiet=quiet,
         bar=bar,
         trace=trace,
@@ -715,24 +821,43 @@ def _item_delimiter(delimiter: str | None, null: bool) -> str | None:
     return decoded
 
 
+@attrs.frozen
+class _FormOptions:
+    """How ``run`` reads GNU parallel's form (see ``template.py``): its input options."""
+
+    shell: bool
+    colsep: re.Pattern[str] | None = None
+    #: ``-d`` / ``-0``: what ends an input item (``None``: lines).
+    delimiter: str | None = None
+    #: ``-n`` / ``-N``.
+    max_args: int | None = None
+    #: ``--shuf``.
+    shuffle: bool = False
+    #: ``--header :``.
+    header: bool = False
+    #: ``-m`` / ``-X`` / ``--xargs`` ("m", "X" or "xargs") and the job slots (``-j``).
+    pack: tuple[str, int] | None = None
+    #: ``-s``: the longest packed job line.
+    max_chars: int = MAX_LINE
+    #: ``-I``, ``--er``, ...
+    strings: Replacements = DEFAULT_REPLACEMENTS
+    trim: str | None = None
+    #: ``-r``: skip blank values.
+    skip_blank: bool = False
+    #: ``--link``.
+    link: bool = False
+
+
 def _template_plan(
-    command: list[str],
-    groups: list[tuple[str, list[str]]],
-    shell: bool,
-    whole: bool,
-    colsep: re.Pattern[str] | None = None,
-    delimiter: str | None = None,
-    max_args: int | None = None,
-    shuffle: bool = False,
-    header: bool = False,
-    pack: tuple[str, int] | None = None,
+    command: list[str], groups: list[tuple[str, list[str]]], whole: bool, options: _FormOptions
 ) -> _Plan:
-    """GNU parallel's form (see ``template.py``); ``max_args``: ``-n``/``-N``."""
+    """GNU parallel's form (see ``template.py``), all input read unless ``whole`` is false and
+    standard input is the only source, a pipe or terminal."""
     from .template import (
         CommandTemplate,
-        TemplateError,
         TemplateParser,
         check_max_args,
+        drop_blank,
         read_source_lines,
         sources_from_groups,
         take_headers,
@@ -741,33 +866,54 @@ def _template_plan(
 
     # Standard input as the only source, from a pipe or terminal: read as the run goes.
     streams = not whole and groups == [("::::", ["-"])] and _is_stream(0)
+    colsep, pack = options.colsep, options.pack
 
     def read_file(name: str) -> tuple[str, ...] | None:
-        return None if streams else read_source_lines(_read_input(name, "input file "), delimiter=delimiter)
+        if streams:
+            return None
+        return read_source_lines(_read_input(name, "input file "), delimiter=options.delimiter)
 
     headers: dict[str, int] = {}
     try:
         sources = sources_from_groups(groups, read_file)
-        if header:  # each source's first value (or line) names it; {name} is then {N}
-            sources, headers = take_headers(sources, colsep)
+        if options.header:  # each source's first value (or line) names it; {name} is then {N}
+            sources, headers = take_headers(sources, colsep, options.trim)
             command = [name_columns(word, headers) for word in command]
-        if max_args is not None:
+        if options.skip_blank:
+            sources = drop_blank(sources)
+        if options.max_args is not None:
             check_max_args(sources, colsep)
         if pack is not None:
             check_max_args(sources, colsep, _pack_option(pack[0]))
         # with -n N, {K} names the K-th value of a job (up to N) rather than a source
-        names = max(max_args, 1) if max_args is not None else len(sources)
-        context = pack is not None and pack[0] == "X"
-        template = CommandTemplate(tuple(command), shell=shell, sources=names, colsep=colsep, context=context)
+        names = max(options.max_args, 1) if options.max_args is not None else len(sources)
+        template = CommandTemplate(
+            tuple(command),
+            shell=options.shell,
+            sources=names,
+            colsep=colsep,
+            context=pack is not None and pack[0] == "X",
+            strings=options.strings,
+            trim=options.trim,
+        )
     except TemplateError as exc:
         raise click.UsageError(str(exc)) from None
     name = _command_run_name(command)
     if streams:
-        return _Plan([], TemplateParser(template), name, renames=True)
+        return _Plan([], TemplateParser(template, skip_blank=options.skip_blank), name, renames=True)
     try:
         # -m / -X spread the values over the job slots; --xargs fills each job line
         most = None if pack is None else (pack[1] if pack[0] != "xargs" else 0)
-        jobs = template_jobs(template, sources, "<input>", max_args, shuffle=shuffle, pack=most)
+        jobs = template_jobs(
+            template,
+            sources,
+            "<input>",
+            options.max_args,
+            shuffle=options.shuffle,
+            pack=most,
+            max_chars=options.max_chars,
+            link=options.link,
+        )
     except JobFileError as exc:
         raise click.UsageError(f"{exc}; nothing was started") from None
     return _Plan(jobs, None, name, renames=True, headers=headers)

@@ -34,7 +34,7 @@ from .memory import available_memory
 from .orphans import RESCAN_INTERVAL, Leftovers, task_env
 from .state import JournalRow, State
 from .stream import LineSplitter, StreamReader
-from .template import tag_text, uses_slot
+from .template import DEFAULT_REPLACEMENTS, Replacements, tag_text
 from .timeouts import DynamicTimeouts
 
 # Exit codes (documented in ``async-executor run --help`` and the README).
@@ -82,6 +82,8 @@ class RunConfig:
     tag: bool = False
     #: ``--tagstring``: the tag instead, with replacement strings (implies ``tag``).
     tagstring: str | None = None
+    #: The replacement strings ``tagstring`` is filled with (``-I`` and the like change them).
+    strings: Replacements = DEFAULT_REPLACEMENTS
     #: ``--line-buffer``: print each task's complete lines as it writes them (not whole at its end).
     line_buffer: bool = False
     #: ``--ungroup``: print each task's output as it writes it, half lines too.
@@ -204,7 +206,7 @@ class Runner:
         self._next = 0
         #: ``--tag``: each running job's tag (``--tagstring`` may hold its slot), by seq.
         self._tags: dict[int, bytes] = {}
-        self._tag_slotted = cfg.tagstring is not None and uses_slot(cfg.tagstring)
+        self._tag_slotted = cfg.tagstring is not None and cfg.strings.uses_slot(cfg.tagstring)
         #: ``--line-buffer``: follows the running tasks' log files (polled by ``_poll_timer``).
         self._lines: LineBuffer | None = (
             LineBuffer(self.display.write, keep_order=cfg.keep_order, whole_lines=not cfg.ungroup)
@@ -627,7 +629,7 @@ class Runner:
     def _tag(self, job: Job, slot: int | None) -> bytes:
         """``--tag``: what goes before each line of ``job``'s output (``--tagstring`` filled in)."""
         cfg = self.cfg
-        text = job.tag if cfg.tagstring is None else tag_text(cfg.tagstring, job, str(slot))
+        text = job.tag if cfg.tagstring is None else tag_text(cfg.tagstring, job, str(slot), cfg.strings)
         return text.encode("utf-8", "surrogateescape") + b"\t"
 
     def _follow(self) -> None:
