@@ -41,12 +41,16 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 def ae(
-    tmp_path: Path, *args: str, stdin: str | None = None, timeout: float = 120
+    tmp_path: Path,
+    *args: str,
+    stdin: str | None = None,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*CLI, *args],
         cwd=tmp_path,
-        env=_env(tmp_path),
+        env={**_env(tmp_path), **(env or {})},
         input=stdin,
         capture_output=True,
         text=True,

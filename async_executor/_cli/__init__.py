@@ -30,6 +30,8 @@ import click
 from .halt import NEVER, HaltPolicy, parse_halt
 from .jobs import Job, JobFileError, JobParser, parse_jobs
 from .load import parse_load
+from .pipe import BLOCK_SIZE as PIPE_BLOCK
+from .pipe import BlockCutter, PipeJobs, parse_separator
 from .template import (
     DEFAULT_REPLACEMENTS,
     MAX_LINE,
@@ -187,6 +189,16 @@ def _state_path(given: str | None) -> str:
     from .state import default_state_path
 
     return given if given is not None else str(default_state_path())
+
+
+def _parse_block(text: str) -> int:
+    """``--block``: a size in bytes (see :func:`~.memory.parse_size`), 1 byte to 2 GiB."""
+    from .memory import parse_size
+
+    size = parse_size(text)
+    if not 1 <= size <= 2**31:
+        raise ValueError(f"{text!r}: a block must be 1 byte to 2 GiB")
+    return size
 
 
 #: Where the replacement-string options (``-I`` ...) leave what they were given, in ``ctx.meta``.
@@ -448,6 +460,40 @@ def cli() -> None:
     help="As many arguments per job as the command line takes (not spread over the slots).",
 )
 @click.option(
+    "--pipe",
+    "--spreadstdin",
+    "pipe",
+    is_flag=True,
+    help="Cut standard input into blocks of whole records (lines), each block the standard input"
+    " of one run of COMMAND (GNU parallel's --pipe; -N N: N records per block).",
+)
+@click.option(
+    "--block",
+    "--block-size",
+    "block",
+    type=ParsedType("SIZE", int, _parse_block),
+    default=None,
+    help="--pipe: about this many bytes per block (K/M/G are 1024s, k/m/g 1000s).  [default: 1M]",
+)
+@click.option(
+    "--recend",
+    metavar="STR",
+    default=None,
+    help="--pipe: what ends a record (C escapes understood).  [default: \\n]",
+)
+@click.option(
+    "--recstart",
+    metavar="STR",
+    default=None,
+    help="--pipe: what starts a record (with --recend: a block ends between the two).",
+)
+@click.option(
+    "--cat",
+    "pipe_cat",
+    is_flag=True,
+    help="--pipe, with each block in a file named by {} instead of on standard input.",
+)
+@click.option(
     "-s",
     "--max-chars",
     "max_chars",
@@ -557,6 +603,11 @@ def run(
     trim: str | None,
     skip_blank: bool,
     pack: str | None,
+    pipe: bool,
+    block: int | None,
+    recend: str | None,
+    recstart: str | None,
+    pipe_cat: bool,
     max_chars: int | None,
     null: bool,
     delimiter: str | None,
@@ -582,9 +633,9 @@ def run(
       async-executor run echo {1}-{2} ::: a b ::: 1 2        (a-1 a-2 b-1 b-2)
 
     Lines are split with shell rules and run without a shell (unless --shell); blank lines
-    and # comments (a # that starts a word) are skipped. Each line's key in the journal is RUN:LINE:HASH (its line
-    number and a hash of its text), so --resume and --retry-failed find it again after the
-    file is edited. Output of each task is printed whole when it finishes (with
+    and # comments (a # that starts a word) are skipped. Each line's key in the journal is
+    RUN:LINE:HASH (its line number and a hash of its text), so --resume and --retry-failed
+    find it again after the file is edited. Output of each task is printed whole when it finishes (with
     --line-buffer, line by line as it is written; with -u, as it is written).
 
     In GNU parallel's form each combination of the input sources (the first varying slowest;
@@ -596,6 +647,10 @@ def run(
     above (--dry-run prints them), its LINE being the job's number; the run is named after the
     program. Options go before COMMAND. With -n N (one input source) each job takes up to N
     arguments; its LINE is still the job's number.
+
+    With --pipe, standard input is cut into blocks of whole lines (about --block bytes, or -N
+    lines), each block the standard input of one run of COMMAND:
+    cat big.log | async-executor run --pipe grep ERROR.
 
     From a pipe or a terminal, each line starts as soon as it is read, like GNU parallel
     (`tail -f queue | async-executor run -` is a job queue), unless --resume, --retry-failed
@@ -621,10 +676,47 @@ def run(
         )
     whole = resume or retry_failed or bool(halt.percent) or dry_run or shuf or header is not None
     form = parse_command_line(args)
+    pipe = pipe or pipe_cat
+    if not pipe:
+        for given, name in ((block, "--block"), (recend, "--recend"), (recstart, "--recstart")):
+            if given is not None:
+                raise click.UsageError(f"{name} applies to --pipe, which was not given")
     if arg_files:  # -a FILE: an input source before any ::: / :::: ones
         command, groups = form if form is not None else (list(args), [])
         form = (command, [("::::", list(arg_files)), *groups])
-    if form is None:
+    if pipe:
+        if form is not None:
+            raise click.UsageError(
+                "--pipe cuts standard input into blocks: give COMMAND alone, with no :::, :::: or -a"
+                " (to read a file: < FILE)"
+            )
+        for given, name in (
+            (not args, "no command (--pipe needs one)"),
+            (colsep is not None, "--colsep"),
+            (link, "--link"),
+            (trim is not None, "--trim"),
+            (skip_blank, "-r/--no-run-if-empty"),
+            (pack is not None, _pack_option(pack or "")),
+            (max_chars is not None, "-s/--max-chars"),
+            (null or delimiter is not None, "-0/-d (use --recend)"),
+            (shuf, "--shuf"),
+            (resume or retry_failed, "--resume/--retry-failed"),
+            (bool(halt.percent), "a --halt percentage"),
+        ):
+            if given:
+                raise click.UsageError(f"--pipe: {name} cannot be used with it")
+        try:
+            cutter = BlockCutter(
+                size=block if block is not None else PIPE_BLOCK,
+                records=max_args,
+                recend=parse_separator(recend if recend is not None else ("" if recstart else "\\n")),
+                recstart=parse_separator(recstart or ""),
+                header=header is not None,
+            )
+        except ValueError as exc:
+            raise click.UsageError(f"--pipe: {exc}") from None
+        plan = _pipe_plan(list(args), shell, strings, cutter, pipe_cat, dry_run)
+    elif form is None:
         if not args:
             raise click.UsageError("missing JOBFILE, or a command with ::: ARG ... or -a FILE")
         if len(args) != 1:
@@ -740,7 +832,7 @@ class _Plan:
 
     jobs: list[Job]
     #: Reads standard input as the run goes (``jobs`` is then empty).
-    parser: JobParser | None
+    parser: JobParser | PipeJobs | None
     #: The run's default name.
     name: str
     #: Whether a default-named run takes the next free name when its name is held.
@@ -917,6 +1009,24 @@ def _template_plan(
     except JobFileError as exc:
         raise click.UsageError(f"{exc}; nothing was started") from None
     return _Plan(jobs, None, name, renames=True, headers=headers)
+
+
+def _pipe_plan(
+    command: list[str], shell: bool, strings: Replacements, cutter: BlockCutter, cat: bool, dry_run: bool
+) -> _Plan:
+    """``--pipe``: the blocks of standard input as jobs of ``command``, made as it is read
+    (with ``dry_run``: all of it read now, and no block written)."""
+    from .template import CommandTemplate
+
+    try:
+        template = CommandTemplate(tuple(command), shell=shell, strings=strings)
+    except TemplateError as exc:
+        raise click.UsageError(str(exc)) from None
+    parser = PipeJobs(template, cutter, cat=cat, dry_run=dry_run)
+    name = _command_run_name(command)
+    if dry_run:
+        return _Plan(list(parser.feed_chunk(_read_input("-"), final=True)), None, name, renames=True)
+    return _Plan([], parser, name, renames=True)
 
 
 def _command_run_name(command: Sequence[str]) -> str:

@@ -50,11 +50,16 @@ class Job:
     values: tuple[str, ...] = ()
     #: ``argv`` holds :data:`SLOT_MARK` (``{%}``), to be replaced by the job's slot at its start.
     slotted: bool = False
+    #: ``--pipe``: the file holding the job's block of input (removed when the job is done).
+    block: str | None = None
+    #: ``--pipe``: the block's file is the job's standard input (not, as with ``--cat``, ``{}``).
+    stdin: bool = False
 
     @property
     def tag(self) -> str:
-        """What ``--tag`` puts before each output line: the values, or else the line (as GNU parallel)."""
-        return " ".join(self.values) if self.values else self.text
+        """What ``--tag`` puts before each output line: the values, or else the line (as GNU
+        parallel; a ``--pipe`` block's job has no values, and an empty tag)."""
+        return " ".join(self.values) if self.values or self.block is not None else self.text
 
     def key(self, run: str) -> str:
         """The task key, stable for this line of this run: ``RUN:LINE:HASH``."""

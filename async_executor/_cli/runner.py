@@ -12,7 +12,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
@@ -32,6 +32,7 @@ from .linebuffer import POLL_INTERVAL, LineBuffer
 from .load import current_load
 from .memory import available_memory
 from .orphans import RESCAN_INTERVAL, Leftovers, task_env
+from .pipe import PipeJobs
 from .state import JournalRow, State
 from .stream import LineSplitter, StreamReader
 from .template import DEFAULT_REPLACEMENTS, Replacements, tag_text
@@ -54,6 +55,8 @@ BACKLOG = 10_000
 RESOURCE_RECHECK = 0.5
 
 _STDERR_WRAPPER = 'exec 2>"$0"; exec "$@"'
+#: ``--pipe``: the task's standard input is its block's file (``$0``); the command is ``$@``.
+_STDIN_WRAPPER = 'exec <"$0"; exec "$@"'
 
 
 @attrs.frozen(kw_only=True)
@@ -101,7 +104,7 @@ class RunConfig:
     #: Read the job lines from this descriptor while the run goes on (``jobs`` is then empty),
     #: starting each line as it arrives; ``parser`` numbers and splits them.
     stream_fd: int | None = None
-    parser: JobParser | None = None
+    parser: JobParser | PipeJobs | None = None
 
 
 def max_parallelism() -> int:
@@ -223,6 +226,10 @@ class Runner:
         #: Streamed input: the reader (``counters.input_open``: more lines may still come).
         self._reader: StreamReader | None = None
         self._splitter = LineSplitter()
+        #: ``--pipe``: the blocks' jobs (their files are removed as they end, the spool at the end).
+        self._pipe = cfg.parser if isinstance(cfg.parser, PipeJobs) else None
+        #: Streamed lines (or ``--pipe`` blocks) waiting for a slot before reading pauses.
+        self._backlog = self._pipe.backlog if self._pipe is not None else BACKLOG
         #: Why the streamed input was rejected (a line that cannot be split, a read error).
         self.input_error: str | None = None
 
@@ -266,6 +273,8 @@ class Runner:
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             self._stop_reading()
+            if self._pipe is not None:
+                self._pipe.close()
             try:
                 await shielded(self.state.flush())
             finally:
@@ -315,7 +324,7 @@ class Runner:
                     self.counters.running.pop(job.seq, None)
                 elif delay:
                     self._next_start = loop.time() + delay
-            if self._reader is not None and len(fresh) <= BACKLOG // 2:
+            if self._reader is not None and len(fresh) <= self._backlog // 2:
                 self._reader.resume()
             if self._error is not None:
                 raise self._error
@@ -392,12 +401,10 @@ class Runner:
         assert parser is not None
         assert self._reader is not None
         try:
-            for text in self._splitter.feed(chunk, final=not chunk):
-                job = parser.feed(text)
-                if job is not None:
-                    self._order[job.seq] = job.seq - 1
-                    self._fresh.append(job)
-                    self.counters.total += 1
+            for job in self._jobs_in(parser, chunk):
+                self._order[job.seq] = job.seq - 1
+                self._fresh.append(job)
+                self.counters.total += 1
             if error is not None:
                 reason = error.strerror or error
                 raise JobFileError(f"cannot read {parser.source} after line {parser.lines}: {reason}")
@@ -411,10 +418,20 @@ class Runner:
         else:
             if not chunk:
                 self._stop_reading()
-            elif len(self._fresh) >= BACKLOG:
+            elif len(self._fresh) >= self._backlog:
                 self._reader.pause()
         finally:
             self._wake()
+
+    def _jobs_in(self, parser: JobParser | PipeJobs, chunk: bytes) -> Iterator[Job]:
+        """The jobs a chunk of streamed input completes: its lines', or ``--pipe``'s blocks'."""
+        if isinstance(parser, PipeJobs):
+            yield from parser.feed_chunk(chunk, final=not chunk)
+            return
+        for text in self._splitter.feed(chunk, final=not chunk):
+            job = parser.feed(text)
+            if job is not None:
+                yield job
 
     def _held_back(self, loop: asyncio.AbstractEventLoop) -> bool:
         """``--delay`` / ``--memfree`` / ``--load``: whether the next start must wait (a
@@ -484,6 +501,8 @@ class Runner:
                 argv = tuple(arg.replace(SLOT_MARK, str(slot)) for arg in argv)
         if self.cfg.trace:
             self.display.trace(job.text.replace(SLOT_TEXT, str(slot)) if job.slotted else job.text)
+        if job.block is not None and job.stdin:
+            argv = ("/bin/sh", "-c", _STDIN_WRAPPER, job.block, *argv)
         if self.cfg.results:
             stderr_path = self._results_dir(job) / "stderr"
             argv = ("/bin/sh", "-c", _STDERR_WRAPPER, str(stderr_path), *argv)
@@ -591,6 +610,8 @@ class Runner:
 
     def _finished(self, job: Job, info: TaskInfo) -> None:
         c = self.counters
+        if self._pipe is not None:  # no retry will read the block again
+            self._pipe.remove(job)
         if info.succeeded:
             c.succeeded += 1
         else:

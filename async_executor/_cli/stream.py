@@ -5,7 +5,9 @@
 reads of the descriptor: the descriptor stays blocking (an event loop's pipe transport would
 make it non-blocking, which the other readers of a shared pipe or terminal would then see),
 and it works the same for pipes, FIFOs and terminals. Each chunk goes to the loop whole; the
-loop splits it into lines. Reading pauses while the loop has many lines not yet started.
+loop splits it into lines (or ``--pipe`` blocks). The thread reads the next chunk only once the
+loop has taken the last one, so at most one chunk is in flight, and reading pauses while the
+loop has many lines (or blocks) not yet started.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class StreamReader:
         self._deliver = deliver
         self._go = threading.Event()
         self._go.set()
+        #: Set when the loop has taken the last chunk handed over (the next read may start).
+        self._taken = threading.Event()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._pump, name="async-executor-stdin", daemon=True)
 
@@ -76,6 +80,7 @@ class StreamReader:
         """Deliver nothing more. A read in progress is abandoned (the thread is a daemon)."""
         self._closed.set()
         self._go.set()
+        self._taken.set()
 
     def _pump(self) -> None:
         while True:
@@ -89,13 +94,18 @@ class StreamReader:
                 chunk, error = b"", exc
             if self._closed.is_set():
                 return
+            self._taken.clear()
             try:
                 self._loop.call_soon_threadsafe(self._handover, chunk, error)
             except RuntimeError:  # the loop is closed: the run is over
                 return
             if not chunk:
                 return
+            self._taken.wait()
 
     def _handover(self, chunk: bytes, error: OSError | None) -> None:
-        if not self._closed.is_set():
-            self._deliver(chunk, error)
+        try:
+            if not self._closed.is_set():
+                self._deliver(chunk, error)
+        finally:
+            self._taken.set()  # after deliver, so a pause() it made holds the next read

@@ -343,7 +343,8 @@ def tag_text(
     """``--tagstring``: ``tagstring`` filled for ``job`` as GNU parallel fills it: the values go
     in as they are (a tag is text, not a command), ``{}`` of a job-file line is the line, and a
     source or column a job lacks gives nothing."""
-    return strings.substitute(tagstring, job.values or (job.text,), job.seq, slot, str)
+    values = job.values if job.values or job.block is not None else (job.text,)
+    return strings.substitute(tagstring, values, job.seq, slot, str)
 
 
 def parse_command_line(args: Sequence[str]) -> tuple[list[str], list[tuple[str, list[str]]]] | None:
