@@ -15,6 +15,11 @@ and, in GNU parallel's command-line form, ``/bin/true {}`` over a file of N argu
 argument, and coreutils' ``true`` given one sets up the locale (to answer ``--help``): ~0.2 ms
 more per task here, so its rows compare with each other, not with the job file's.
 
+``--pipe`` (workload ``pipe``): M MiB of numbered lines (default 32) on standard input, cut into
+1 MiB blocks, each counted by ``wc -l`` (``... run -j J --pipe wc -l`` against ``parallel -j J
+--pipe wc -l``); N in its rows is the number of blocks. Untimed first: each must count every line
+of a smaller input.
+
 Before timing, each batch runner gets an untimed 50-line job file of ``touch`` commands (in the
 command-line form: ``touch {}`` over 50 paths) and must create all 50 files (so a runner that
 silently does nothing cannot win). A contender whose
@@ -57,7 +62,9 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WORKLOAD = "true-lines"
 #: GNU parallel's command-line form: ``/bin/true {}`` over N arguments.
 FORM = "true-args"
-LABELS = {WORKLOAD: "/bin/true lines", FORM: "/bin/true N"}
+#: ``--pipe wc -l`` over M MiB of lines.
+PIPE = "pipe"
+LABELS = {WORKLOAD: "/bin/true lines", FORM: "/bin/true N", PIPE: "--pipe wc -l"}
 BASELINES = (("vs parallel", "gnu-parallel"), ("vs xargs", "xargs"))
 
 
@@ -118,6 +125,27 @@ def _runs_every_line(
     return f"ran {ran} of {lines} lines, exit code {proc.returncode}: {tail[:300]}"
 
 
+def _pipes_every_line(argv: Sequence[str], lines: int = 20_000) -> str | None:
+    """Untimed check that ``argv`` (a ``--pipe wc -l`` command) counts every line of its
+    input across its blocks: ``None`` if so."""
+    data = "".join(f"{n}\n" for n in range(lines)).encode()
+    with tempfile.TemporaryDirectory(prefix="bench-cli-verify-") as work:
+        proc = subprocess.run(
+            [*argv[:-2], "--block", "16k", *argv[-2:]],
+            cwd=work,
+            env=_private_env(work),
+            input=data,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    counts = proc.stdout.split()
+    total = sum(int(n) for n in counts if n.isdigit())
+    if proc.returncode == 0 and total == lines and len(counts) > 1:
+        return None
+    return f"counted {total} of {lines} lines in {len(counts)} blocks, exit code {proc.returncode}"
+
+
 def _private_env(work: str | Path) -> dict[str, str]:
     """The environment with the CLI's journal and any other state under ``work``."""
     env = dict(os.environ)
@@ -130,11 +158,11 @@ def _private_env(work: str | Path) -> dict[str, str]:
     return env
 
 
-def _measure(argv: Sequence[str], tasks: int, timeout: float) -> Measurement:
+def _measure(argv: Sequence[str], tasks: int, timeout: float, stdin: bytes | None = None) -> Measurement:
     """One whole-process run in a fresh working and state directory."""
     with scratch_dir("bench-cli-") as work:
         cpu_before = reaped_cpu()
-        wall, rc = time_process(argv, cwd=work, env=_private_env(work), timeout=timeout)
+        wall, rc = time_process(argv, stdin=stdin, cwd=work, env=_private_env(work), timeout=timeout)
         cpu = reaped_cpu() - cpu_before
     return {
         "wall": wall,
@@ -152,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, help="repeats per contender (default 3, quick 1)")
     ap.add_argument("--tasks", type=int, help="lines in the job file (default 2000, quick 500)")
     ap.add_argument("-j", "--jobs", type=int, default=64, help="parallelism (default 64)")
+    ap.add_argument("--pipe-mib", type=int, help="MiB of input for the --pipe workload (default 32, quick 8)")
     ap.add_argument(
         "--ae-cmd",
         default="async-executor",
@@ -224,17 +253,45 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 continue
             contenders.append((FORM, name, [*prefix, true, "{}", "::::", args_file]))
+        # --pipe: the same input cut into 1 MiB blocks, each counted by wc -l
+        pipe_mib = args.pipe_mib or (8 if args.quick else 32)
+        line_count = 0
+        pipe_lines: list[bytes] = []
+        while sum(map(len, pipe_lines)) < pipe_mib << 20:
+            chunk = "".join(f"{line_count + i:09d} some text to count\n" for i in range(10_000)).encode()
+            pipe_lines.append(chunk)
+            line_count += 10_000
+        pipe_input = b"".join(pipe_lines)
+        pipe_blocks = -(-len(pipe_input) // (1 << 20))
+        for name, (prefix, _) in runners.items():
+            if name == "async-executor-base" or prefix is None:
+                continue
+            prefix = prefix[:-1] if prefix[-1] == "-a" else prefix
+            pipe_argv = [*prefix, "--pipe", "wc", "-l"]
+            problem = _pipes_every_line(pipe_argv)
+            if problem:
+                notes.append(f"skipped {name} (--pipe): {problem}")
+                continue
+            contenders.append((PIPE, name, pipe_argv))
         contenders.append((WORKLOAD, "xargs", xargs_argv(args.jobs, [true], input_file=job_file)))
         contenders.append((FORM, "xargs", xargs_argv(args.jobs, [true, "{}"], input_file=args_file)))
         commands = {(workload, name): argv for workload, name, argv in contenders}
         timeout = 60.0 + tasks / 50.0
-        suite = Suite(lambda c: _measure(commands[c.workload, c.contender], c.tasks, c.timeout), repeats)
+        stdins = {PIPE: pipe_input}
+        sizes = {PIPE: pipe_blocks}
+        suite = Suite(
+            lambda c: _measure(commands[c.workload, c.contender], c.tasks, c.timeout, stdins.get(c.workload)),
+            repeats,
+        )
         if args.eager_cleanup:
             notes.append("--eager-cleanup: each run's directory was deleted right after it")
         with Stopwatch() as total, deferred_cleanup(eager=args.eager_cleanup) as fs_notes:
             notes.extend(fs_notes)
             suite.run_group(
-                [Case(workload, args.jobs, name, tasks, timeout=timeout) for workload, name, _ in contenders]
+                [
+                    Case(workload, args.jobs, name, sizes.get(workload, tasks), timeout=timeout)
+                    for workload, name, _ in contenders
+                ]
             )
 
     heading("CLI: whole-process wall time (median of repeats)")
@@ -245,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         suite.ratio("/bin/true", WORKLOAD, args.jobs, "async-executor", "xargs", target=">= 0.9"),
         suite.ratio("/bin/true N", FORM, args.jobs, "async-executor", "gnu-parallel"),
         suite.ratio("/bin/true N", FORM, args.jobs, "async-executor", "xargs"),
+        suite.ratio("--pipe wc -l", PIPE, args.jobs, "async-executor", "gnu-parallel"),
         suite.ratio("/bin/true", WORKLOAD, args.jobs, "gnu-parallel", "xargs"),
         suite.ratio("/bin/true", WORKLOAD, args.jobs, "async-executor-base", "xargs"),
         suite.ratio("/bin/true", WORKLOAD, args.jobs, "async-executor", "async-executor-base"),
@@ -271,7 +329,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "schema": 1,
             "quick": bool(args.quick),
             "env": env,
-            "config": {"tasks": tasks, "jobs": args.jobs, "repeats": repeats},
+            "config": {
+                "tasks": tasks,
+                "jobs": args.jobs,
+                "repeats": repeats,
+                "pipe_bytes": len(pipe_input),
+                "pipe_lines": line_count,
+            },
             "commands": {
                 (name if workload == WORKLOAD else f"{name} ({LABELS[workload]})"): [
                     {job_file: "JOBS.txt", args_file: "ARGS.txt"}.get(a, a) for a in argv
