@@ -59,6 +59,18 @@ def ae(
     )
 
 
+def gnu_parallel(tmp_path: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """GNU parallel run as :func:`ae` runs ours (the other side of a comparison)."""
+    return subprocess.run(
+        ["parallel", "--will-cite", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        input=stdin,
+        check=False,
+    )
+
+
 def jobfile(tmp_path: Path, lines: Sequence[str], name: str = "jobs.txt") -> Path:
     path = tmp_path / name
     path.write_text("".join(f"{line}\n" for line in lines))
@@ -1247,20 +1259,8 @@ def test_same_lines_and_outputs_as_gnu_parallel(tmp_path: Path) -> None:
     ]
     for case in cases:
         stdin = "s1\ns2\n"
-        gnu_lines = subprocess.run(
-            ["parallel", "--will-cite", "-k", "--dry-run", *case],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            input=stdin,
-        ).stdout
-        gnu = subprocess.run(
-            ["parallel", "--will-cite", "-k", *case],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            input=stdin,
-        )
+        gnu_lines = gnu_parallel(tmp_path, "-k", "--dry-run", *case, stdin=stdin).stdout
+        gnu = gnu_parallel(tmp_path, "-k", *case, stdin=stdin)
         ours_lines = ae(tmp_path, "run", "--dry-run", *case, stdin=stdin).stdout
         ours = ae(tmp_path, "run", "-k", "--quiet", *case, stdin=stdin)
         assert ours_lines == gnu_lines, case

@@ -21,7 +21,7 @@ from hypothesis import given
 from async_executor._cli.jobs import JobFileError
 from async_executor._cli.pipe import BACKLOG, BlockCutter, PipeJobs, parse_separator
 from async_executor._cli.template import CommandTemplate
-from tests.test_cli import _start, _wait_lines, ae, status_rows
+from tests.test_cli import _start, _wait_lines, ae, gnu_parallel, status_rows
 
 
 def _blocks(data: bytes, chunks: list[int], **options: object) -> list[bytes]:
@@ -57,8 +57,13 @@ _SEPARATORS = st.sampled_from(
 )
 
 
+def _inputs(letters: bytes, longest: int) -> st.SearchStrategy[bytes]:
+    """Inputs made of ``letters`` (separator bytes among them), up to ``longest`` bytes."""
+    return st.binary(max_size=longest).map(lambda raw: bytes(letters[c % len(letters)] for c in raw))
+
+
 @given(
-    data=st.binary(max_size=200).map(lambda b: bytes(b"\nAB>x"[c % 5] for c in b)),
+    data=_inputs(b"\nAB>x", 200),
     chunks=st.lists(st.integers(0, 40), max_size=8),
     separators=_SEPARATORS,
     records=st.integers(1, 4),
@@ -74,7 +79,7 @@ def test_record_blocks_hold_n_whole_records_whatever_the_chunks(
 
 
 @given(
-    data=st.binary(max_size=300).map(lambda b: bytes(b"\nAB>xy"[c % 6] for c in b)),
+    data=_inputs(b"\nAB>xy", 300),
     chunks=st.lists(st.integers(0, 60), max_size=8),
     separators=_SEPARATORS,
     size=st.integers(1, 40),
@@ -299,13 +304,7 @@ def test_same_blocks_and_outputs_as_gnu_parallel(tmp_path: Path) -> None:
         (["cat"], ""),
     ]
     for options, stdin in cases:
-        gnu = subprocess.run(
-            ["parallel", "--will-cite", "-k", "--pipe", *options],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            input=stdin,
-        )
+        gnu = gnu_parallel(tmp_path, "-k", "--pipe", *options, stdin=stdin)
         ours = ae(tmp_path, "run", "-q", "-k", "--pipe", "--shell", *options, stdin=stdin)
         assert ours.stdout == gnu.stdout, (options, ours.stderr)
         assert ours.returncode == gnu.returncode == 0, (options, ours.stderr, gnu.stderr)
